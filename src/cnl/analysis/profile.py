@@ -1,0 +1,138 @@
+"""Parameters, multiply-accumulates and attention memory, side by side with Table 2.
+
+Counting runs on the meta device: shapes only, no arithmetic, so ResNet-101 + 5NL at
+448x448 costs milliseconds. torch.utils.flop_counter counts convolutions, linear layers
+and matrix products; we add normalisation layers (one multiply-add per element) so that
+``macs`` covers every layer, as the paper's column does.
+
+Two conventions:
+- ``macs``: the layers (conv, linear, norm), without the attention products. Within
+  about 0.03e10 of the paper's printed "Flops (x10^9)", which is really MACs in 10^10.
+- ``macs_all``: everything, the attention products ``theta phi^T`` and ``A g`` included.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from cnl.models import create_model
+from cnl.nn import DotProductAttention
+
+# Table 2 of the paper: (params x10^7, printed "Flops (x10^9)", i.e. MACs x10^10 at 448).
+TABLE2 = {
+    "resnet50": (2.39, 1.64),
+    "resnet50_nl5": (3.13, 2.48),
+    "resnet50_cnl5": (2.71, 2.03),
+    "resnet101": (4.29, 3.15),
+    "resnet101_nl5": (5.03, 3.96),
+    "resnet101_cnl5": (4.61, 3.52),
+}
+ATTENTION_BYTES_PER_ELEMENT = 4  # float32 maps
+
+
+def _norm_flops(input_shape: torch.Size, *args: object, out_shape: object = None, **kwargs: object) -> int:
+    # Scale and shift: one multiply-add per element, as a folded inference norm costs.
+    return 2 * math.prod(input_shape)
+
+
+NORM_OPS = {
+    torch.ops.aten.native_batch_norm: _norm_flops,
+    torch.ops.aten._native_batch_norm_legit: _norm_flops,
+    torch.ops.aten._native_batch_norm_legit_no_training: _norm_flops,
+}
+
+
+@dataclass
+class ModelProfile:
+    model: str
+    params: int
+    macs: int
+    macs_all: int
+    attention_bytes: int
+    img_size: int
+    num_classes: int
+    paper_params: float | None
+    paper_flops: float | None
+    # CNL only: the layer MACs when theta runs once per response, as the authors' code does.
+    authors_macs: int | None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _attention_modules(model: nn.Module) -> list[DotProductAttention]:
+    return [m for m in model.modules() if isinstance(m, DotProductAttention)]
+
+
+def profile_model(name: str, img_size: int = 448, num_classes: int = 200) -> ModelProfile:
+    """Count one image's forward pass of ``name`` in eval mode."""
+    with torch.device("meta"):
+        model = create_model(name, num_classes=num_classes).eval()
+    attention_elements: list[int] = []
+
+    def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: object) -> None:
+        query, key = inputs[0], inputs[1]
+        attention_elements.append(query.shape[1] * key.shape[1])
+
+    handles = [m.register_forward_hook(record) for m in _attention_modules(model)]
+    counter = FlopCounterMode(display=False, custom_mapping=NORM_OPS)
+    with counter, torch.no_grad():
+        model(torch.empty(1, 3, img_size, img_size, device="meta"))
+    for handle in handles:
+        handle.remove()
+
+    by_module = counter.get_flop_counts()
+    # Leaf modules named "...attention" are exactly the DotProductAttention instances.
+    attention_flops = sum(sum(ops.values()) for key, ops in by_module.items() if key.endswith(".attention"))
+    total = counter.get_total_flops()
+    theta = sum(sum(ops.values()) for key, ops in by_module.items() if key.endswith(".cnl.theta")) // 2
+    macs = (total - attention_flops) // 2
+    paper = TABLE2.get(name, (None, None))
+    return ModelProfile(
+        model=name,
+        params=sum(p.numel() for p in model.parameters()),
+        macs=macs,
+        macs_all=total // 2,
+        attention_bytes=sum(attention_elements) * ATTENTION_BYTES_PER_ELEMENT,
+        img_size=img_size,
+        num_classes=num_classes,
+        paper_params=paper[0],
+        paper_flops=paper[1],
+        authors_macs=macs + (len(model.cnl.phi) - 1) * theta if model.cnl is not None else None,
+    )
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def format_table(profiles: list[ModelProfile]) -> str:
+    """A Markdown table: ours beside the paper's, in the paper's units."""
+    lines = [
+        "| model | params (1e7) | paper | MACs layers (1e10) | paper 'Flops' | MACs all (1e10) | attention maps (MB/img) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in profiles:
+        lines.append(
+            f"| {p.model} | {p.params / 1e7:.2f} | {_cell(p.paper_params)} | {p.macs / 1e10:.3f} | "
+            f"{_cell(p.paper_flops)} | {p.macs_all / 1e10:.3f} | {p.attention_bytes / 2**20:.2f} |"
+        )
+    first = profiles[0]
+    lines += [
+        "",
+        f"One {first.img_size}x{first.img_size} image, {first.num_classes} classes. 'MACs layers' counts conv, "
+        "linear and norm layers (the paper's convention); 'MACs all' adds the attention products; "
+        "attention maps are float32.",
+    ]
+    for p in profiles:
+        if p.authors_macs is not None:
+            lines.append(
+                f"{p.model}: theta is shared, so it runs once; the authors' code runs it once per response, "
+                f"which counts {p.authors_macs / 1e10:.3f}e10 (paper: {_cell(p.paper_flops)})."
+            )
+    return "\n".join(lines)

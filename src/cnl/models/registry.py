@@ -1,0 +1,64 @@
+"""Model names and ``create_model``, in the manner of timm."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cnl.models.resnet import ARCHITECTURES, FineGrainedResNet, default_query, default_responses
+from cnl.models.weights import load_pretrained
+
+_MODELS: dict[str, Callable[..., FineGrainedResNet]] = {}
+OVERRIDES = ("nl_layers", "query", "responses", "inner_channels", "drop_rate")
+
+
+def _variants(arch: str) -> dict[str, dict[str, Any]]:
+    """The three models of Table 2 for one backbone: plain, five NL blocks, one CNL with five responses."""
+    return {
+        arch: {},
+        f"{arch}_nl5": {"nl_layers": default_responses(arch)},
+        f"{arch}_cnl5": {"query": default_query(arch), "responses": default_responses(arch)},
+    }
+
+
+def _builder(arch: str, defaults: dict[str, Any]) -> Callable[..., FineGrainedResNet]:
+    def build(num_classes: int, **overrides: Any) -> FineGrainedResNet:
+        return FineGrainedResNet(arch, num_classes, **{**defaults, **overrides})
+
+    return build
+
+
+for _arch in ARCHITECTURES:
+    for _name, _defaults in _variants(_arch).items():
+        _MODELS[_name] = _builder(_arch, _defaults)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style ``pattern``, sorted."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def create_model(
+    name: str, num_classes: int = 1000, weights: str | Path | None = None, **overrides: Any
+) -> FineGrainedResNet:
+    """Build a registered model.
+
+    Args:
+        name: e.g. ``"resnet50"``, ``"resnet50_nl5"``, ``"resnet50_cnl5"`` (see ``list_models``).
+        num_classes: outputs of the new linear head.
+        weights: torchvision weights name ("IMAGENET1K_V1", "DEFAULT") for the backbone,
+            or a local ``.pth``/``.safetensors`` file; None for random init.
+        **overrides: ``query`` and ``responses`` (torchvision layer names such as
+            "layer4.2"), ``nl_layers``, ``inner_channels``, ``drop_rate``.
+    """
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
+    unknown = sorted(set(overrides) - set(OVERRIDES))
+    if unknown:
+        raise TypeError(f"unknown arguments {unknown} for {name}; valid overrides: {', '.join(OVERRIDES)}")
+    model = _MODELS[name](num_classes, **overrides)
+    if weights is not None:
+        load_pretrained(model, model.arch, weights)
+    return model

@@ -1,0 +1,83 @@
+"""Pretrained weights: torchvision's named ImageNet weights or a local file."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import get_model_weights
+
+logger = logging.getLogger(__name__)
+
+NEW_MODULE_PREFIXES = ("nl.", "cnl.")
+HEAD_PREFIX = "fc."
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """A state dict from a ``.pth``/``.pt`` (never unpickling code) or ``.safetensors`` file.
+
+    A training checkpoint holding the state dict under ``"model"`` or ``"state_dict"``
+    is accepted too.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError...
+        raise ValueError(f"cannot read weights from {path}: {error}") from error
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
+def torchvision_state_dict(arch: str, name: str) -> dict[str, Tensor]:
+    """torchvision's weights ``name`` (e.g. "IMAGENET1K_V1", "DEFAULT") for ``arch``.
+
+    Downloads into torch.hub's cache ($TORCH_HOME/hub/checkpoints) unless the file is
+    already there.
+    """
+    enum = get_model_weights(arch)
+    try:
+        weights = enum[name] if name != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        valid = ", ".join(["DEFAULT", *enum.__members__])
+        raise ValueError(f"unknown weights {name!r} for {arch}; valid names: {valid}, or a local file") from None
+    return weights.get_state_dict(progress=True, check_hash=True)
+
+
+def resolve_state_dict(arch: str, weights: str | Path) -> dict[str, Tensor]:
+    text = str(weights)
+    if isinstance(weights, Path) or Path(text).suffix in (".pth", ".pt", ".safetensors") or Path(text).exists():
+        return read_state_dict(text)
+    return torchvision_state_dict(arch, text)
+
+
+def load_pretrained(model: nn.Module, arch: str, weights: str | Path) -> None:
+    """Load ``weights`` into ``model``.
+
+    The new NL/CNL modules may be missing (they stay at their identity init); the linear
+    head is kept new when its shape differs (a different number of classes), as the
+    paper re-initialises it. Any other missing or unexpected key is an error.
+    """
+    state = resolve_state_dict(arch, weights)
+    own = model.state_dict()
+    mismatched_head = [k for k in state if k.startswith(HEAD_PREFIX) and k in own and state[k].shape != own[k].shape]
+    if mismatched_head:
+        logger.info("new %d-way head: not loading %s from %s", own["fc.weight"].shape[0], mismatched_head, weights)
+        state = {k: v for k, v in state.items() if k not in mismatched_head}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(NEW_MODULE_PREFIXES) and k not in mismatched_head]
+    if missing or unexpected:
+        raise ValueError(
+            f"weights {weights} do not fit {arch}: missing keys {missing[:10]}, unexpected keys {unexpected[:10]}"
+        )

@@ -1,0 +1,135 @@
+"""Models: names, placements, torchvision weights, overrides."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import save_file
+
+import cnl
+from cnl.models.resnet import default_responses, spaced_blocks
+
+
+def tv_resnet(name, num_classes):
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)(num_classes=num_classes).eval()
+
+
+def test_list_models_has_every_backbone_and_variant():
+    names = cnl.list_models()
+    for depth in (18, 34, 50, 101, 152):
+        assert {f"resnet{depth}", f"resnet{depth}_nl5", f"resnet{depth}_cnl5"} <= set(names)
+    assert cnl.list_models("*_cnl5") == sorted(n for n in names if n.endswith("_cnl5"))
+
+
+def test_paper_placements():
+    r50 = cnl.create_model("resnet50_cnl5", num_classes=200)
+    assert r50.query == "layer4.1"
+    assert r50.responses == ("layer2.1", "layer2.3", "layer3.1", "layer3.3", "layer3.5")
+    r101 = cnl.create_model("resnet101_cnl5", num_classes=200)
+    assert r101.responses == ("layer2.1", "layer2.3", "layer3.5", "layer3.12", "layer3.19")
+    nl = cnl.create_model("resnet101_nl5", num_classes=200)
+    assert nl.nl_layers == r101.responses and nl.cnl is None
+    assert sorted(nl.nl) == ["layer2_1", "layer2_3", "layer3_12", "layer3_19", "layer3_5"]
+
+
+def test_placement_rule_for_other_depths():
+    assert spaced_blocks(4, 2) == [1, 3] and spaced_blocks(6, 3) == [1, 3, 5] and spaced_blocks(5, 0) == []
+    assert default_responses("resnet34") == ("layer2.1", "layer2.3", "layer3.1", "layer3.3", "layer3.5")
+    assert default_responses("resnet152") == ("layer2.3", "layer2.7", "layer3.11", "layer3.23", "layer3.35")
+    assert default_responses("resnet18") == ("layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1")
+    assert cnl.create_model("resnet18_cnl5", num_classes=3).query == "layer4.0"
+
+
+def test_new_module_keys_have_their_own_prefix_and_backbone_keys_are_torchvisions():
+    tv_keys = set(tv_resnet("resnet50", 200).state_dict())
+    for name in ("resnet50", "resnet50_nl5", "resnet50_cnl5"):
+        keys = set(cnl.create_model(name, num_classes=200).state_dict())
+        assert tv_keys <= keys
+        assert all(k.startswith(("nl.", "cnl.")) for k in keys - tv_keys)
+
+
+@pytest.mark.parametrize("name", ["resnet50_cnl5", "resnet50_nl5"])
+def test_torchvision_state_dict_loads_and_output_is_unchanged(name):
+    reference = tv_resnet("resnet50", 200)
+    model = cnl.create_model(name, num_classes=200).eval()
+    missing, unexpected = model.load_state_dict(reference.state_dict(), strict=False)
+    assert unexpected == []
+    assert missing and all(k.startswith(("cnl.", "nl.")) for k in missing)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_weights_from_a_local_file(tmp_path, suffix):
+    reference = tv_resnet("resnet18", 1000)
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".pth":
+        torch.save(reference.state_dict(), path)
+    else:
+        save_file(reference.state_dict(), str(path))
+    model = cnl.create_model("resnet18_cnl5", num_classes=1000, weights=path).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))
+
+
+def test_torchvision_weights_name_uses_the_hub_cache(tmp_path, monkeypatch):
+    """The users' download path, served from a local file placed where torch.hub caches it."""
+    reference = tv_resnet("resnet18", 1000)
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(reference.state_dict(), cache / Path(weights.url).name)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    model = cnl.create_model("resnet18_nl5", num_classes=7, weights="IMAGENET1K_V1").eval()
+    # A different number of classes: the backbone loads, the head stays new.
+    torch.testing.assert_close(model.conv1.weight, reference.conv1.weight)
+    torch.testing.assert_close(model.layer4[1].bn2.running_var, reference.layer4[1].bn2.running_var)
+    assert model.fc.weight.shape == (7, 512)
+    with pytest.raises(ValueError, match="unknown weights 'IMAGENET9K'.*IMAGENET1K_V1"):
+        cnl.create_model("resnet18", weights="IMAGENET9K")
+
+
+def test_missing_or_foreign_weights_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        cnl.create_model("resnet18", weights=tmp_path / "nowhere.pth")
+    foreign = tmp_path / "r34.pth"
+    torch.save(tv_resnet("resnet34", 10).state_dict(), foreign)
+    with pytest.raises(ValueError, match="do not fit resnet18.*unexpected keys"):
+        cnl.create_model("resnet18", num_classes=10, weights=foreign)
+
+
+def test_query_and_responses_can_be_overridden_by_layer_name():
+    model = cnl.create_model("resnet50_cnl5", num_classes=10, query="layer4.2", responses=["layer3.5", "layer2.0"])
+    assert model.query == "layer4.2" and model.responses == ("layer2.0", "layer3.5")
+    assert model.cnl.response_channels == [512, 1024]
+    out, attention = model.eval().forward_with_attention(torch.randn(1, 3, 64, 64))
+    assert out.shape == (1, 10)
+    assert {k: tuple(v.shape) for k, v in attention.items()} == {"layer2.0": (1, 4, 64), "layer3.5": (1, 4, 16)}
+
+
+def test_unknown_layer_lists_valid_names():
+    with pytest.raises(ValueError, match=r"unknown query \['layer5.0'\].*layer1.0, layer1.1"):
+        cnl.create_model("resnet18_cnl5", query="layer5.0")
+    with pytest.raises(ValueError, match="come after the query"):
+        cnl.create_model("resnet50_cnl5", query="layer3.0")
+    with pytest.raises(ValueError, match="unknown model 'resnet51'.*resnet50_cnl5"):
+        cnl.create_model("resnet51")
+    with pytest.raises(TypeError, match="valid overrides"):
+        cnl.create_model("resnet50", querry="layer4.1")
+
+
+def test_head_is_pool_dropout_linear():
+    model = cnl.create_model("resnet18_cnl5", num_classes=5, drop_rate=0.5)
+    assert model.dropout.p == 0.5 and model.fc.out_features == 5
+    x = torch.randn(2, 3, 64, 64)
+    model.train()
+    features, _ = model.forward_features(x)
+    torch.manual_seed(0)
+    trained = model.forward_head(features)
+    torch.manual_seed(0)
+    expected = model.fc(torch.nn.functional.dropout(features.mean((2, 3)), 0.5, training=True))
+    torch.testing.assert_close(trained, expected)

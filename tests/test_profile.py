@@ -1,0 +1,47 @@
+"""`cnl profile` reproduces Table 2 of the paper."""
+
+import json
+
+from cnl.analysis.profile import TABLE2, profile_model
+from cnl.cli import main
+
+
+def run_json(capsys, *args):
+    assert main(["profile", "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_profile_json_reproduces_table2(capsys):
+    rows = run_json(capsys)
+    assert [r["model"] for r in rows] == list(TABLE2)
+    for row in rows:
+        assert set(row) >= {"model", "params", "macs", "macs_all", "attention_bytes"}
+        paper_params, paper_flops = TABLE2[row["model"]]
+        assert round(row["params"] / 1e7, 2) == paper_params, row
+        assert abs(row["macs"] / 1e10 - paper_flops) <= 0.05, row
+
+
+def test_exact_counts_at_448():
+    base = profile_model("resnet50")
+    assert base.params == 23_917_832 and base.macs_all == base.macs and base.attention_bytes == 0
+    nl = profile_model("resnet50_nl5")
+    assert nl.params - base.params == 7_348_224
+    # Five NL maps: two of 56x56 positions squared, three of 28x28 squared, float32.
+    assert nl.attention_bytes == (2 * 3136**2 + 3 * 784**2) * 4
+    cnl = profile_model("resnet50_cnl5")
+    # The 14x14 query against the same five maps.
+    assert cnl.attention_bytes == 196 * (2 * 3136 + 3 * 784) * 4
+    # Attention products: theta.phi^T and A.g, each Nq*Nr*c multiply-adds with c = 256.
+    assert cnl.macs_all - cnl.macs == 2 * 196 * (2 * 3136 + 3 * 784) * 256
+    assert nl.macs_all - nl.macs == 2 * (2 * 3136**2 * 256 + 3 * 784**2 * 512)
+    # The authors' code evaluates the shared theta (2048 -> 256 over 14x14) five times.
+    assert cnl.authors_macs - cnl.macs == 4 * 196 * 2048 * 256
+    assert abs(cnl.authors_macs / 1e10 - 2.03) < 0.005
+
+
+def test_profile_table_and_other_sizes(capsys):
+    assert main(["profile", "--models", "resnet18,resnet18_cnl5", "--img-size", "224", "--num-classes", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "| resnet18_cnl5 |" in out and "224x224" in out
+    assert main(["profile", "--models", "resnet5"]) == 2
+    assert "unknown model 'resnet5'" in capsys.readouterr().err
