@@ -39,10 +39,55 @@ def add_profile(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=cmd_profile)
 
 
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from cnl.data.synth import SynthConfig, contact_sheet, generate
+
+    config = SynthConfig(args.classes, args.train_per_class, args.test_per_class, args.image_size, args.seed)
+    out = generate(args.out, config)
+    print(f"wrote {config.classes * (config.train_per_class + config.test_per_class)} images in the CUB-200-2011 layout to {out}")
+    if args.contact_sheet:
+        print(f"wrote {contact_sheet(out, args.contact_sheet)}")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from cnl.data.check import check_dataset, format_reports
+
+    reports = check_dataset(args.dataset, args.root, tuple(split_names(args.splits)))
+    print(format_reports(reports))
+    return 0 if all(r.ok for r in reports) else 1
+
+
+def add_data(subparsers: argparse._SubParsersAction) -> None:
+    from cnl.data.synth import SynthConfig
+
+    data = subparsers.add_parser("data", help="generate the synthetic benchmark, check a dataset")
+    commands = data.add_subparsers(dest="data_command", required=True)
+    defaults = SynthConfig()
+    synth = commands.add_parser(
+        "synth", help="write the synthetic multi-scale fine-grained benchmark (CUB layout)"
+    )
+    synth.add_argument("--out", required=True, help="folder to write")
+    synth.add_argument("--classes", type=int, default=defaults.classes)
+    synth.add_argument("--train-per-class", type=int, default=defaults.train_per_class)
+    synth.add_argument("--test-per-class", type=int, default=defaults.test_per_class)
+    synth.add_argument("--image-size", type=int, default=defaults.image_size, help="pixels per side")
+    synth.add_argument("--seed", type=int, default=defaults.seed)
+    synth.add_argument("--contact-sheet", help="also write a PNG of samples per class here")
+    synth.set_defaults(func=cmd_data_synth)
+
+    check = commands.add_parser("check", help="per-split counts and every missing or unreadable file")
+    check.add_argument("--dataset", default="auto", help="cub, dogs, cars, aircraft, folder, list or auto")
+    check.add_argument("--root", required=True, help="the dataset's folder")
+    check.add_argument("--splits", nargs="+", default=["train", "test"])
+    check.set_defaults(func=cmd_data_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnl", description="Cross-layer non-local networks for fine-grained recognition")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_profile(subparsers)
+    add_data(subparsers)
     return parser
 
 

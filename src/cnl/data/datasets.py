@@ -1,0 +1,421 @@
+"""Fine-grained datasets in their official layouts, and the user's own folders or lists.
+
+Every loader parses the metadata up front (a missing file is an error naming it and the
+expected layout) and returns a ``FineGrainedDataset``: ``classes`` (readable names,
+index = label), ``samples`` (path, label) with 0-based labels, and images decoded on
+demand. A file that cannot be decoded is skipped with a warning, recorded, and replaced
+by the next readable sample, so one bad file never ends an epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from cnl.data.images import ImageError, load_image
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
+
+
+class LayoutError(ValueError):
+    """Metadata that does not match the expected layout."""
+
+
+class FineGrainedDataset(Dataset):
+    """``(image, label)`` pairs with readable class names.
+
+    Args:
+        samples: ``(path, label)`` pairs, labels 0-based.
+        classes: class names, index = label.
+        transform: applied to the RGB PIL image.
+        boxes: optional per-sample crop boxes (x0, y0, x1, y1), e.g. CUB's bounding boxes.
+        skip_log: optional file to which each skipped path is appended, so that skips in
+            DataLoader workers reach the main process.
+    """
+
+    def __init__(
+        self,
+        samples: list[tuple[Path, int]],
+        classes: list[str],
+        transform: Callable[[Image.Image], Any] | None = None,
+        boxes: list[Box] | None = None,
+        skip_log: str | Path | None = None,
+    ) -> None:
+        self.samples = samples
+        self.classes = classes
+        self.transform = transform
+        self.boxes = boxes
+        self.skip_log = skip_log
+        self.skipped: dict[str, str] = {}
+
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> Image.Image:
+        """The RGB image of sample ``index`` (cropped to its box if any); raises ImageError."""
+        image = load_image(self.samples[index][0])
+        if self.boxes is not None:
+            image = image.crop(tuple(round(v) for v in self.boxes[index]))
+        return image
+
+    def _record_skip(self, path: Path, error: ImageError) -> None:
+        self.skipped[str(path)] = str(error)
+        logger.warning("skipping unreadable image %s: %s", path, error)
+        if self.skip_log is not None:
+            with open(self.skip_log, "a", encoding="utf-8") as log:
+                log.write(f"{path}\t{error}\n")
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        for offset in range(len(self.samples)):
+            current = (index + offset) % len(self.samples)
+            path, label = self.samples[current]
+            try:
+                image = self.load(current)
+            except ImageError as error:
+                self._record_skip(path, error)
+                continue
+            return (self.transform(image) if self.transform else image), label
+        raise RuntimeError(f"no readable image among the {len(self.samples)} samples")
+
+
+def require(path: Path, layout: str) -> Path:
+    """``path`` if it exists, else a LayoutError naming it and the expected layout."""
+    if not path.exists():
+        raise LayoutError(f"missing {path}; expected the {layout}")
+    return path
+
+
+def read_rows(path: Path, layout: str, columns: int) -> list[tuple[int, list[str]]]:
+    """Whitespace-separated rows with their 1-based line numbers; blank lines skipped."""
+    rows = []
+    for number, line in enumerate(require(path, layout).read_text(encoding="utf-8").splitlines(), 1):
+        fields = line.split(maxsplit=columns - 1)
+        if not fields:
+            continue
+        if len(fields) != columns:
+            raise LayoutError(f"{path}, line {number}: expected {columns} fields, got {line!r}")
+        rows.append((number, fields))
+    return rows
+
+
+def read_table(path: Path, layout: str, columns: int) -> dict[str, list[str]]:
+    """Rows keyed by their first field (an image id)."""
+    return {fields[0]: fields[1:] for _, fields in read_rows(path, layout, columns)}
+
+
+def check_split(split: str, valid: tuple[str, ...]) -> str:
+    if split not in valid:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(valid)}")
+    return split
+
+
+def parse_label(text: str, where: str, num_classes: int, base: int = 1) -> int:
+    """A ``base``-based label as 0-based, checked against the number of classes."""
+    try:
+        label = int(float(text)) - base
+    except ValueError:
+        raise LayoutError(f"{where}: label {text!r} is not a number") from None
+    if not 0 <= label < num_classes:
+        raise LayoutError(f"{where}: label {text} is outside {base}..{num_classes - 1 + base}")
+    return label
+
+
+def pretty_name(folder: str) -> str:
+    """``"001.Black_footed_Albatross" -> "Black footed Albatross"``; ``"n02085620-Chihuahua" -> "Chihuahua"``."""
+    for separator in (".", "-"):
+        head, _, tail = folder.partition(separator)
+        if tail and (head.isdigit() or (head[:1] == "n" and head[1:].isdigit())):
+            folder = tail
+            break
+    return folder.replace("_", " ")
+
+
+# --- CUB-200-2011 -------------------------------------------------------------------
+
+CUB_LAYOUT = "CUB-200-2011 layout: images.txt, image_class_labels.txt, train_test_split.txt, classes.txt, images/"
+
+
+def cub_root(root: Path) -> Path:
+    return root / "CUB_200_2011" if (root / "CUB_200_2011" / "images.txt").exists() else root
+
+
+def build_cub(root: Path, split: str, crop_to_box: bool = False, **kwargs: Any) -> FineGrainedDataset:
+    check_split(split, ("train", "test"))
+    root = cub_root(root)
+    classes_rows = read_rows(root / "classes.txt", CUB_LAYOUT, 2)
+    classes = [pretty_name(fields[1]) for _, fields in classes_rows]
+    images = read_table(root / "images.txt", CUB_LAYOUT, 2)
+    labels = read_table(root / "image_class_labels.txt", CUB_LAYOUT, 2)
+    is_train = read_table(root / "train_test_split.txt", CUB_LAYOUT, 2)
+    boxes_table = read_table(root / "bounding_boxes.txt", CUB_LAYOUT, 5) if crop_to_box else {}
+    want = "1" if split == "train" else "0"
+    samples, boxes = [], []
+    for image_id, (relative,) in images.items():
+        for table, name in ((labels, "image_class_labels.txt"), (is_train, "train_test_split.txt")):
+            if image_id not in table:
+                raise LayoutError(f"{root / name}: no entry for image id {image_id} of images.txt")
+        # Every label is checked, not only this split's, so a bad file stops any run.
+        label = parse_label(labels[image_id][0], f"{root / 'image_class_labels.txt'}, image {image_id}", len(classes))
+        if is_train[image_id][0] != want:
+            continue
+        samples.append((root / "images" / relative, label))
+        if crop_to_box:
+            if image_id not in boxes_table:
+                raise LayoutError(f"{root / 'bounding_boxes.txt'}: no box for image id {image_id}")
+            x, y, w, h = (float(v) for v in boxes_table[image_id])
+            boxes.append((x, y, x + w, y + h))
+    return FineGrainedDataset(samples, classes, boxes=boxes if crop_to_box else None, **kwargs)
+
+
+# --- Stanford Dogs ----------------------------------------------------------------
+
+DOGS_LAYOUT = "Stanford Dogs layout: Images/<wnid-breed>/*.jpg, lists/train_list.mat, lists/test_list.mat"
+
+
+def load_mat(path: Path, layout: str) -> dict[str, Any]:
+    from scipy.io import loadmat
+
+    try:
+        return loadmat(str(require(path, layout)), squeeze_me=True, struct_as_record=False)
+    except (ValueError, TypeError, OSError, NotImplementedError) as error:
+        raise LayoutError(f"{path}: not a readable .mat file ({error}); expected the {layout}") from error
+
+
+def mat_field(mat: dict[str, Any], key: str, path: Path, layout: str) -> Any:
+    if key not in mat:
+        raise LayoutError(f"{path}: no variable {key!r}; expected the {layout}")
+    return mat[key]
+
+
+def as_list(value: Any) -> list[Any]:
+    """A squeezed MATLAB array (a scalar when it held one element) as a list."""
+    return list(value) if hasattr(value, "__len__") and not isinstance(value, str) else [value]
+
+
+def build_dogs(root: Path, split: str, **kwargs: Any) -> FineGrainedDataset:
+    check_split(split, ("train", "test"))
+    path = root / "lists" / f"{split}_list.mat"
+    mat = load_mat(path, DOGS_LAYOUT)
+    files = [str(f) for f in as_list(mat_field(mat, "file_list", path, DOGS_LAYOUT))]
+    labels = [int(v) for v in as_list(mat_field(mat, "labels", path, DOGS_LAYOUT))]
+    if len(files) != len(labels):
+        raise LayoutError(f"{path}: {len(files)} files but {len(labels)} labels")
+    # The breed folders, in wnid order, are the 120 classes; the lists number them 1..120.
+    folders = sorted(p.name for p in require(root / "Images", DOGS_LAYOUT).iterdir() if p.is_dir())
+    classes = [pretty_name(f) for f in folders]
+    samples = [
+        (root / "Images" / f, parse_label(str(v), f"{path}, entry {i + 1}", len(classes)))
+        for i, (f, v) in enumerate(zip(files, labels))
+    ]
+    return FineGrainedDataset(samples, classes, **kwargs)
+
+
+# --- Stanford Cars ----------------------------------------------------------------
+
+CARS_LAYOUT = (
+    "Stanford Cars layout: devkit/cars_train_annos.mat, devkit/cars_test_annos_withlabels.mat, "
+    "devkit/cars_meta.mat with cars_train/ and cars_test/, or cars_annos.mat with car_ims/"
+)
+
+
+def _car_class_names(mat: dict[str, Any], path: Path) -> list[str]:
+    return [str(n) for n in as_list(mat_field(mat, "class_names", path, CARS_LAYOUT))]
+
+
+def _car_box(a: Any) -> Box:
+    return (float(a.bbox_x1), float(a.bbox_y1), float(a.bbox_x2), float(a.bbox_y2))
+
+
+def build_cars(root: Path, split: str, crop_to_box: bool = False, **kwargs: Any) -> FineGrainedDataset:
+    check_split(split, ("train", "test"))
+    combined = root / "cars_annos.mat"
+    if combined.exists():
+        mat = load_mat(combined, CARS_LAYOUT)
+        classes = _car_class_names(mat, combined)
+        want_test = split == "test"
+        annotations = [a for a in as_list(mat_field(mat, "annotations", combined, CARS_LAYOUT)) if bool(a.test) == want_test]
+        images = [root / str(a.relative_im_path) for a in annotations]
+        where = combined
+    else:
+        meta = root / "devkit" / "cars_meta.mat"
+        classes = _car_class_names(load_mat(meta, CARS_LAYOUT), meta)
+        name = "cars_train_annos.mat" if split == "train" else "cars_test_annos_withlabels.mat"
+        where = root / "devkit" / name
+        annotations = as_list(mat_field(load_mat(where, CARS_LAYOUT), "annotations", where, CARS_LAYOUT))
+        images = [root / f"cars_{split}" / str(a.fname) for a in annotations]
+    samples = [
+        (path, parse_label(str(getattr(a, "class")), f"{where}, annotation {i + 1}", len(classes)))
+        for i, (path, a) in enumerate(zip(images, annotations))
+    ]
+    boxes = [_car_box(a) for a in annotations] if crop_to_box else None
+    return FineGrainedDataset(samples, classes, boxes=boxes, **kwargs)
+
+
+# --- FGVC-Aircraft ----------------------------------------------------------------
+
+AIRCRAFT_LAYOUT = "FGVC-Aircraft layout: data/images/, data/images_<level>_<split>.txt, data/<levels>.txt"
+AIRCRAFT_LEVELS = {"variant": "variants", "family": "families", "manufacturer": "manufacturers"}
+
+
+def build_aircraft(root: Path, split: str, level: str = "variant", **kwargs: Any) -> FineGrainedDataset:
+    if level not in AIRCRAFT_LEVELS:
+        raise ValueError(f"unknown FGVC-Aircraft level {level!r}; valid levels: {', '.join(AIRCRAFT_LEVELS)}")
+    # "train" is the standard trainval split (train + val); train and val are there too.
+    split = {"train": "trainval"}.get(check_split(split, ("train", "trainval", "val", "test")), split)
+    data = root / "data" if (root / "data").is_dir() else root
+    names = [line.strip() for line in require(data / f"{AIRCRAFT_LEVELS[level]}.txt", AIRCRAFT_LAYOUT).read_text(encoding="utf-8").splitlines() if line.strip()]
+    index = {name: i for i, name in enumerate(names)}
+    listing = data / f"images_{level}_{split}.txt"
+    samples = []
+    for number, (image_id, name) in read_rows(listing, AIRCRAFT_LAYOUT, 2):
+        if name not in index:
+            raise LayoutError(f"{listing}, line {number}: {name!r} is not in {AIRCRAFT_LEVELS[level]}.txt")
+        samples.append((data / "images" / f"{image_id}.jpg", index[name]))
+    return FineGrainedDataset(samples, names, **kwargs)
+
+
+# --- the user's folders and lists -------------------------------------------------
+
+FOLDER_LAYOUT = "folder layout: root/train/<class>/*, root/test/<class>/* (or root/val/<class>/*)"
+LIST_LAYOUT = "list layout: root/train.txt and root/test.txt, one 'relative/path label' per line"
+
+
+def folder_split(root: Path, split: str) -> Path:
+    check_split(split, ("train", "val", "test"))
+    if split == "test" and not (root / "test").is_dir() and (root / "val").is_dir():
+        return root / "val"
+    return require(root / split, FOLDER_LAYOUT)
+
+
+def build_folder(root: Path, split: str, **kwargs: Any) -> FineGrainedDataset:
+    directory = folder_split(root, split)
+    # Class names from every split, so that train and test agree on the label numbers.
+    class_dirs = {p.name for s in ("train", "val", "test") if (root / s).is_dir() for p in (root / s).iterdir() if p.is_dir()}
+    classes = sorted(class_dirs)
+    samples = [
+        (path, label)
+        for label, name in enumerate(classes)
+        if (directory / name).is_dir()
+        for path in sorted((directory / name).rglob("*"))
+        if path.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    return FineGrainedDataset(samples, classes, **kwargs)
+
+
+def list_file(root: Path, split: str) -> Path:
+    check_split(split, ("train", "val", "test"))
+    for name in (f"{split}.txt", f"{split}.list"):
+        if (root / name).exists():
+            return root / name
+    return require(root / f"{split}.txt", LIST_LAYOUT)
+
+
+def read_list(path: Path) -> list[tuple[int, str, str]]:
+    """``(line number, relative path, label text)``; the label is the last field, so paths may hold spaces."""
+    entries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.rsplit(maxsplit=1)
+        if len(fields) != 2:
+            raise LayoutError(f"{path}, line {number}: expected 'relative/path label', got {line!r}")
+        entries.append((number, fields[0], fields[1]))
+    return entries
+
+
+def list_labels(path: Path, entries: list[tuple[int, str, str]]) -> list[int]:
+    for number, _, text in entries:
+        if not text.lstrip("-").isdigit():
+            raise LayoutError(f"{path}, line {number}: label {text!r} is not a whole number")
+    return [int(text) for _, _, text in entries]
+
+
+def build_list(root: Path, split: str, **kwargs: Any) -> FineGrainedDataset:
+    path = list_file(root, split)
+    entries = read_list(path)
+    # Numbering (from 0, as the authors' lists, or from 1) and class count come from all
+    # splits together, so that train and test agree.
+    every_label = [
+        label
+        for other in sorted(root.glob("*.txt")) + sorted(root.glob("*.list"))
+        if other.stem in ("train", "val", "test")
+        for label in list_labels(other, read_list(other))
+    ]
+    base = 0 if min(every_label, default=0) <= 0 else 1
+    names_file = root / "classes.txt"
+    if names_file.exists():
+        classes = [line.strip() for line in names_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        classes = [f"class {k}" for k in range(max(every_label, default=-1) - base + 1)]
+    samples = [
+        (root / relative, parse_label(text, f"{path}, line {number}", len(classes), base))
+        for number, relative, text in entries
+    ]
+    return FineGrainedDataset(samples, classes, **kwargs)
+
+
+BUILDERS: dict[str, Callable[..., FineGrainedDataset]] = {
+    "cub": build_cub,
+    "dogs": build_dogs,
+    "cars": build_cars,
+    "aircraft": build_aircraft,
+    "folder": build_folder,
+    "list": build_list,
+}
+
+
+def detect_layout(root: Path) -> str:
+    """The dataset name whose official files are found under ``root``."""
+    checks = [
+        ("cub", cub_root(root) / "images.txt"),
+        ("dogs", root / "lists" / "train_list.mat"),
+        ("cars", root / "cars_annos.mat"),
+        ("cars", root / "devkit" / "cars_meta.mat"),
+        ("aircraft", root / "data" / "variants.txt"),
+        ("aircraft", root / "variants.txt"),
+        ("list", root / "train.txt"),
+        ("list", root / "train.list"),
+        ("folder", root / "train"),
+    ]
+    for name, marker in checks:
+        if marker.exists():
+            return name
+    raise LayoutError(f"cannot tell the layout of {root}: none of {', '.join(str(m.relative_to(root)) for _, m in checks)} is there")
+
+
+def build_dataset(
+    name: str, root: str | os.PathLike[str], split: str, transform: Callable | None = None, **options: Any
+) -> FineGrainedDataset:
+    """A dataset in one of the official layouts.
+
+    Args:
+        name: ``cub``, ``dogs``, ``cars``, ``aircraft``, ``folder``, ``list`` or ``auto``.
+        root: the dataset's folder.
+        split: ``train`` or ``test`` (``val`` for folder/list/aircraft).
+        transform: applied to each RGB PIL image.
+        **options: ``crop_to_box`` (cub, cars), ``level`` (aircraft), ``skip_log``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root {root} is not a folder")
+    if name == "auto":
+        name = detect_layout(root)
+    if name not in BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; valid datasets: auto, {', '.join(BUILDERS)}")
+    dataset = BUILDERS[name](root, split, transform=transform, **options)
+    if not dataset.samples:
+        raise LayoutError(f"the {split} split of {root} ({name}) has no images")
+    return dataset

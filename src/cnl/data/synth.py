@@ -1,0 +1,277 @@
+"""A synthetic multi-scale fine-grained benchmark, written in the CUB-200-2011 layout.
+
+Each class is an object described by three parts, one per scale:
+
+- a **silhouette** (coarse, the whole object): oval, diamond, fish, capsule, hexagon;
+- a **wing pattern** (mid-size, a region inside the body): plain, stripes, spots, checks, rings;
+- a **mark** (small, a few pixels wide, at the head): dot, ring, cross, bar, pair.
+
+Classes are the first N cells of a near-cubic grid over these three attributes, so most
+classes have neighbours that differ in one attribute only, at one scale: no single
+receptive-field size separates every pair. Colours carry no class information. Each
+image puts its object at a random position, scale and rotation on a cluttered
+background that also holds stray marks and pattern patches, may occlude the back of the
+object, and jitters brightness, contrast and saturation.
+
+Images are drawn with numpy and PIL from a generator seeded by (seed, class, index), and
+saved as baseline JPEG, so the same arguments write the same bytes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance
+
+SILHOUETTES = ("oval", "diamond", "fish", "capsule", "hexagon")
+PATTERNS = ("plain", "stripes", "spots", "checks", "rings")
+MARKS = ("dot", "ring", "cross", "bar", "pair")
+MAX_CLASSES = len(SILHOUETTES) * len(PATTERNS) * len(MARKS)
+
+WING_CENTRE, WING_AXES = (-0.12, 0.0), (0.40, 0.30)
+HEAD = (0.60, 0.0)
+PATTERN_FREQUENCY = 5.0  # cycles per half-object: a period of a tenth of the object
+MARK_RADIUS = 0.09  # of the half-object: about 3 px for a 70 px object
+JPEG_QUALITY = 90
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    classes: int = 12
+    train_per_class: int = 30
+    test_per_class: int = 10
+    image_size: int = 128
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not 2 <= self.classes <= MAX_CLASSES:
+            raise ValueError(f"--classes must be between 2 and {MAX_CLASSES}, got {self.classes}")
+        if self.train_per_class < 1 or self.test_per_class < 1:
+            raise ValueError("--train-per-class and --test-per-class must be at least 1")
+        if self.image_size < 32:
+            raise ValueError(f"--image-size must be at least 32 pixels, got {self.image_size}")
+
+
+def class_grid(count: int) -> list[tuple[int, int, int]]:
+    """(silhouette, pattern, mark) of ``count`` classes, from a near-cubic grid.
+
+    From 4 classes on every attribute takes at least two values, and cells nearest the
+    first come first, so even 4 classes are a base and its three one-part variants.
+    """
+    sizes = [1, 1, 1]
+    while math.prod(sizes) < count or (count >= 4 and min(sizes) < 2):
+        smallest = min(range(3), key=lambda axis: sizes[axis])
+        sizes[smallest] += 1
+    cells = sorted(itertools.product(*(range(s) for s in sizes)), key=sum)
+    return cells[:count]
+
+
+def class_name(attributes: tuple[int, int, int]) -> str:
+    silhouette, pattern, mark = attributes
+    return f"{SILHOUETTES[silhouette]}_{PATTERNS[pattern]}_{MARKS[mark]}"
+
+
+# --- masks in object coordinates (u, v in [-1, 1], the head towards +u) --------------
+
+
+def silhouette_mask(kind: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    au, av = np.abs(u), np.abs(v)
+    name = SILHOUETTES[kind]
+    if name == "oval":
+        return (u / 0.95) ** 2 + (v / 0.62) ** 2 <= 1
+    if name == "diamond":
+        return au / 0.95 + av / 0.66 <= 1
+    if name == "fish":
+        body = ((u - 0.22) / 0.73) ** 2 + (v / 0.56) ** 2 <= 1
+        tail = (u < -0.45) & (u > -0.97) & (av <= (-0.45 - u) * 1.3)
+        return body | tail
+    if name == "capsule":
+        return (av <= 0.45) & ((au <= 0.5) | ((au - 0.5) ** 2 + v**2 <= 0.45**2))
+    return (av <= 0.55) & (au + 0.55 * av <= 0.95)  # hexagon
+
+
+def pattern_mask(kind: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    f = PATTERN_FREQUENCY
+    name = PATTERNS[kind]
+    if name == "plain":
+        return np.ones_like(u, dtype=bool)
+    if name == "stripes":
+        return np.sin(2 * np.pi * f * u) > 0
+    if name == "spots":
+        return ((u * f) % 1 - 0.5) ** 2 + ((v * f) % 1 - 0.5) ** 2 < 0.3**2
+    if name == "checks":
+        return (np.floor(u * f) + np.floor(v * f)) % 2 == 0
+    return np.sin(2 * np.pi * f * np.hypot(u - WING_CENTRE[0], v)) > 0  # rings
+
+
+def draw_mark(draw: ImageDraw.ImageDraw, kind: int, x: float, y: float, r: float, colour: tuple) -> None:
+    width = max(1, round(r / 2.5))
+    name = MARKS[kind]
+    if name == "dot":
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+    elif name == "ring":
+        draw.ellipse((x - r, y - r, x + r, y + r), outline=colour, width=width)
+    elif name == "cross":
+        draw.line((x - r, y, x + r, y), fill=colour, width=width)
+        draw.line((x, y - r, x, y + r), fill=colour, width=width)
+    elif name == "bar":
+        draw.line((x, y - 1.3 * r, x, y + 1.3 * r), fill=colour, width=width + 1)
+    else:  # pair
+        for dy in (-0.9 * r, 0.9 * r):
+            draw.ellipse((x - r / 2, y + dy - r / 2, x + r / 2, y + dy + r / 2), fill=colour)
+
+
+# --- colours -------------------------------------------------------------------------
+
+
+def hsv_colour(rng: np.random.Generator, saturation: tuple[float, float], value: tuple[float, float]) -> np.ndarray:
+    import colorsys
+
+    rgb = colorsys.hsv_to_rgb(rng.random(), rng.uniform(*saturation), rng.uniform(*value))
+    return np.array(rgb) * 255
+
+
+def contrasting(rng: np.random.Generator, colour: np.ndarray) -> np.ndarray:
+    """A colour far from ``colour`` in brightness, so parts stay visible."""
+    light = colour.mean() > 128
+    return hsv_colour(rng, (0.2, 0.9), (0.05, 0.35) if light else (0.7, 1.0))
+
+
+# --- one image -----------------------------------------------------------------------
+
+
+def render_object(attributes: tuple[int, int, int], size: int, rng: np.random.Generator) -> Image.Image:
+    """The object on a transparent canvas of ``size`` pixels, head towards +x."""
+    silhouette, pattern, mark = attributes
+    axis = (np.arange(size) + 0.5) / size * 2 - 1
+    u, v = np.meshgrid(axis, axis)
+    body = silhouette_mask(silhouette, u, v)
+    wing = body & (((u - WING_CENTRE[0]) / WING_AXES[0]) ** 2 + ((v - WING_CENTRE[1]) / WING_AXES[1]) ** 2 <= 1)
+    body_colour = hsv_colour(rng, (0.3, 0.9), (0.35, 0.95))
+    wing_colour = contrasting(rng, body_colour)
+    rgba = np.zeros((size, size, 4), dtype=np.float64)
+    rgba[body, :3] = body_colour
+    rgba[wing & pattern_mask(pattern, u, v), :3] = wing_colour
+    rgba[body, 3] = 255
+    image = Image.fromarray(rgba.astype(np.uint8), "RGBA")
+    draw = ImageDraw.Draw(image)
+    half = size / 2
+    mark_colour = tuple(int(c) for c in contrasting(rng, body_colour)) + (255,)
+    draw_mark(draw, mark, half + HEAD[0] * half, half + HEAD[1] * half, max(1.5, MARK_RADIUS * half), mark_colour)
+    if rng.random() < 0.4:  # an occluder over the back half, never over the head
+        angle = rng.uniform(0.6 * math.pi, 1.4 * math.pi)
+        cx, cy = half + 0.8 * half * math.cos(angle), half + 0.8 * half * math.sin(angle)
+        radius = rng.uniform(0.18, 0.3) * half
+        colour = tuple(int(c) for c in hsv_colour(rng, (0.0, 0.6), (0.2, 0.9))) + (255,)
+        draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=colour)
+    return image
+
+
+def render_background(size: int, rng: np.random.Generator) -> Image.Image:
+    """A noisy gradient with clutter: blobs, lines, stray marks and pattern patches."""
+    top, bottom = hsv_colour(rng, (0.1, 0.6), (0.3, 0.9)), hsv_colour(rng, (0.1, 0.6), (0.3, 0.9))
+    ramp = np.linspace(0, 1, size)[:, None, None]
+    pixels = top * (1 - ramp) + bottom * ramp + rng.normal(0, 8, (size, size, 3))
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    colour = lambda: tuple(int(c) for c in hsv_colour(rng, (0.0, 0.8), (0.1, 1.0)))  # noqa: E731
+    for _ in range(rng.integers(3, 7)):
+        x, y, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(0.04, 0.15) * size
+        draw.ellipse((x - r, y - r * rng.uniform(0.3, 1), x + r, y + r), fill=colour())
+    for _ in range(rng.integers(2, 5)):
+        draw.line(tuple(rng.uniform(0, size, 4)), fill=colour(), width=int(rng.integers(1, 4)))
+    for _ in range(rng.integers(2, 5)):
+        r = max(1.5, MARK_RADIUS * size * 0.3)
+        draw_mark(draw, int(rng.integers(len(MARKS))), *rng.uniform(0, size, 2), r, colour())
+    for _ in range(rng.integers(1, 3)):
+        patch = int(rng.uniform(0.12, 0.25) * size)
+        axis = np.linspace(-1, 1, patch)
+        pu, pv = np.meshgrid(axis * patch / (0.3 * size), axis * patch / (0.3 * size))
+        inside = np.hypot(*np.meshgrid(axis, axis)) <= 1
+        texture = inside & pattern_mask(int(rng.integers(1, len(PATTERNS))), pu, pv)
+        mask = Image.fromarray((texture * 255).astype(np.uint8), "L")
+        image.paste(Image.new("RGB", (patch, patch), colour()), tuple(int(c) for c in rng.uniform(0, size - patch, 2)), mask)
+    return image
+
+
+def render_sample(attributes: tuple[int, int, int], size: int, rng: np.random.Generator) -> tuple[Image.Image, tuple]:
+    """One image of a class and the object's box (x, y, width, height)."""
+    image = render_background(size, rng)
+    object_size = int(size * rng.uniform(0.5, 0.75))
+    thing = render_object(attributes, object_size, rng).rotate(rng.uniform(0, 360), Image.BICUBIC, expand=True)
+    left = int(rng.integers(0, max(1, size - thing.width + 1)))
+    top = int(rng.integers(0, max(1, size - thing.height + 1)))
+    image.paste(thing, (left, top), thing)
+    x0, y0, x1, y1 = thing.getchannel("A").getbbox() or (0, 0, thing.width, thing.height)
+    box = (left + x0, top + y0, min(size, left + x1) - left - x0, min(size, top + y1) - top - y0)
+    for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        image = enhance(image).enhance(rng.uniform(0.75, 1.25))
+    return image, box
+
+
+# --- the dataset on disk ---------------------------------------------------------------
+
+
+def generate(out: str | Path, config: SynthConfig, progress: Callable[[int, int], None] | None = None) -> Path:
+    """Write the benchmark under ``out`` in the CUB-200-2011 layout; returns ``out``."""
+    config.validate()
+    out = Path(out)
+    grid = class_grid(config.classes)
+    folders = [f"{k + 1:03d}.{class_name(a)}" for k, a in enumerate(grid)]
+    per_class = config.train_per_class + config.test_per_class
+    images, labels, splits, boxes = [], [], [], []
+    total = config.classes * per_class
+    for label, (attributes, folder) in enumerate(zip(grid, folders)):
+        (out / "images" / folder).mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            rng = np.random.default_rng([config.seed, label, index])
+            image, box = render_sample(attributes, config.image_size, rng)
+            relative = f"{folder}/{class_name(attributes)}_{index:04d}.jpg"
+            image.save(out / "images" / relative, "JPEG", quality=JPEG_QUALITY)
+            image_id = len(images) + 1
+            images.append(f"{image_id} {relative}")
+            labels.append(f"{image_id} {label + 1}")
+            splits.append(f"{image_id} {int(index < config.train_per_class)}")
+            boxes.append(f"{image_id} " + " ".join(f"{float(v):.1f}" for v in box))
+            if progress:
+                progress(image_id, total)
+    tables = {
+        "classes.txt": [f"{k + 1} {f}" for k, f in enumerate(folders)],
+        "images.txt": images,
+        "image_class_labels.txt": labels,
+        "train_test_split.txt": splits,
+        "bounding_boxes.txt": boxes,
+    }
+    for name, lines in tables.items():
+        (out / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out / "synth.json").write_text(json.dumps(asdict(config), indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def contact_sheet(root: str | Path, out: str | Path, per_class: int = 6, max_classes: int = 12) -> Path:
+    """A PNG grid: one row per class (its name on the left), ``per_class`` training images."""
+    from cnl.data.datasets import build_cub
+    from PIL import ImageFont
+
+    dataset = build_cub(Path(root), "train")
+    rows = [[p for p, label in dataset.samples if label == k][:per_class] for k in range(min(max_classes, len(dataset.classes)))]
+    cell = 80
+    label_width = 150
+    sheet = Image.new("RGB", (label_width + per_class * cell, len(rows) * cell), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for row, paths in enumerate(rows):
+        draw.text((6, row * cell + cell // 2 - 6), dataset.classes[row], fill="black", font=font)
+        for column, path in enumerate(paths):
+            with Image.open(path) as image:
+                sheet.paste(image.convert("RGB").resize((cell - 4, cell - 4)), (label_width + column * cell + 2, row * cell + 2))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out, optimize=True)
+    return out

@@ -1,0 +1,39 @@
+"""The paper's transforms (the authors' code), with torchvision.transforms.v2.
+
+Train: RandomResizedCrop(448, scale=(0.08, 1.25)) + horizontal flip + ImageNet mean/std.
+Test: Resize(512) + CenterCrop(448). Sizes scale together: ``resize = size * 512 / 448``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_SCALE = (0.08, 1.25)
+RESIZE_RATIO = 512 / 448
+
+
+def _to_normalised_tensor() -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+
+def train_transform(size: int = 448, scale: tuple[float, float] = CROP_SCALE) -> v2.Compose:
+    """Random crop of ``scale`` x the image area (up to 1.25, as the authors), resized to ``size``; flip."""
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(size, scale=scale, antialias=True),
+            v2.RandomHorizontalFlip(),
+            *_to_normalised_tensor(),
+        ]
+    )
+
+
+def eval_transform(size: int = 448, resize: int | None = None) -> v2.Compose:
+    """Shorter side to ``resize`` (``size * 512 / 448`` by default), then the central ``size`` square."""
+    resize = resize or round(size * RESIZE_RATIO)
+    return v2.Compose(
+        [v2.ToImage(), v2.Resize(resize, antialias=True), v2.CenterCrop(size), *_to_normalised_tensor()]
+    )

@@ -1,0 +1,152 @@
+"""Miniature datasets written in each official layout, with the real file formats."""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy.io import savemat
+
+
+def write_image(path: Path, colour=(200, 30, 30), size=(20, 16)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def cell(strings):
+    """A MATLAB cell column of strings."""
+    array = np.empty((len(strings), 1), dtype=object)
+    for i, s in enumerate(strings):
+        array[i, 0] = s
+    return array
+
+
+def struct_array(rows: list[dict]):
+    """A MATLAB 1xN struct array."""
+    fields = list(rows[0])
+    array = np.empty((1, len(rows)), dtype=[(f, "O") for f in fields])
+    for i, row in enumerate(rows):
+        for f in fields:
+            value = row[f]
+            array[0, i][f] = np.array([[value]]) if not isinstance(value, str) else np.array([value])
+    return array
+
+
+CUB_CLASSES = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross"]
+
+
+def write_cub(root: Path) -> Path:
+    """3 classes, 2 train + 1 test images each; ids interleave the splits."""
+    images, labels, split, boxes = [], [], [], []
+    for k, folder in enumerate(CUB_CLASSES):
+        for j in range(3):
+            image_id = len(images) + 1
+            relative = f"{folder}/{folder[4:]}_{j:04d}.jpg"
+            write_image(root / "images" / relative, (40 * k, 80, 10 * j), size=(30, 20))
+            images.append(f"{image_id} {relative}")
+            labels.append(f"{image_id} {k + 1}")
+            split.append(f"{image_id} {int(j != 1)}")
+            boxes.append(f"{image_id} 2.0 3.0 10.0 8.0")
+    (root / "classes.txt").write_text("".join(f"{k + 1} {c}\n" for k, c in enumerate(CUB_CLASSES)))
+    (root / "images.txt").write_text("\n".join(images) + "\n")
+    (root / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
+    (root / "train_test_split.txt").write_text("\n".join(split) + "\n")
+    (root / "bounding_boxes.txt").write_text("\n".join(boxes) + "\n")
+    return root
+
+
+DOG_FOLDERS = ["n02085620-Chihuahua", "n02085782-Japanese_spaniel", "n02085936-Maltese_dog"]
+
+
+def write_dogs(root: Path) -> Path:
+    lists = {"train": [], "test": []}
+    for k, folder in enumerate(DOG_FOLDERS):
+        for j in range(3):
+            relative = f"{folder}/{folder.split('-')[0]}_{j}.jpg"
+            write_image(root / "Images" / relative, (10, 60 * k, 20))
+            lists["test" if j == 2 else "train"].append((relative, k + 1))
+    (root / "lists").mkdir()
+    for split, entries in lists.items():
+        savemat(
+            root / "lists" / f"{split}_list.mat",
+            {"file_list": cell([e[0] for e in entries]), "labels": np.array([[e[1]] for e in entries], dtype=np.uint8)},
+        )
+    return root
+
+
+CAR_CLASSES = ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Acura TL Sedan 2012"]
+
+
+def car_annotation(k: int, **extra) -> dict:
+    return {"bbox_x1": 1, "bbox_y1": 2, "bbox_x2": 15, "bbox_y2": 12, "class": k + 1, **extra}
+
+
+def write_cars_devkit(root: Path) -> Path:
+    (root / "devkit").mkdir(parents=True)
+    savemat(root / "devkit" / "cars_meta.mat", {"class_names": np.array(CAR_CLASSES, dtype=object).reshape(1, -1)})
+    for split, count in (("train", 2), ("test", 1)):
+        rows = []
+        for k in range(len(CAR_CLASSES)):
+            for j in range(count):
+                fname = f"{len(rows) + 1:05d}.jpg"
+                write_image(root / f"cars_{split}" / fname, (k * 70, 0, 0))
+                rows.append(car_annotation(k, fname=fname))
+        name = "cars_train_annos.mat" if split == "train" else "cars_test_annos_withlabels.mat"
+        savemat(root / "devkit" / name, {"annotations": struct_array(rows)})
+    return root
+
+
+def write_cars_combined(root: Path) -> Path:
+    rows = []
+    for k in range(len(CAR_CLASSES)):
+        for j in range(3):
+            relative = f"car_ims/{len(rows) + 1:06d}.jpg"
+            write_image(root / relative, (0, k * 70, 0))
+            rows.append(car_annotation(k, relative_im_path=relative, test=int(j == 2)))
+    savemat(
+        root / "cars_annos.mat",
+        {"annotations": struct_array(rows), "class_names": np.array(CAR_CLASSES, dtype=object).reshape(1, -1)},
+    )
+    return root
+
+
+AIRCRAFT = [("707-320", "Boeing 707", "Boeing"), ("727-200", "Boeing 727", "Boeing"), ("Cessna 172", "Cessna 172", "Cessna")]
+
+
+def write_aircraft(root: Path) -> Path:
+    data = root / "data"
+    levels = {"variant": 0, "family": 1, "manufacturer": 2}
+    names = {level: sorted({a[i] for a in AIRCRAFT}) for level, i in levels.items()}
+    for level, file in (("variant", "variants"), ("family", "families"), ("manufacturer", "manufacturers")):
+        (data / f"{file}.txt").parent.mkdir(parents=True, exist_ok=True)
+        (data / f"{file}.txt").write_text("\n".join(names[level]) + "\n")
+    listings = {(level, split): [] for level in levels for split in ("trainval", "test")}
+    for k, aircraft in enumerate(AIRCRAFT):
+        for j in range(3):
+            image_id = f"{1000000 + 10 * k + j}"
+            write_image(data / "images" / f"{image_id}.jpg", (0, 0, 70 * k))
+            for level, i in levels.items():
+                listings[(level, "test" if j == 2 else "trainval")].append(f"{image_id} {aircraft[i]}")
+    for (level, split), lines in listings.items():
+        (data / f"images_{level}_{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def write_folder(root: Path, test_dir: str = "test") -> Path:
+    for split, count in (("train", 2), (test_dir, 1)):
+        for name in ("cardinal", "blue jay"):
+            for j in range(count):
+                write_image(root / split / name / f"{j}.png", (j * 50, 0, 0))
+    return root
+
+
+def write_list(root: Path, base: int = 0) -> Path:
+    lines = {"train": [], "test": []}
+    for k in range(2):
+        for j in range(3):
+            relative = f"images/class {k}/img {j}.jpg"
+            write_image(root / relative, (k * 90, j * 40, 0))
+            lines["test" if j == 2 else "train"].append(f"{relative} {k + base}")
+    for split, entries in lines.items():
+        (root / f"{split}.txt").write_text("\n".join(entries) + "\n")
+    return root

@@ -1,0 +1,144 @@
+"""Every official layout loads with the right counts, labels and class names."""
+
+import pytest
+import torch
+from layouts import (
+    AIRCRAFT,
+    CAR_CLASSES,
+    write_aircraft,
+    write_cars_combined,
+    write_cars_devkit,
+    write_cub,
+    write_dogs,
+    write_folder,
+    write_image,
+    write_list,
+)
+
+from cnl.data import LayoutError, build_dataset, detect_layout, eval_transform, train_transform
+
+
+def labels_of(dataset):
+    return [label for _, label in dataset.samples]
+
+
+def test_cub(tmp_path):
+    root = write_cub(tmp_path)
+    train, test = build_dataset("cub", root, "train"), build_dataset("cub", root, "test")
+    assert train.classes == ["Black footed Albatross", "Laysan Albatross", "Sooty Albatross"]
+    assert len(train) == 6 and len(test) == 3
+    assert labels_of(train) == [0, 0, 1, 1, 2, 2] and labels_of(test) == [0, 1, 2]
+    assert test.samples[1][0] == root / "images" / "002.Laysan_Albatross" / "Laysan_Albatross_0001.jpg"
+    image, label = train[0]
+    assert image.size == (30, 20) and image.mode == "RGB" and label == 0
+    cropped = build_dataset("cub", root, "train", crop_to_box=True)
+    assert cropped[0][0].size == (10, 8)  # x, y, width, height = 2, 3, 10, 8
+
+
+def test_cub_inside_its_archive_folder(tmp_path):
+    write_cub(tmp_path / "CUB_200_2011")
+    assert detect_layout(tmp_path) == "cub"
+    assert len(build_dataset("auto", tmp_path, "train")) == 6
+
+
+def test_dogs(tmp_path):
+    root = write_dogs(tmp_path)
+    train, test = build_dataset("dogs", root, "train"), build_dataset("dogs", root, "test")
+    assert train.classes == ["Chihuahua", "Japanese spaniel", "Maltese dog"]
+    assert labels_of(train) == [0, 0, 1, 1, 2, 2] and labels_of(test) == [0, 1, 2]
+    pixel = train[3][0].getpixel((0, 0))  # class 1's colour, through JPEG
+    assert all(abs(a - b) <= 2 for a, b in zip(pixel, (10, 60, 20)))
+
+
+@pytest.mark.parametrize("writer", [write_cars_devkit, write_cars_combined])
+def test_cars_both_layouts(tmp_path, writer):
+    root = writer(tmp_path)
+    train, test = build_dataset("cars", root, "train"), build_dataset("cars", root, "test")
+    assert train.classes == CAR_CLASSES
+    assert labels_of(train) == [0, 0, 1, 1, 2, 2] and labels_of(test) == [0, 1, 2]
+    assert all(path.is_file() for path, _ in train.samples + test.samples)
+    assert build_dataset("cars", root, "train", crop_to_box=True)[0][0].size == (14, 10)
+    assert detect_layout(root) == "cars"
+
+
+@pytest.mark.parametrize("level, index", [("variant", 0), ("family", 1), ("manufacturer", 2)])
+def test_aircraft_levels(tmp_path, level, index):
+    root = write_aircraft(tmp_path)
+    train = build_dataset("aircraft", root, "train", level=level)
+    test = build_dataset("aircraft", root, "test", level=level)
+    names = sorted({a[index] for a in AIRCRAFT})
+    assert train.classes == names and len(train) == 6 and len(test) == 3
+    assert [train.classes[label] for label in labels_of(test)] == [a[index] for a in AIRCRAFT]
+    assert detect_layout(root) == "aircraft"
+
+
+@pytest.mark.parametrize("test_dir", ["test", "val"])
+def test_folder(tmp_path, test_dir):
+    root = write_folder(tmp_path, test_dir)
+    train, test = build_dataset("folder", root, "train"), build_dataset("folder", root, "test")
+    assert train.classes == test.classes == ["blue jay", "cardinal"]
+    assert labels_of(train) == [0, 0, 1, 1] and labels_of(test) == [0, 1]
+    assert detect_layout(root) == "folder"
+
+
+@pytest.mark.parametrize("base", [0, 1])
+def test_list_files(tmp_path, base):
+    root = write_list(tmp_path, base)
+    train, test = build_dataset("list", root, "train"), build_dataset("list", root, "test")
+    assert labels_of(train) == [0, 0, 1, 1] and labels_of(test) == [0, 1]
+    assert train.samples[0][0] == root / "images" / "class 0" / "img 0.jpg"
+    assert train.classes == ["class 0", "class 1"]
+    (root / "classes.txt").write_text("sparrow\nfinch\n")
+    assert build_dataset("auto", root, "test").classes == ["sparrow", "finch"]
+
+
+def test_missing_metadata_names_the_file_and_layout(tmp_path):
+    root = write_cub(tmp_path)
+    (root / "train_test_split.txt").unlink()
+    with pytest.raises(LayoutError, match=r"train_test_split.txt; expected the CUB-200-2011 layout"):
+        build_dataset("cub", root, "train")
+    with pytest.raises(LayoutError, match=r"lists/train_list.mat; expected the Stanford Dogs layout"):
+        build_dataset("dogs", tmp_path, "train")
+    with pytest.raises(LayoutError, match=r"cars_meta.mat; expected the Stanford Cars layout"):
+        build_dataset("cars", tmp_path, "train")
+    with pytest.raises(LayoutError, match=r"cannot tell the layout"):
+        build_dataset("auto", tmp_path / "images", "train")
+
+
+def test_bad_labels_name_file_and_line(tmp_path):
+    root = write_cub(tmp_path)
+    labels = (root / "image_class_labels.txt").read_text().replace("2 1\n", "2 7\n")
+    (root / "image_class_labels.txt").write_text(labels)
+    with pytest.raises(LayoutError, match=r"image_class_labels.txt, image 2: label 7 is outside 1..3"):
+        build_dataset("cub", root, "train")
+    lists = write_list(tmp_path / "lists")
+    (lists / "train.txt").write_text("images/class 0/img 0.jpg zero\n")
+    with pytest.raises(LayoutError, match=r"train.txt, line 1: label 'zero'"):
+        build_dataset("list", lists, "train")
+
+
+def test_unknown_names_list_the_choices(tmp_path):
+    write_cub(tmp_path)
+    with pytest.raises(ValueError, match="unknown dataset 'birds'.*cub, dogs, cars, aircraft, folder, list"):
+        build_dataset("birds", tmp_path, "train")
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        build_dataset("cub", tmp_path, "dev")
+    with pytest.raises(ValueError, match="unknown FGVC-Aircraft level"):
+        build_dataset("aircraft", write_aircraft(tmp_path / "a"), "train", level="model")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        build_dataset("cub", tmp_path / "nowhere", "train")
+
+
+def test_transforms_follow_the_paper():
+    image = write_image.__globals__["Image"].new("RGB", (500, 375), (124, 116, 104))
+    train = train_transform(64)(image)
+    assert train.shape == (3, 64, 64) and train.dtype == torch.float32
+    test = eval_transform(448)
+    assert [type(t).__name__ for t in test.transforms][1:3] == ["Resize", "CenterCrop"]
+    assert test.transforms[1].size == [512]
+    out = test(image)
+    assert out.shape == (3, 448, 448)
+    # ImageNet mean colour normalises to about zero.
+    assert out.abs().max() < 0.02
+    crop = train_transform(448).transforms[1]
+    assert crop.scale == (0.08, 1.25)
