@@ -23,7 +23,7 @@ def test_writes_the_cub_layout_and_loads_through_the_cub_loader(tmp_path):
     train, test = build_dataset("cub", root, "train"), build_dataset("auto", root, "test")
     assert len(train) == 12 and len(test) == 8
     # A base class and its three one-part variants, one per scale.
-    assert train.classes == ["oval plain dot", "oval plain ring", "oval stripes dot", "diamond plain dot"]
+    assert train.classes == ["oval plain dot", "oval plain bar", "oval stripes dot", "diamond plain dot"]
     assert sorted(set(train.targets)) == [0, 1, 2, 3] and train.targets.count(2) == 3
     image, _ = test[0]
     assert image.size == (48, 48)

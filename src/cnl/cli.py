@@ -83,11 +83,168 @@ def add_data(subparsers: argparse._SubParsersAction) -> None:
     check.set_defaults(func=cmd_data_check)
 
 
+TRAIN_FLAGS: list[tuple[str, dict]] = [
+    ("--dataset", {"help": "cub, dogs, cars, aircraft, folder, list or auto (default auto)"}),
+    ("--data-root", {"help": "the dataset's folder"}),
+    ("--model", {"help": "a model name (cnl list-models); default resnet50_cnl5"}),
+    ("--weights", {"help": "torchvision weights name (IMAGENET1K_V1) or a local .pth/.safetensors"}),
+    ("--query", {"help": "CNL query layer override, e.g. layer4.2"}),
+    ("--responses", {"nargs": "+", "help": "CNL response layers override"}),
+    ("--nl-layers", {"nargs": "+", "help": "NL block placement override"}),
+    ("--inner-channels", {"type": int, "help": "width c of the NL/CNL embeddings"}),
+    ("--img-size", {"type": int, "help": "train and test crop (default 448)"}),
+    ("--epochs", {"type": int, "help": "default 110"}),
+    ("--warmup-epochs", {"type": float, "help": "linear warmup from lr/1000 (default 10)"}),
+    ("--batch-size", {"type": int, "help": "per process (default 64)"}),
+    ("--lr", {"type": float, "help": "base learning rate (default 0.01)"}),
+    ("--lr-steps", {"nargs": "+", "help": "epochs at which lr is multiplied by --lr-decay (default 50 70 90)"}),
+    ("--lr-decay", {"type": float, "help": "default 0.1"}),
+    ("--optimizer", {"choices": ["sgd", "adamw"], "help": "default sgd (the paper)"}),
+    ("--momentum", {"type": float, "help": "SGD momentum (default 0.9)"}),
+    ("--weight-decay", {"type": float, "help": "default 1e-4"}),
+    ("--crop-scale", {"nargs": 2, "type": float, "help": "RandomResizedCrop area range (default 0.08 1.25)"}),
+    ("--workers", {"type": int, "help": "data loading processes per training process (default 4)"}),
+    ("--amp", {"choices": ["none", "bf16", "fp16"], "help": "mixed precision (default none)"}),
+    ("--channels-last", {"action": "store_true", "default": None}),
+    ("--compile", {"action": "store_true", "default": None, "help": "torch.compile the model"}),
+    ("--accum-steps", {"type": int, "help": "micro-batches per optimizer step (default 1)"}),
+    ("--seed", {"type": int}),
+    ("--device", {"help": "auto, cpu or cuda"}),
+    ("--output", {"help": "run folder (default runs/train)"}),
+]
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="a YAML file of settings; flags override it")
+    for flag, options in TRAIN_FLAGS:
+        parser.add_argument(flag, **options)
+
+
+def flag_values(args: argparse.Namespace) -> dict:
+    values = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _ in TRAIN_FLAGS}
+    if values["lr_steps"] is not None:
+        values["lr_steps"] = [int(v) for v in split_names(values["lr_steps"])]
+    for key in ("responses", "nl_layers"):
+        if values[key] is not None:
+            values[key] = split_names(values[key])
+    return values
+
+
+def resolve_train_config(args: argparse.Namespace, **extra):
+    """Defaults < the checkpoint's config (with --resume) < --config file < flags."""
+    from pathlib import Path
+
+    from cnl.engine.checkpoint import read_checkpoint
+    from cnl.engine.config import TrainConfig, make_config, read_yaml
+
+    layers = [read_yaml(args.config)] if args.config else []
+    layers.append({**flag_values(args), **extra})
+    if getattr(args, "resume", False):
+        output = next((layer["output"] for layer in reversed(layers) if layer.get("output")), TrainConfig.output)
+        previous = read_checkpoint(Path(output) / "checkpoints" / "last.pt")["config"]
+        layers.insert(0, previous)
+    return make_config(*layers)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cnl.engine.trainer import fit
+
+    config = resolve_train_config(args, resume=args.resume or None)
+    summary = fit(config)
+    if summary:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from cnl.engine.inference import evaluate_checkpoint
+
+    result = evaluate_checkpoint(
+        args.checkpoint, data_root=args.data_root, batch_size=args.batch_size, workers=args.workers, device=args.device
+    )
+    if result.pop("is_main"):
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(f"{result['checkpoint']}: top1 {result['top1']:.2f}  top5 {result['top5']:.2f}  "
+                  f"loss {result['loss']:.4f}  ({result['count']} images)")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cnl.engine.inference import predict
+
+    results = predict(args.checkpoint, args.images, args.topk, args.device)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for result in results:
+        if "error" in result:
+            print(f"{result['image']}: error: {result['error']}")
+            continue
+        best = ", ".join(f"{p['class']} {p['probability']:.3f}" for p in result["predictions"])
+        print(f"{result['image']}: {best}")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from cnl.analysis.ablation import format_ablation, run_ablation
+
+    config = resolve_train_config(args)
+    output = args.output or "runs/ablation"
+    rows = run_ablation(config, split_names(args.models), output)
+    print(format_ablation(rows, config))
+    print(f"\nwrote {output}/ablation.json and ablation.md")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cnl.demo import run_demo
+
+    print(run_demo(args.output, quick=args.quick))
+    return 0
+
+
+def add_training(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser("train", help="train and evaluate a model with the paper's recipe")
+    add_train_flags(train)
+    train.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/last.pt")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = subparsers.add_parser("eval", help="top-1 and top-5 of a checkpoint on its test split")
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--data-root", help="the dataset's folder, if it moved since training")
+    evaluate.add_argument("--batch-size", type=int)
+    evaluate.add_argument("--workers", type=int)
+    evaluate.add_argument("--device", help="auto, cpu or cuda")
+    evaluate.add_argument("--json", action="store_true", help="print an object with top1, top5, loss, count")
+    evaluate.set_defaults(func=cmd_eval)
+
+    pred = subparsers.add_parser("predict", help="class names and probabilities for images")
+    pred.add_argument("--checkpoint", required=True)
+    pred.add_argument("images", nargs="+", help="image files or folders")
+    pred.add_argument("--topk", type=int, default=5)
+    pred.add_argument("--device", default="cpu")
+    pred.add_argument("--json", action="store_true")
+    pred.set_defaults(func=cmd_predict)
+
+    ablate = subparsers.add_parser("ablate", help="train several models with one recipe and compare them (Table 2)")
+    ablate.add_argument("--models", nargs="+", required=True, help="e.g. resnet50,resnet50_nl5,resnet50_cnl5")
+    add_train_flags(ablate)
+    ablate.set_defaults(func=cmd_ablate)
+
+    demo = subparsers.add_parser("demo", help="the synthetic benchmark and a small ablation, on a CPU in minutes")
+    demo.add_argument("--output", default="runs/demo")
+    demo.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tiny data, 1 epoch)")
+    demo.set_defaults(func=cmd_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnl", description="Cross-layer non-local networks for fine-grained recognition")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_profile(subparsers)
     add_data(subparsers)
+    add_training(subparsers)
     return parser
 
 
@@ -95,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, TypeError) as error:
         print(f"cnl {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -31,23 +31,25 @@ from PIL import Image, ImageDraw, ImageEnhance
 
 SILHOUETTES = ("oval", "diamond", "fish", "capsule", "hexagon")
 PATTERNS = ("plain", "stripes", "spots", "checks", "rings")
-MARKS = ("dot", "ring", "cross", "bar", "pair")
+MARKS = ("dot", "bar", "cross", "ring", "pair")  # the most distinct first: small grids use those
 MAX_CLASSES = len(SILHOUETTES) * len(PATTERNS) * len(MARKS)
 
 WING_CENTRE, WING_AXES = (-0.12, 0.0), (0.40, 0.30)
 HEAD = (0.60, 0.0)
 PATTERN_FREQUENCY = 5.0  # cycles per half-object: a period of a tenth of the object
-MARK_RADIUS = 0.09  # of the half-object: about 3 px for a 70 px object
+MARK_RADIUS = 0.12  # of the half-object: about 3 px for a 55 px object
 JPEG_QUALITY = 90
 
 
 @dataclass(frozen=True)
 class SynthConfig:
     classes: int = 12
-    train_per_class: int = 30
-    test_per_class: int = 10
-    image_size: int = 128
+    train_per_class: int = 80
+    test_per_class: int = 25
+    image_size: int = 64
     seed: int = 0
+    max_rotation: float = 30.0  # degrees either way
+    object_scale: tuple[float, float] = (0.7, 0.95)  # of the image side
 
     def validate(self) -> None:
         if not 2 <= self.classes <= MAX_CLASSES:
@@ -200,11 +202,17 @@ def render_background(size: int, rng: np.random.Generator) -> Image.Image:
     return image
 
 
-def render_sample(attributes: tuple[int, int, int], size: int, rng: np.random.Generator) -> tuple[Image.Image, tuple]:
+def render_sample(
+    attributes: tuple[int, int, int],
+    size: int,
+    rng: np.random.Generator,
+    max_rotation: float = 30.0,
+    object_scale: tuple[float, float] = (0.7, 0.95),
+) -> tuple[Image.Image, tuple]:
     """One image of a class and the object's box (x, y, width, height)."""
     image = render_background(size, rng)
-    object_size = int(size * rng.uniform(0.5, 0.75))
-    thing = render_object(attributes, object_size, rng).rotate(rng.uniform(0, 360), Image.BICUBIC, expand=True)
+    object_size = int(size * rng.uniform(*object_scale))
+    thing = render_object(attributes, object_size, rng).rotate(rng.uniform(-max_rotation, max_rotation), Image.BICUBIC, expand=True)
     left = int(rng.integers(0, max(1, size - thing.width + 1)))
     top = int(rng.integers(0, max(1, size - thing.height + 1)))
     image.paste(thing, (left, top), thing)
@@ -231,7 +239,7 @@ def generate(out: str | Path, config: SynthConfig, progress: Callable[[int, int]
         (out / "images" / folder).mkdir(parents=True, exist_ok=True)
         for index in range(per_class):
             rng = np.random.default_rng([config.seed, label, index])
-            image, box = render_sample(attributes, config.image_size, rng)
+            image, box = render_sample(attributes, config.image_size, rng, config.max_rotation, config.object_scale)
             relative = f"{folder}/{class_name(attributes)}_{index:04d}.jpg"
             image.save(out / "images" / relative, "JPEG", quality=JPEG_QUALITY)
             image_id = len(images) + 1

@@ -1,0 +1,99 @@
+"""Checkpoints: written atomically, read without unpickling code."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnl.models import FineGrainedResNet, create_model
+
+MODEL_SETTINGS = ("query", "responses", "nl_layers", "inner_channels")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, unsafe, or for another model."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to a temporary file beside ``path``, fsync it, then rename over ``path``.
+
+    A process killed at any moment leaves either the old complete file or the new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's contents, loaded with ``weights_only=True``: tensors and plain data only."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"refusing {path}: it holds objects other than tensors and plain data, and loading them could run "
+            f"code ({str(error).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: it is truncated or not a checkpoint ({error})") from None
+    if not isinstance(state, dict) or "model" not in state or "model_name" not in state:
+        raise CheckpointError(f"{path} is not a cnl training checkpoint (no 'model' and 'model_name' entries)")
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator's state, in types that ``weights_only`` loading accepts."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.copy()), position, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), position, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def model_overrides(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: config[k] for k in MODEL_SETTINGS if config.get(k) is not None}
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[FineGrainedResNet, list[str]]:
+    """The trained model of a checkpoint, in eval mode, and its class names."""
+    state = read_checkpoint(path)
+    classes = list(state["classes"])
+    model = create_model(state["model_name"], num_classes=len(classes), **model_overrides(state.get("config", {})))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise CheckpointError(f"{path} does not fit {state['model_name']}: {str(error).splitlines()[0]}") from None
+    return model.to(device).eval(), classes

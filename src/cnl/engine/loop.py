@@ -1,0 +1,93 @@
+"""One training epoch and one evaluation pass: plain PyTorch, nothing model-specific."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from cnl.engine.metrics import Accumulator
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class StepSettings:
+    device: torch.device
+    amp: str = "none"
+    channels_last: bool = False
+    accum_steps: int = 1
+    show_progress: bool = True
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp == "none":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp])
+
+    def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        images = images.to(self.device, non_blocking=True, memory_format=memory_format)
+        return images, labels.to(self.device, non_blocking=True)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    settings: StepSettings,
+    num_classes: int,
+    epoch: int,
+    world_size: int = 1,
+) -> dict[str, object]:
+    """One pass over ``loader``; the scheduler steps once per optimizer step."""
+    model.train()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    meter = Accumulator(num_classes, settings.device)
+    bar = tqdm(loader, desc=f"train {epoch}", disable=not settings.show_progress, leave=False, dynamic_ncols=True)
+    start, seen = time.perf_counter(), 0
+    optimizer.zero_grad(set_to_none=True)
+    for step, (images, labels) in enumerate(bar):
+        images, labels = settings.to_device(images, labels)
+        last_micro_step = (step + 1) % settings.accum_steps == 0 or step + 1 == len(loader)
+        # Under DDP, gradients are averaged only on the micro-step that updates.
+        sync = contextlib.nullcontext() if last_micro_step or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with settings.autocast():
+                logits = model(images)
+                loss_sum = criterion(logits.float(), labels)
+            scaler.scale(loss_sum / (len(labels) * settings.accum_steps)).backward()
+        if last_micro_step:
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+        meter.update(logits.detach().float(), labels, loss_sum.detach())
+        seen += len(labels) * world_size
+        rate = seen / (time.perf_counter() - start)
+        bar.set_postfix(loss=f"{loss_sum.item() / len(labels):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", img_s=f"{rate:.1f}")
+    elapsed = time.perf_counter() - start
+    results = meter.compute()
+    if not torch.isfinite(torch.tensor(results["loss"])):
+        raise FloatingPointError(f"the training loss of epoch {epoch} is {results['loss']}")
+    return {"loss": results["loss"], "top1": results["top1"], "images_per_s": seen / elapsed, "time_s": elapsed}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, settings: StepSettings, num_classes: int, desc: str = "eval") -> dict[str, object]:
+    """Loss, top-1, top-5 and per-class top-1 (percent) over every sample of every process's shard."""
+    model.eval()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    meter = Accumulator(num_classes, settings.device)
+    for images, labels in tqdm(loader, desc=desc, disable=not settings.show_progress, leave=False, dynamic_ncols=True):
+        images, labels = settings.to_device(images, labels)
+        with settings.autocast():
+            logits = model(images)
+        meter.update(logits.float(), labels, criterion(logits.float(), labels))
+    return meter.compute()

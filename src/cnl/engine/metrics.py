@@ -1,0 +1,45 @@
+"""Top-k and per-class accuracy, summed exactly across processes."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from cnl.engine.distributed import all_reduce_sum
+
+
+class Accumulator:
+    """Running sums on one device; ``compute`` reduces them over every process."""
+
+    def __init__(self, num_classes: int, device: torch.device) -> None:
+        self.num_classes = num_classes
+        self.topk = min(5, num_classes)
+        # loss sum, top-1 correct, top-k correct, count
+        self.totals = torch.zeros(4, dtype=torch.float64, device=device)
+        self.class_correct = torch.zeros(num_classes, dtype=torch.float64, device=device)
+        self.class_count = torch.zeros(num_classes, dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def update(self, logits: Tensor, labels: Tensor, loss_sum: Tensor) -> None:
+        ranked = logits.topk(self.topk, dim=1).indices
+        top1 = ranked[:, 0] == labels
+        topk = (ranked == labels[:, None]).any(dim=1)
+        self.totals += torch.stack(
+            [loss_sum.double(), top1.sum().double(), topk.sum().double(), torch.tensor(len(labels), device=labels.device, dtype=torch.float64)]
+        )
+        self.class_correct.index_add_(0, labels, top1.double())
+        self.class_count.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
+
+    def compute(self) -> dict[str, object]:
+        totals = all_reduce_sum(self.totals.clone())
+        correct = all_reduce_sum(self.class_correct.clone())
+        count = all_reduce_sum(self.class_count.clone())
+        n = max(totals[3].item(), 1.0)
+        per_class = [None if c == 0 else round(100.0 * k / c, 4) for k, c in zip(correct.tolist(), count.tolist())]
+        return {
+            "loss": totals[0].item() / n,
+            "top1": 100.0 * totals[1].item() / n,
+            "top5": 100.0 * totals[2].item() / n,
+            "count": int(totals[3].item()),
+            "per_class_top1": per_class,
+        }

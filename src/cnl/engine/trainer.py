@@ -1,0 +1,269 @@
+"""``fit``: data, model, optimizer, the epoch loop, logs and checkpoints of one run."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from cnl.data import build_dataset, eval_transform, train_transform
+from cnl.data.datasets import FineGrainedDataset
+from cnl.engine import distributed
+from cnl.engine.checkpoint import model_overrides, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from cnl.engine.config import TrainConfig
+from cnl.engine.loop import StepSettings, evaluate, train_one_epoch
+from cnl.engine.schedule import build_scheduler
+from cnl.models import create_model
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(config: TrainConfig, epoch: int, rank: int) -> int:
+    """Each epoch's randomness depends on (seed, epoch, rank) alone, so a resumed run
+    draws the same crops and shuffles as one that never stopped."""
+    return config.seed * 1_000_003 + epoch * 1009 + rank
+
+
+def skip_log(output: Path) -> Path:
+    return output / "skipped.txt"
+
+
+def build_datasets(config: TrainConfig, output: Path) -> tuple[FineGrainedDataset, FineGrainedDataset]:
+    log = skip_log(output)
+    scale = (config.crop_scale[0], config.crop_scale[1])
+    train = build_dataset(config.dataset, config.data_root, "train", train_transform(config.img_size, scale), skip_log=log)
+    test = build_dataset(config.dataset, config.data_root, "test", eval_transform(config.img_size), skip_log=log)
+    if train.classes != test.classes:
+        raise ValueError(f"the train and test splits of {config.data_root} name different classes")
+    return train, test
+
+
+def eval_loader(dataset: FineGrainedDataset, config: TrainConfig, ctx: distributed.Context) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=distributed.ShardSampler(len(dataset), ctx.rank, ctx.world_size),
+        num_workers=config.workers,
+        pin_memory=ctx.device.type == "cuda",
+    )
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum, as the paper; AdamW for training from scratch (the CPU demo)."""
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+@dataclass
+class RunState:
+    """What a checkpoint restores besides the weights."""
+
+    start_epoch: int = 0
+    best_top1: float = -1.0
+    best_top5: float = 0.0
+    best_epoch: int = 0
+
+
+class Run:
+    """One training run: ``Run(config).fit()`` returns the summary written to summary.json."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.output = Path(config.output)
+        self.ctx = distributed.setup(config.device)
+        self.main = self.ctx.is_main
+
+    # --- set-up ------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        config, ctx = self.config, self.ctx
+        self.output.mkdir(parents=True, exist_ok=True)
+        seed_everything(config.seed)
+        self.train_set, self.test_set = build_datasets(config, self.output)
+        self.classes = self.train_set.classes
+        if not ctx.is_main:
+            distributed.barrier()  # rank 0 fetches pretrained weights first
+        self.model = create_model(
+            config.model, num_classes=len(self.classes), weights=config.weights, **model_overrides(config.to_dict())
+        ).to(ctx.device)
+        if ctx.is_main:
+            distributed.barrier()
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.sampler = DistributedSampler(
+            self.train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed
+        )
+        self.train_loader = DataLoader(
+            self.train_set,
+            batch_size=config.batch_size,
+            sampler=self.sampler,
+            num_workers=config.workers,
+            pin_memory=ctx.device.type == "cuda",
+        )
+        self.test_loader = eval_loader(self.test_set, config, ctx)
+        self.optimizer = build_optimizer(self.model, config)
+        steps_per_epoch = math.ceil(len(self.train_loader) / config.accum_steps)
+        self.scheduler = build_scheduler(
+            self.optimizer, steps_per_epoch, config.warmup_epochs, config.lr_steps, config.lr_decay
+        )
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.amp == "fp16")
+        wrapped: torch.nn.Module = self.model
+        if ctx.distributed:
+            wrapped = DistributedDataParallel(self.model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
+        self.train_model = torch.compile(wrapped) if config.compile else wrapped
+        self.eval_model = torch.compile(self.model) if config.compile else self.model
+        self.settings = StepSettings(ctx.device, config.amp, config.channels_last, config.accum_steps, self.main)
+        self.params = sum(p.numel() for p in self.model.parameters())
+
+    # --- checkpoints ---------------------------------------------------------------------
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.output / "checkpoints"
+
+    def _state(self, epoch: int, run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "best": {"top1": run.best_top1, "top5": run.best_top5, "epoch": run.best_epoch},
+            "metrics": {k: v for k, v in metrics.items() if k != "per_class_top1"},
+            "rng": rng_state(),
+            "config": self.config.to_dict(),
+            "classes": self.classes,
+            "model_name": self.config.model,
+        }
+
+    def _resume(self) -> RunState:
+        path = self.checkpoints / "last.pt"
+        state = read_checkpoint(path)
+        if state["model_name"] != self.config.model or list(state["classes"]) != self.classes:
+            raise ValueError(f"{path} is a checkpoint of {state['model_name']} on other classes; cannot resume")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        best = state["best"]
+        self._truncate_metrics(state["epoch"])
+        return RunState(state["epoch"], best["top1"], best["top5"], best["epoch"])
+
+    def _truncate_metrics(self, completed: int) -> None:
+        """Drop log lines of epochs past the checkpoint: they will be run again."""
+        path = self.output / "metrics.jsonl"
+        if self.main and path.exists():
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= completed]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        try:
+            self._build()
+            run = self._resume() if self.config.resume else RunState()
+            return self._loop(run)
+        finally:
+            distributed.teardown()
+
+    def _loop(self, run: RunState) -> dict[str, Any]:
+        config = self.config
+        writer = self._writer()
+        rates, metrics = [], {}
+        for epoch in range(run.start_epoch, config.epochs):
+            seed_everything(epoch_seed(config, epoch, self.ctx.rank))
+            self.sampler.set_epoch(epoch)
+            lr = self.optimizer.param_groups[0]["lr"]
+            train = train_one_epoch(
+                self.train_model, self.train_loader, self.optimizer, self.scheduler, self.scaler,
+                self.settings, len(self.classes), epoch + 1, self.ctx.world_size,
+            )  # fmt: skip
+            metrics = evaluate(self.eval_model, self.test_loader, self.settings, len(self.classes), f"test {epoch + 1}")
+            rates.append(train["images_per_s"])
+            if metrics["top1"] > run.best_top1:
+                run.best_top1, run.best_top5, run.best_epoch = metrics["top1"], metrics["top5"], epoch + 1
+                if self.main:
+                    save_checkpoint(self._state(epoch + 1, run, metrics), self.checkpoints / "best.pt")
+            if self.main:
+                save_checkpoint(self._state(epoch + 1, run, metrics), self.checkpoints / "last.pt")
+                self._log(writer, epoch + 1, lr, train, metrics)
+        summary = self._summary(run, metrics, rates)
+        if self.main:
+            (self.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            if writer is not None:
+                writer.close()
+        return summary
+
+    def _writer(self):
+        if not self.main:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(log_dir=str(self.output / "tensorboard"))
+
+    def _log(self, writer, epoch: int, lr: float, train: dict[str, Any], test: dict[str, Any]) -> None:
+        record = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": train["loss"],
+            "train_top1": train["top1"],
+            "train_images_per_s": train["images_per_s"],
+            "train_time_s": train["time_s"],
+            "test_loss": test["loss"],
+            "top1": test["top1"],
+            "top5": test["top5"],
+            "test_count": test["count"],
+            "per_class_top1": test["per_class_top1"],
+        }
+        with open(self.output / "metrics.jsonl", "a", encoding="utf-8") as log:
+            log.write(json.dumps(record) + "\n")
+        for key in ("lr", "train_loss", "train_top1", "train_images_per_s", "test_loss", "top1", "top5"):
+            writer.add_scalar(key, record[key], epoch)
+        writer.flush()
+        print(
+            f"epoch {epoch}/{self.config.epochs}  lr {lr:.2e}  train loss {train['loss']:.4f} top1 {train['top1']:.2f}  "
+            f"test loss {test['loss']:.4f} top1 {test['top1']:.2f} top5 {test['top5']:.2f}  "
+            f"{train['images_per_s']:.1f} img/s",
+            flush=True,
+        )
+
+    def _summary(self, run: RunState, metrics: dict[str, Any], rates: list[float]) -> dict[str, Any]:
+        log = skip_log(self.output)
+        skipped = sorted({line.split("\t")[0] for line in log.read_text().splitlines()}) if log.exists() else []
+        summary = {
+            "model": self.config.model,
+            "dataset": self.config.dataset,
+            "classes": len(self.classes),
+            "epochs": self.config.epochs,
+            "best_top1": run.best_top1,
+            "best_top5": run.best_top5,
+            "best_epoch": run.best_epoch,
+            "final_top1": metrics.get("top1"),
+            "final_top5": metrics.get("top5"),
+            "params": self.params,
+            "train_images_per_s": float(np.mean(rates)) if rates else None,
+            "world_size": self.ctx.world_size,
+            "skipped_images": len(skipped),
+        }
+        if self.ctx.distributed:
+            summary["replicas_identical"] = distributed.replicas_identical(self.model)
+        return summary
+
+
+def fit(config: TrainConfig) -> dict[str, Any]:
+    """Train and evaluate ``config``; returns the summary (also written to OUTPUT/summary.json)."""
+    return Run(config).fit()
