@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnl.nn import CrossLayerNonLocal, NonLocal2d
+from cnl.nn import CrossLayerNonLocal, NonLocal2d, configure_attention
+from cnl.nn.attention import paper_order_macs, reassociated_macs, use_reassociated
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -97,15 +98,20 @@ def test_cnl_shares_theta_and_z_and_owns_one_phi_g_norm_per_response():
     assert sum(p.numel() for p in module.parameters()) == 3_166_208
 
 
-def test_nl_equals_two_variable_form_with_query_as_response():
-    block = randomise_norms(NonLocal2d(8, inner_channels=4).double())
+PATHS = [(order, sdpa) for order in ("paper", "reassociated", "auto") for sdpa in (True, False, None)]
+
+
+@pytest.mark.parametrize("order, use_sdpa", PATHS)
+def test_nl_equals_two_variable_form_with_query_as_response(order, use_sdpa):
+    block = randomise_norms(NonLocal2d(8, inner_channels=4, order=order, use_sdpa=use_sdpa).double())
     x = torch.randn(2, 8, 5, 6, dtype=torch.float64)
     expected = x + two_variable_form(conv1x1(x, block.theta), block.phi, block.g, block.z, block.norm, x)
     torch.testing.assert_close(block(x), expected)
 
 
-def test_cnl_equals_sum_of_two_variable_forms():
-    module = randomise_norms(make_cnl(torch.float64))
+@pytest.mark.parametrize("order, use_sdpa", PATHS)
+def test_cnl_equals_sum_of_two_variable_forms(order, use_sdpa):
+    module = configure_attention(randomise_norms(make_cnl(torch.float64)), order, use_sdpa)
     query, responses = make_inputs(dtype=torch.float64)
     theta_q = conv1x1(query, module.theta)
     expected = query + sum(
@@ -174,3 +180,37 @@ def test_cnl_rejects_wrong_number_of_responses():
     query, responses = make_inputs()
     with pytest.raises(ValueError, match="expected 3 response maps, got 2"):
         module(query, responses[:2])
+
+
+@pytest.mark.parametrize("order", ["paper", "reassociated"])
+def test_every_order_returns_the_same_attention_maps(order):
+    module = randomise_norms(make_cnl())
+    query, responses = make_inputs()
+    expected_out, expected_maps = configure_attention(module, "paper")(query, responses, return_attention=True)
+    out, maps = configure_attention(module, order)(query, responses, return_attention=True)
+    torch.testing.assert_close(out, expected_out, rtol=1e-4, atol=1e-4)
+    for a, b in zip(maps, expected_maps):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_reassociated_gradients_match_the_papers_order():
+    module = randomise_norms(make_cnl(torch.float64)).train()
+    query, responses = make_inputs(dtype=torch.float64)
+    grads = {}
+    for order in ("paper", "reassociated"):
+        module.zero_grad()
+        inputs = [t.clone().requires_grad_() for t in [query, *responses]]
+        configure_attention(module, order)(inputs[0], inputs[1:]).square().sum().backward()
+        grads[order] = [p.grad.clone() for p in module.parameters()] + [t.grad for t in inputs]
+    for a, b in zip(grads["paper"], grads["reassociated"]):
+        torch.testing.assert_close(a, b)
+
+
+def test_auto_order_picks_the_cheaper_per_shape():
+    # ResNet-50 at 448: a 14x14 query against 56x56x512 and 28x28x1024 responses, c = 256.
+    assert reassociated_macs(196, 3136, 512, 256) < paper_order_macs(196, 3136, 512, 256)
+    assert use_reassociated("auto", 196, 3136, 512, 256) and use_reassociated("auto", 196, 784, 1024, 256)
+    # NL: the query is its own response (Nq = Nr) and C = 2c, so the paper's order is cheaper.
+    assert not use_reassociated("auto", 784, 784, 1024, 512)
+    with pytest.raises(ValueError, match="unknown attention order 'fast'"):
+        use_reassociated("fast", 1, 1, 1, 1)

@@ -239,12 +239,54 @@ def add_training(subparsers: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=cmd_demo)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from cnl.analysis import bench
+
+    if args.module:
+        rows = bench.bench_module(args.img_size, args.batch_size, args.device, args.repeats)
+        print(json.dumps(rows, indent=2) if args.json else bench.format_module_rows(rows))
+        return 0
+    if args.input:
+        rows = bench.bench_input(args.img_size, repeats=args.repeats)
+        print(json.dumps(rows, indent=2) if args.json else bench.format_input_rows(rows))
+        return 0
+    settings = {
+        "img_size": args.img_size, "batch_size": args.batch_size, "device": args.device, "amp": args.amp,
+        "channels_last": args.channels_last, "compile": args.compile, "repeats": args.repeats,
+    }  # fmt: skip
+    results = bench.bench_models(split_names(args.models), **settings)
+    print(json.dumps([asdict(r) for r in results], indent=2) if args.json else bench.format_results(results, settings))
+    return 0
+
+
+def add_bench(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("bench", help="train-step time, inference speed and peak memory, as ratios")
+    parser.add_argument(
+        "--models", nargs="+", default=["resnet50,resnet50_nl5,resnet50_cnl5"],
+        help="names, optionally NAME:ORDER:KERNEL (order paper|reassociated|auto, kernel sdpa|bmm)",
+    )  # fmt: skip
+    parser.add_argument("--img-size", type=int, default=448)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per model (median)")
+    parser.add_argument("--module", action="store_true", help="time the attention paths alone on the paper's shapes")
+    parser.add_argument("--input", action="store_true", help="decode + augment images/s, PIL against torchvision.io")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(func=cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnl", description="Cross-layer non-local networks for fine-grained recognition")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_profile(subparsers)
     add_data(subparsers)
     add_training(subparsers)
+    add_bench(subparsers)
     return parser
 
 

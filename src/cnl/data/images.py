@@ -54,3 +54,21 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(f"cannot decode {path}: {error}") from error
+
+
+def decode_with_torchvision(path: str | Path, max_pixels: int = MAX_PIXELS):
+    """``[3, H, W]`` uint8 tensor through torchvision.io (libjpeg-turbo), EXIF applied."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    try:
+        with Image.open(path) as header:  # reads the header only
+            if header.width * header.height > max_pixels:
+                raise ImageError(f"{path}: {header.width}x{header.height} pixels is over the limit of {max_pixels}")
+        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    except ImageError:
+        raise
+    except (OSError, RuntimeError, ValueError, SyntaxError) as error:
+        raise ImageError(f"cannot decode {path}: {error}") from error
+
+
+DECODERS = {"pil": load_image, "torchvision": decode_with_torchvision}

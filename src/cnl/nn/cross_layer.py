@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from cnl.nn.attention import DotProductAttention, to_map, to_tokens
+from cnl.nn.attention import DotProductAttention, embedded_attention, to_map, to_tokens
 from cnl.nn.init import init_attention_block
 
 
@@ -27,10 +27,19 @@ class CrossLayerNonLocal(nn.Module):
         response_channels: channels C_ri of each response map, shallow to deep.
         inner_channels: width c of theta, phi_i and g_i; ``C_q // 8`` by default
             (256 for a ResNet-50 query of 2048 channels, as in the paper).
+        order: ``"paper"`` (phi and g convolutions), ``"reassociated"`` (the same product
+            without convolving the response maps) or ``"auto"`` (fewer multiply-adds per
+            response); see ``cnl.nn.attention.embedded_attention``.
+        use_sdpa: fused attention kernels (True), bmm + softmax (False), or per shape (None).
     """
 
     def __init__(
-        self, query_channels: int, response_channels: Sequence[int], inner_channels: int | None = None
+        self,
+        query_channels: int,
+        response_channels: Sequence[int],
+        inner_channels: int | None = None,
+        order: str = "auto",
+        use_sdpa: bool | None = None,
     ) -> None:
         super().__init__()
         if not response_channels:
@@ -41,10 +50,11 @@ class CrossLayerNonLocal(nn.Module):
         self.query_channels = query_channels
         self.response_channels = list(response_channels)
         self.inner_channels = inner_channels
+        self.order = order
         self.theta = nn.Conv2d(query_channels, inner_channels, 1, bias=False)
         self.phi = nn.ModuleList(nn.Conv2d(c, inner_channels, 1, bias=False) for c in response_channels)
         self.g = nn.ModuleList(nn.Conv2d(c, inner_channels, 1, bias=False) for c in response_channels)
-        self.attention = DotProductAttention()
+        self.attention = DotProductAttention(use_sdpa)
         self.z = nn.Conv2d(inner_channels, query_channels, 1, bias=False)
         self.norm = nn.ModuleList(nn.BatchNorm2d(query_channels) for _ in response_channels)
         self.reset_parameters()
@@ -68,8 +78,8 @@ class CrossLayerNonLocal(nn.Module):
         out = query
         attentions = []
         for phi, g, norm, response in zip(self.phi, self.g, self.norm, responses):
-            aggregated, attention = self.attention(
-                query_embedding, to_tokens(phi(response)), to_tokens(g(response)), return_attention
+            aggregated, attention = embedded_attention(
+                self.attention, query_embedding, response, phi, g, self.order, return_attention
             )
             out = out + norm(self.z(to_map(aggregated, height, width)))
             attentions.append(attention)
@@ -78,5 +88,5 @@ class CrossLayerNonLocal(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"query_channels={self.query_channels}, response_channels={self.response_channels}, "
-            f"inner_channels={self.inner_channels}"
+            f"inner_channels={self.inner_channels}, order={self.order!r}"
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from cnl.nn.attention import DotProductAttention, to_map, to_tokens
+from cnl.nn.attention import DotProductAttention, embedded_attention, to_map, to_tokens
 from cnl.nn.init import init_attention_block
 
 
@@ -18,19 +18,25 @@ class NonLocal2d(nn.Module):
     Args:
         channels: channels C of the input (and output).
         inner_channels: width c of theta, phi and g; ``C // 2`` by default.
+        order: ``"paper"``, ``"reassociated"`` or ``"auto"`` as in CrossLayerNonLocal;
+            with the query as its own response, ``auto`` keeps the paper's order.
+        use_sdpa: fused attention kernels (True), bmm + softmax (False), or per shape (None).
     """
 
-    def __init__(self, channels: int, inner_channels: int | None = None) -> None:
+    def __init__(
+        self, channels: int, inner_channels: int | None = None, order: str = "auto", use_sdpa: bool | None = None
+    ) -> None:
         super().__init__()
         inner_channels = inner_channels or channels // 2
         if inner_channels < 1:
             raise ValueError(f"inner_channels must be >= 1, got {inner_channels} for {channels} channels")
         self.channels = channels
         self.inner_channels = inner_channels
+        self.order = order
         self.theta = nn.Conv2d(channels, inner_channels, 1, bias=False)
         self.phi = nn.Conv2d(channels, inner_channels, 1, bias=False)
         self.g = nn.Conv2d(channels, inner_channels, 1, bias=False)
-        self.attention = DotProductAttention()
+        self.attention = DotProductAttention(use_sdpa)
         self.z = nn.Conv2d(inner_channels, channels, 1, bias=False)
         self.norm = nn.BatchNorm2d(channels)
         self.reset_parameters()
@@ -42,11 +48,11 @@ class NonLocal2d(nn.Module):
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """``x [B, C, H, W]`` -> same shape; with ``return_attention``, also ``A [B, HW, HW]``."""
         height, width = x.shape[-2:]
-        aggregated, attention = self.attention(
-            to_tokens(self.theta(x)), to_tokens(self.phi(x)), to_tokens(self.g(x)), return_attention
+        aggregated, attention = embedded_attention(
+            self.attention, to_tokens(self.theta(x)), x, self.phi, self.g, self.order, return_attention
         )
         out = x + self.norm(self.z(to_map(aggregated, height, width)))
         return (out, attention) if return_attention else out
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, inner_channels={self.inner_channels}"
+        return f"channels={self.channels}, inner_channels={self.inner_channels}, order={self.order!r}"

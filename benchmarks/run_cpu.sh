@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The CPU numbers of docs/benchmarks.md: targets at 448, scaling, attention paths, input pipeline.
+# Usage: bash benchmarks/run_cpu.sh [OUT_DIR]   (about 15 minutes on 2 cores)
+set -euo pipefail
+out=${1:-runs/benchmarks}
+mkdir -p "$out"
+cnl=${CNL:-cnl}
+$cnl bench --models resnet50,resnet50_nl5,resnet50_cnl5,resnet50_nl5:paper:bmm,resnet50_cnl5:paper:bmm \
+    --img-size 448 --batch-size 2 --repeats 5 | tee "$out/targets_448.md"
+for size in 224 448 672; do
+    $cnl bench --models resnet50,resnet50_nl5,resnet50_cnl5 --img-size "$size" --batch-size 2 --repeats 3 \
+        | tee "$out/scaling_$size.md"
+done
+$cnl bench --module --img-size 448 --batch-size 2 --repeats 5 | tee "$out/module_448.md"
+$cnl bench --input --img-size 448 --repeats 3 | tee "$out/input_448.md"

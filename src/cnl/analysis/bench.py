@@ -1,0 +1,257 @@
+"""``cnl bench``: train-step time, inference throughput and peak memory, as ratios within one run.
+
+A model is named as in ``create_model``, optionally with the attention path:
+``resnet50_cnl5:paper:bmm`` runs the paper's order with ``bmm`` + softmax (the authors'
+arithmetic), ``resnet50_cnl5`` our default (``auto`` order, fused kernels).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cnl.engine.loop import AMP_DTYPES
+from cnl.models import create_model
+from cnl.nn import CrossLayerNonLocal, NonLocal2d, configure_attention
+
+KERNELS = {"sdpa": True, "bmm": False, "auto": None}
+
+
+@dataclass
+class BenchResult:
+    model: str
+    train_step_s: float
+    inference_images_per_s: float
+    peak_memory_mb: float
+    train_ratio: float = 1.0
+    inference_ratio: float = 1.0
+    memory_ratio: float = 1.0
+
+
+def parse_spec(spec: str) -> tuple[str, str, bool | None]:
+    """``"name[:order[:kernel]]"`` -> (name, order, use_sdpa); defaults ``auto``."""
+    name, *rest = spec.split(":")
+    order = rest[0] if rest else "auto"
+    kernel = rest[1] if len(rest) > 1 else "auto"
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown attention kernel {kernel!r} in {spec!r}; valid kernels: {', '.join(KERNELS)}")
+    return name, order, KERNELS[kernel]
+
+
+def build(spec: str, num_classes: int, device: torch.device, channels_last: bool) -> nn.Module:
+    name, order, use_sdpa = parse_spec(spec)
+    model = configure_attention(create_model(name, num_classes=num_classes), order, use_sdpa).to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_medians(steps: list[Callable[[], None]], repeats: int, device: torch.device) -> list[float]:
+    """Median seconds of each step, timed in rounds (one of each per round) after a warm-up,
+    so that drifts of the machine fall on every model alike."""
+    for step in steps:
+        step()
+    times: list[list[float]] = [[] for _ in steps]
+    for _ in range(repeats):
+        for k, step in enumerate(steps):
+            synchronise(device)
+            start = time.perf_counter()
+            step()
+            synchronise(device)
+            times[k].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def median_time(step: Callable[[], None], repeats: int, device: torch.device) -> float:
+    return interleaved_medians([step], repeats, device)[0]
+
+
+def peak_memory_mb(model: nn.Module, step: Callable[[], None], device: torch.device) -> float:
+    """Peak bytes of tensors alive during one train step: parameters, gradients, optimizer
+    state, activations and temporaries.
+
+    CUDA: the allocator's peak. CPU: torch's MemTracker, which follows every tensor. It
+    runs as a dispatch mode, under which scaled_dot_product_attention takes its math path
+    and materialises the map, so for fused attention it is an upper bound.
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        synchronise(device)
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    optimizer = getattr(step, "optimizer", None)
+    tracker = MemTracker()
+    tracker.track_external(model, *([optimizer] if optimizer is not None else []))
+    with tracker:
+        step()
+    return tracker.get_tracker_snapshot("peak")[device]["Total"] / 2**20
+
+
+def _setup(
+    spec: str,
+    img_size: int = 448,
+    batch_size: int = 2,
+    device: str = "cpu",
+    amp: str = "none",
+    channels_last: bool = False,
+    compile: bool = False,
+    num_classes: int = 200,
+) -> tuple[nn.Module, Callable[[], None], Callable[[], None]]:
+    """The model and its train and inference steps on random data."""
+    target = torch.device(device)
+    torch.manual_seed(0)
+    model = build(spec, num_classes, target, channels_last)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    images = torch.randn(batch_size, 3, img_size, img_size, device=target).to(memory_format=memory_format)
+    labels = torch.randint(0, num_classes, (batch_size,), device=target)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    runner = torch.compile(model) if compile else model
+    dtype = AMP_DTYPES.get(amp, torch.bfloat16)
+
+    def train_step() -> None:
+        model.train()
+        with torch.autocast(target.type, dtype=dtype, enabled=amp != "none"):
+            loss = nn.functional.cross_entropy(runner(images).float(), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    train_step.optimizer = optimizer  # type: ignore[attr-defined]
+
+    @torch.no_grad()
+    def infer() -> None:
+        model.eval()
+        with torch.autocast(target.type, dtype=dtype, enabled=amp != "none"):
+            runner(images)
+
+    return model, train_step, infer
+
+
+def bench_models(specs: list[str], repeats: int = 3, **settings) -> list[BenchResult]:
+    """Median train-step time, inference images/s and peak train-step memory of each model,
+    and each one's ratio to the first."""
+    setups = [_setup(spec, **settings) for spec in specs]
+    device = next(setups[0][0].parameters()).device
+    step_times = interleaved_medians([train for _, train, _ in setups], repeats, device)
+    infer_times = interleaved_medians([infer for _, _, infer in setups], repeats, device)
+    memories = [peak_memory_mb(model, train, device) for model, train, _ in setups]
+    batch = settings.get("batch_size", 2)
+    results = [BenchResult(s, t, batch / i, m) for s, t, i, m in zip(specs, step_times, infer_times, memories)]
+    first = results[0]
+    for r in results:
+        r.train_ratio = r.train_step_s / first.train_step_s
+        r.inference_ratio = r.inference_images_per_s / first.inference_images_per_s
+        r.memory_ratio = r.peak_memory_mb / first.peak_memory_mb
+    return results
+
+
+def format_results(results: list[BenchResult], settings: dict) -> str:
+    lines = [
+        "| model | train step (s) | vs first | inference img/s | vs first | peak memory (MB) | vs first |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.model} | {r.train_step_s:.3f} | {r.train_ratio:.2f}x | {r.inference_images_per_s:.2f} | "
+            f"{r.inference_ratio:.2f}x | {r.peak_memory_mb:.0f} | {r.memory_ratio:.2f}x |"
+        )
+    described = ", ".join(f"{k}={v}" for k, v in settings.items())
+    memory = "CUDA allocator peak" if settings.get("device") == "cuda" else "MemTracker peak"
+    lines += ["", f"Median of {settings.get('repeats', 3)} interleaved rounds after one warm-up; memory: {memory} "
+              f"of a train step; {described}; "
+              f"torch {torch.__version__}, {torch.get_num_threads()} threads."]
+    return "\n".join(lines)
+
+
+# --- the attention module alone on the paper's shapes ------------------------------------
+
+
+def paper_shapes(img_size: int) -> dict[str, object]:
+    """ResNet-50's CNL and one NL block of res3 at ``img_size``: (query, responses) shapes."""
+    s = img_size // 32
+    return {
+        "query": (2048, s, s),
+        "responses": [(512, 4 * s, 4 * s)] * 2 + [(1024, 2 * s, 2 * s)] * 3,
+        "nl": (512, 4 * s, 4 * s),
+    }
+
+
+def bench_module(img_size: int = 448, batch_size: int = 2, device: str = "cpu", repeats: int = 3) -> list[dict]:
+    """Forward + backward time of every attention path, CNL (ResNet-50's) and one res3 NL block."""
+    target = torch.device(device)
+    shapes = paper_shapes(img_size)
+    torch.manual_seed(0)
+    query = torch.randn(batch_size, *shapes["query"], device=target, requires_grad=True)
+    responses = [torch.randn(batch_size, *r, device=target, requires_grad=True) for r in shapes["responses"]]
+    nl_input = torch.randn(batch_size, *shapes["nl"], device=target, requires_grad=True)
+    cnl = CrossLayerNonLocal(2048, [r[0] for r in shapes["responses"]]).to(target)
+    nl = NonLocal2d(shapes["nl"][0]).to(target)
+    rows = []
+    for order in ("paper", "reassociated"):
+        for kernel, use_sdpa in (("sdpa", True), ("bmm", False)):
+            for name, module, run in (
+                ("CNL (res3+res4 -> res5)", cnl, lambda: cnl(query, responses)),
+                ("NL (one res3 block)", nl, lambda: nl(nl_input)),
+            ):
+                configure_attention(module, order, use_sdpa)
+                seconds = median_time(lambda: run().sum().backward(), repeats, target)
+                rows.append({"module": name, "order": order, "kernel": kernel, "forward_backward_s": seconds})
+    return rows
+
+
+def format_module_rows(rows: list[dict]) -> str:
+    lines = ["| module | order | kernel | forward + backward (ms) |", "|---|---|---|---|"]
+    lines += [f"| {r['module']} | {r['order']} | {r['kernel']} | {1000 * r['forward_backward_s']:.1f} |" for r in rows]
+    return "\n".join(lines)
+
+
+# --- the input pipeline -----------------------------------------------------------------
+
+
+def write_sample_jpegs(folder, count: int = 48, size: tuple[int, int] = (500, 375), seed: int = 0) -> list:
+    """CUB-like JPEGs: 500x375, textured, quality 90."""
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for k in range(count):
+        noise = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
+        image = Image.fromarray(noise).resize(size, Image.BICUBIC).filter(ImageFilter.DETAIL)
+        path = folder / f"{k:03d}.jpg"
+        image.save(path, "JPEG", quality=90)
+        paths.append(path)
+    return paths
+
+
+def bench_input(img_size: int = 448, count: int = 48, repeats: int = 3) -> list[dict]:
+    """Decode + the training transform, images/s in one process, for each decoder."""
+    import tempfile
+    from pathlib import Path
+
+    from cnl.data.images import DECODERS
+    from cnl.data.transforms import train_transform
+
+    transform = train_transform(img_size)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        paths = write_sample_jpegs(Path(folder), count)
+        for name, decode in DECODERS.items():
+            seconds = median_time(lambda: [transform(decode(p)) for p in paths], repeats, torch.device("cpu"))
+            rows.append({"decoder": name, "images_per_s": count / seconds})
+    return rows
+
+
+def format_input_rows(rows: list[dict]) -> str:
+    lines = ["| decoder | decode + augment (img/s, one process) |", "|---|---|"]
+    return "\n".join(lines + [f"| {r['decoder']} | {r['images_per_s']:.1f} |" for r in rows])
