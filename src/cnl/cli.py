@@ -16,6 +16,12 @@ def split_names(values: Sequence[str]) -> list[str]:
 def cmd_profile(args: argparse.Namespace) -> int:
     from cnl.analysis.profile import format_table, profile_model
 
+    if args.receptive_fields:
+        from cnl.analysis.receptive_field import format_fields
+        from cnl.models import create_model
+
+        print("\n\n".join(format_fields(n, create_model(n, num_classes=args.num_classes)) for n in split_names(args.models)))
+        return 0
     profiles = [profile_model(name, args.img_size, args.num_classes) for name in split_names(args.models)]
     if args.json:
         print(json.dumps([p.to_json() for p in profiles], indent=2))
@@ -36,6 +42,9 @@ def add_profile(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--img-size", type=int, default=448, help="square input size (default 448)")
     parser.add_argument("--num-classes", type=int, default=200, help="classes of the head (default 200, CUB)")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    parser.add_argument(
+        "--receptive-fields", action="store_true", help="theoretical receptive field and stride of query and responses"
+    )
     parser.set_defaults(func=cmd_profile)
 
 
@@ -280,6 +289,45 @@ def add_bench(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=cmd_bench)
 
 
+def cmd_attention(args: argparse.Namespace) -> int:
+    from cnl.analysis.attention import NothingToShow, attention_rows, parse_queries, render
+    from cnl.engine.checkpoint import load_model, read_checkpoint
+
+    model, _ = load_model(args.checkpoint)
+    img_size = args.img_size or read_checkpoint(args.checkpoint)["config"]["img_size"]
+    try:
+        rows = attention_rows(model, args.image, img_size, parse_queries(args.query), args.count)
+    except NothingToShow as reason:
+        print(f"nothing to show: {reason}")
+        return 1
+    print(f"wrote {render(rows, args.out)}: {len(rows.rows)} queries x {len(rows.rows[0])} maps")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cnl.analysis.report import build_report
+
+    print(f"wrote {build_report(args.runs, args.out, args.images)}")
+    return 0
+
+
+def add_figures(subparsers: argparse._SubParsersAction) -> None:
+    attention = subparsers.add_parser("attention", help="the paper's Fig. 3: attention maps of query positions")
+    attention.add_argument("--checkpoint", required=True)
+    attention.add_argument("--image", required=True)
+    attention.add_argument("--query", nargs="+", default=["auto"], help="'auto' or ROW,COLUMN cells of the query grid")
+    attention.add_argument("--count", type=int, default=3, help="query cells that 'auto' picks")
+    attention.add_argument("--img-size", type=int, help="default: the checkpoint's")
+    attention.add_argument("--out", default="attention.png")
+    attention.set_defaults(func=cmd_attention)
+
+    report = subparsers.add_parser("report", help="HTML + Markdown: curves, ablation table and chart, attention")
+    report.add_argument("runs", nargs="+", help="run folders, or ablation folders (with ablation.json)")
+    report.add_argument("--out", default="report")
+    report.add_argument("--images", type=int, default=2, help="test images with attention figures per run")
+    report.set_defaults(func=cmd_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnl", description="Cross-layer non-local networks for fine-grained recognition")
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -287,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data(subparsers)
     add_training(subparsers)
     add_bench(subparsers)
+    add_figures(subparsers)
     return parser
 
 

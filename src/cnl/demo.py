@@ -15,6 +15,7 @@ from pathlib import Path
 
 
 from cnl.analysis.ablation import format_ablation, run_ablation
+from cnl.analysis.report import build_report
 from cnl.data.synth import SynthConfig, generate
 from cnl.engine.config import make_config
 
@@ -49,5 +50,6 @@ def run_demo(output: str | Path = "runs/demo", quick: bool = False) -> str:
     config = make_config(RECIPE, QUICK if quick else {}, {"data_root": str(data), "output": str(output)})
     rows = run_ablation(config, MODELS, output / "ablation")
     table = format_ablation(rows, config)
+    report = build_report([output / "ablation"], output / "report")
     minutes = (time.perf_counter() - started) / 60
-    return f"{table}\n\nDemo finished in {minutes:.1f} min; results in {output}/ablation."
+    return f"{table}\n\nDemo finished in {minutes:.1f} min; results in {output}/ablation, report in {report}."

@@ -1,0 +1,150 @@
+"""``cnl report``: an HTML page and a Markdown twin with curves, the ablation and attention figures."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from cnl.analysis.ablation import format_ablation
+from cnl.engine.checkpoint import load_model, read_checkpoint
+from cnl.engine.config import TrainConfig
+
+
+def expand_runs(paths: list[str | Path]) -> tuple[list[Path], list[dict[str, Any]], dict | None]:
+    """Run folders (those with metrics.jsonl); an ablation folder stands for its runs."""
+    runs, rows, config = [], [], None
+    for path in map(Path, paths):
+        if (path / "ablation.json").exists():
+            ablation = json.loads((path / "ablation.json").read_text())
+            rows += ablation["rows"]
+            config = ablation["config"]
+            runs += [path / row["model"] for row in ablation["rows"]]
+        elif (path / "metrics.jsonl").exists():
+            runs.append(path)
+        else:
+            raise FileNotFoundError(f"{path} holds neither metrics.jsonl (a run) nor ablation.json (an ablation)")
+    return runs, rows, config
+
+
+def read_metrics(run: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def plot_curves(runs: list[Path], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axis, top1_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for run in runs:
+        metrics = read_metrics(run)
+        epochs = [m["epoch"] for m in metrics]
+        line = loss_axis.plot(epochs, [m["train_loss"] for m in metrics], label=f"{run.name} train")[0]
+        loss_axis.plot(epochs, [m["test_loss"] for m in metrics], "--", color=line.get_color(), label=f"{run.name} test")
+        top1_axis.plot(epochs, [m["top1"] for m in metrics], color=line.get_color(), label=run.name)
+    loss_axis.set(xlabel="epoch", ylabel="loss", title="loss")
+    top1_axis.set(xlabel="epoch", ylabel="top-1 (%)", title="test top-1")
+    loss_axis.legend(fontsize=7)
+    top1_axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return out
+
+
+def plot_bars(rows: list[dict[str, Any]], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.2))
+    names = [r["model"] for r in rows]
+    axis.bar(names, [r["top1"] for r in rows], color=["#888888", "#4c72b0", "#dd8452", "#55a868"][: len(rows)] or None)
+    for k, row in enumerate(rows):
+        axis.text(k, row["top1"], f"{row['top1']:.1f}", ha="center", va="bottom", fontsize=8)
+    axis.set(ylabel="top-1 (%)", title="ablation: best test top-1")
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return out
+
+
+def attention_figures(run: Path, out_dir: Path, images: int) -> list[Path]:
+    """Fig. 3 for the first ``images`` test images of a run with NL or CNL modules."""
+    from cnl.analysis.attention import attention_rows, render
+    from cnl.data import build_dataset
+
+    checkpoint = run / "checkpoints" / "best.pt"
+    if not checkpoint.exists():
+        return []
+    config = TrainConfig(**read_checkpoint(checkpoint)["config"])
+    model, _ = load_model(checkpoint)
+    if not (model.responses or model.nl_layers):
+        return []
+    test = build_dataset(config.dataset, config.data_root, "test")
+    step = max(1, len(test) // images)
+    paths = []
+    for k in range(0, step * images, step):
+        image_path = test.samples[k][0]
+        rows = attention_rows(model, image_path, config.img_size, count=2)
+        paths.append(render(rows, out_dir / f"attention_{run.name}_{k}.png"))
+    return paths
+
+
+def build_report(paths: list[str | Path], out: str | Path, images: int = 2) -> Path:
+    """Write ``out/index.html`` and ``out/index.md``; returns the HTML path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs, rows, config = expand_runs(paths)
+    sections: list[tuple[str, str, list[Path]]] = []  # (title, markdown text, figures)
+    sections.append(("Training curves", "Loss (train solid, test dashed) and test top-1 per epoch.", [plot_curves(runs, out / "curves.png")]))
+    if rows:
+        table = format_ablation(rows, TrainConfig(**config))
+        sections.append(("Ablation", table, [plot_bars(rows, out / "ablation.png")]))
+    for run in runs:
+        summary_path = run / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        figures = attention_figures(run, out, images)
+        text = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
+        sections.append((f"Run {run.name}", text, figures))
+    (out / "index.md").write_text(_markdown(sections))
+    (out / "index.html").write_text(_html(sections))
+    return out / "index.html"
+
+
+def _markdown(sections: list[tuple[str, str, list[Path]]]) -> str:
+    parts = ["# cnl report", ""]
+    for title, text, figures in sections:
+        parts += [f"## {title}", "", text, ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]
+    return "\n".join(parts)
+
+
+def _table_html(text: str) -> str:
+    """A Markdown table (and the lines after it) as HTML."""
+    lines = text.splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    rest = [line for line in lines if not line.startswith("|") and line.strip()]
+    if not table:
+        return f"<p>{html.escape(text)}</p>"
+    cells = [[html.escape(c.strip()) for c in line.strip("|").split("|")] for line in table if not line.startswith("|---")]
+    head = "".join(f"<th>{c}</th>" for c in cells[0])
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[1:])
+    return f"<table><tr>{head}</tr>{body}</table>" + "".join(f"<p>{html.escape(line)}</p>" for line in rest)
+
+
+def _html(sections: list[tuple[str, str, list[Path]]]) -> str:
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:100%}"
+    )
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>cnl report</title><style>{style}</style></head><body>",
+             "<h1>cnl report</h1>"]  # fmt: skip
+    for title, text, figures in sections:
+        parts += [f"<h2>{html.escape(title)}</h2>", _table_html(text)]
+        parts += [f"<img src='{html.escape(f.name)}' alt='{html.escape(f.stem)}'>" for f in figures]
+    parts.append("</body></html>")
+    return "\n".join(parts)
