@@ -1,5 +1,6 @@
 """Every official layout loads with the right counts, labels and class names."""
 
+import numpy as np
 import pytest
 import torch
 from layouts import (
@@ -30,9 +31,11 @@ def test_cub(tmp_path):
     assert labels_of(train) == [0, 0, 1, 1, 2, 2] and labels_of(test) == [0, 1, 2]
     assert test.samples[1][0] == root / "images" / "002.Laysan_Albatross" / "Laysan_Albatross_0001.jpg"
     image, label = train[0]
-    assert image.size == (30, 20) and image.mode == "RGB" and label == 0
+    assert image.shape == (3, 20, 30) and image.dtype == torch.uint8 and label == 0
     cropped = build_dataset("cub", root, "train", crop_to_box=True)
-    assert cropped[0][0].size == (10, 8)  # x, y, width, height = 2, 3, 10, 8
+    assert cropped[0][0].shape == (3, 8, 10)  # x, y, width, height = 2, 3, 10, 8
+    pil = build_dataset("cub", root, "train", crop_to_box=True, decoder="pil")
+    assert pil[0][0].size == (10, 8) and pil[0][0].mode == "RGB"
 
 
 def test_cub_inside_its_archive_folder(tmp_path):
@@ -46,7 +49,7 @@ def test_dogs(tmp_path):
     train, test = build_dataset("dogs", root, "train"), build_dataset("dogs", root, "test")
     assert train.classes == ["Chihuahua", "Japanese spaniel", "Maltese dog"]
     assert labels_of(train) == [0, 0, 1, 1, 2, 2] and labels_of(test) == [0, 1, 2]
-    pixel = train[3][0].getpixel((0, 0))  # class 1's colour, through JPEG
+    pixel = train[3][0][:, 0, 0].tolist()  # class 1's colour, through JPEG
     assert all(abs(a - b) <= 2 for a, b in zip(pixel, (10, 60, 20)))
 
 
@@ -57,7 +60,7 @@ def test_cars_both_layouts(tmp_path, writer):
     assert train.classes == CAR_CLASSES
     assert labels_of(train) == [0, 0, 1, 1, 2, 2] and labels_of(test) == [0, 1, 2]
     assert all(path.is_file() for path, _ in train.samples + test.samples)
-    assert build_dataset("cars", root, "train", crop_to_box=True)[0][0].size == (14, 10)
+    assert build_dataset("cars", root, "train", crop_to_box=True)[0][0].shape == (3, 10, 14)
     assert detect_layout(root) == "cars"
 
 
@@ -142,3 +145,14 @@ def test_transforms_follow_the_paper():
     assert out.abs().max() < 0.02
     crop = train_transform(448).transforms[1]
     assert crop.scale == (0.08, 1.25)
+
+
+def test_both_decoders_give_the_same_pixels(tmp_path):
+    root = write_cub(tmp_path)
+    tensors = build_dataset("cub", root, "test")
+    images = build_dataset("cub", root, "test", decoder="pil")
+    for k in range(len(tensors)):
+        from_pil = torch.from_numpy(np.asarray(images[k][0])).permute(2, 0, 1).int()
+        assert (tensors[k][0].int() - from_pil).abs().max() <= 2
+    with pytest.raises(ValueError, match="unknown decoder 'cv2'"):
+        build_dataset("cub", root, "test", decoder="cv2")

@@ -26,9 +26,9 @@ def test_writes_the_cub_layout_and_loads_through_the_cub_loader(tmp_path):
     assert train.classes == ["oval plain dot", "oval plain bar", "oval stripes dot", "diamond plain dot"]
     assert sorted(set(train.targets)) == [0, 1, 2, 3] and train.targets.count(2) == 3
     image, _ = test[0]
-    assert image.size == (48, 48)
+    assert image.shape == (3, 48, 48)
     boxes = build_dataset("cub", root, "train", crop_to_box=True)
-    assert all(0 < boxes[k][0].width <= 48 for k in range(3))
+    assert all(0 < boxes[k][0].shape[2] <= 48 for k in range(3))
 
 
 def test_same_arguments_same_bytes_other_seed_other_bytes(tmp_path):

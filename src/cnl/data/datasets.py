@@ -18,7 +18,7 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
-from cnl.data.images import ImageError, load_image
+from cnl.data.images import ImageError, load_image, load_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ class FineGrainedDataset(Dataset):
         boxes: optional per-sample crop boxes (x0, y0, x1, y1), e.g. CUB's bounding boxes.
         skip_log: optional file to which each skipped path is appended, so that skips in
             DataLoader workers reach the main process.
+        decoder: ``"tensor"`` (default): images as ``[3, H, W]`` uint8 tensors, JPEGs
+            decoded by torchvision.io, the faster path; ``"pil"``: RGB PIL images.
     """
 
     def __init__(
@@ -49,7 +51,11 @@ class FineGrainedDataset(Dataset):
         transform: Callable[[Image.Image], Any] | None = None,
         boxes: list[Box] | None = None,
         skip_log: str | Path | None = None,
+        decoder: str = "tensor",
     ) -> None:
+        if decoder not in ("tensor", "pil"):
+            raise ValueError(f"unknown decoder {decoder!r}; valid decoders: tensor, pil")
+        self.decoder = decoder
         self.samples = samples
         self.classes = classes
         self.transform = transform
@@ -64,11 +70,16 @@ class FineGrainedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def load(self, index: int) -> Image.Image:
+    def load(self, index: int) -> Any:
         """The RGB image of sample ``index`` (cropped to its box if any); raises ImageError."""
-        image = load_image(self.samples[index][0])
-        if self.boxes is not None:
-            image = image.crop(tuple(round(v) for v in self.boxes[index]))
+        path = self.samples[index][0]
+        if self.decoder == "pil":
+            image = load_image(path)
+            return image.crop(tuple(round(v) for v in self.boxes[index])) if self.boxes else image
+        image = load_tensor(path)
+        if self.boxes:
+            x0, y0, x1, y1 = (round(v) for v in self.boxes[index])
+            image = image[:, max(0, y0) : y1, max(0, x0) : x1]
         return image
 
     def _record_skip(self, path: Path, error: ImageError) -> None:
@@ -406,7 +417,8 @@ def build_dataset(
         root: the dataset's folder.
         split: ``train`` or ``test`` (``val`` for folder/list/aircraft).
         transform: applied to each RGB PIL image.
-        **options: ``crop_to_box`` (cub, cars), ``level`` (aircraft), ``skip_log``.
+        **options: ``crop_to_box`` (cub, cars), ``level`` (aircraft), ``skip_log``,
+            ``decoder`` (``"tensor"`` or ``"pil"``).
     """
     root = Path(root)
     if not root.is_dir():

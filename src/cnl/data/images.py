@@ -56,6 +56,9 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise ImageError(f"cannot decode {path}: {error}") from error
 
 
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+
 def decode_with_torchvision(path: str | Path, max_pixels: int = MAX_PIXELS):
     """``[3, H, W]`` uint8 tensor through torchvision.io (libjpeg-turbo), EXIF applied."""
     from torchvision.io import ImageReadMode, decode_image, read_file
@@ -64,11 +67,24 @@ def decode_with_torchvision(path: str | Path, max_pixels: int = MAX_PIXELS):
         with Image.open(path) as header:  # reads the header only
             if header.width * header.height > max_pixels:
                 raise ImageError(f"{path}: {header.width}x{header.height} pixels is over the limit of {max_pixels}")
-        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB, apply_exif_orientation=True)
+        with warnings.catch_warnings():
+            # torchvision 0.29 announces the move of its decoders to TorchCodec; they still work.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_image(read_file(str(path)), mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except ImageError:
         raise
     except (OSError, RuntimeError, ValueError, SyntaxError) as error:
         raise ImageError(f"cannot decode {path}: {error}") from error
+
+
+def load_tensor(path: str | Path, max_pixels: int = MAX_PIXELS):
+    """``[3, H, W]`` uint8: JPEGs through torchvision.io (1.4x PIL's rate with the training
+    transform, docs/benchmarks.md), every other format through ``load_image``."""
+    if Path(path).suffix.lower() in JPEG_SUFFIXES:
+        return decode_with_torchvision(path, max_pixels)
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    return pil_to_tensor(load_image(path, max_pixels))
 
 
 DECODERS = {"pil": load_image, "torchvision": decode_with_torchvision}

@@ -51,7 +51,7 @@ def train_one_epoch(
     criterion = nn.CrossEntropyLoss(reduction="sum")
     meter = Accumulator(num_classes, settings.device)
     bar = tqdm(loader, desc=f"train {epoch}", disable=not settings.show_progress, leave=False, dynamic_ncols=True)
-    start, seen = time.perf_counter(), 0
+    start, seen, correct, local = time.perf_counter(), 0, 0, 0
     optimizer.zero_grad(set_to_none=True)
     for step, (images, labels) in enumerate(bar):
         images, labels = settings.to_device(images, labels)
@@ -70,8 +70,16 @@ def train_one_epoch(
             scheduler.step()
         meter.update(logits.detach().float(), labels, loss_sum.detach())
         seen += len(labels) * world_size
-        rate = seen / (time.perf_counter() - start)
-        bar.set_postfix(loss=f"{loss_sum.item() / len(labels):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", img_s=f"{rate:.1f}")
+        if settings.show_progress:
+            correct += (logits.detach().argmax(dim=1) == labels).sum().item()
+            local += len(labels)
+            rate = seen / (time.perf_counter() - start)
+            bar.set_postfix(
+                loss=f"{loss_sum.item() / len(labels):.3f}",
+                top1=f"{100 * correct / local:.1f}",
+                lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                img_s=f"{rate:.1f}",
+            )
     elapsed = time.perf_counter() - start
     results = meter.compute()
     if not torch.isfinite(torch.tensor(results["loss"])):
