@@ -119,6 +119,7 @@ TRAIN_FLAGS: list[tuple[str, dict]] = [
     ("--accum-steps", {"type": int, "help": "micro-batches per optimizer step (default 1)"}),
     ("--seed", {"type": int}),
     ("--device", {"help": "auto, cpu or cuda"}),
+    ("--deterministic", {"action": "store_true", "default": None, "help": "deterministic kernels only"}),
     ("--output", {"help": "run folder (default runs/train)"}),
 ]
 
@@ -160,8 +161,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = resolve_train_config(args, resume=args.resume or None)
     summary = fit(config)
-    if summary:
-        print(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    if summary.get("interrupted"):
+        return 128 + int(summary["signal"] or 2)  # as a shell reports a process ended by that signal
     return 0
 
 
@@ -346,6 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, TypeError) as error:
         print(f"cnl {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except FloatingPointError as error:
+        print(f"cnl {args.command}: error: {error}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ def run_ablation(base: TrainConfig, models: list[str], output: str | Path) -> li
     rows = []
     for name in models:
         summary = fit(dataclasses.replace(base, model=name, output=str(output / name)))
+        if summary.get("interrupted"):
+            break  # a signal stopped the run; what finished is still tabled
         profile = profile_model(name, base.img_size, summary["classes"])
         rows.append(
             {

@@ -199,9 +199,10 @@ DOGS_LAYOUT = "Stanford Dogs layout: Images/<wnid-breed>/*.jpg, lists/train_list
 def load_mat(path: Path, layout: str) -> dict[str, Any]:
     from scipy.io import loadmat
 
+    require(path, layout)
     try:
-        return loadmat(str(require(path, layout)), squeeze_me=True, struct_as_record=False)
-    except (ValueError, TypeError, OSError, NotImplementedError) as error:
+        return loadmat(str(path), squeeze_me=True, struct_as_record=False)
+    except Exception as error:  # scipy raises many kinds on a damaged file; all mean the same here
         raise LayoutError(f"{path}: not a readable .mat file ({error}); expected the {layout}") from error
 
 

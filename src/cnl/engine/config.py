@@ -47,6 +47,7 @@ class TrainConfig:
     seed: int = 0
     output: str = "runs/train"
     resume: bool = False
+    deterministic: bool = False
     device: str = "auto"
 
     def validate(self) -> None:

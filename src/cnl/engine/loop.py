@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -45,14 +46,20 @@ def train_one_epoch(
     num_classes: int,
     epoch: int,
     world_size: int = 1,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, object]:
-    """One pass over ``loader``; the scheduler steps once per optimizer step."""
+    """One pass over ``loader``; the scheduler steps once per optimizer step.
+
+    ``should_stop`` is asked after every optimizer step; when it answers True the pass
+    ends there, with ``stopped`` set and ``steps`` the batches done.
+    """
     model.train()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     meter = Accumulator(num_classes, settings.device)
     bar = tqdm(loader, desc=f"train {epoch}", disable=not settings.show_progress, leave=False, dynamic_ncols=True)
     start, seen, correct, local = time.perf_counter(), 0, 0, 0
     optimizer.zero_grad(set_to_none=True)
+    steps, stopped = 0, False
     for step, (images, labels) in enumerate(bar):
         images, labels = settings.to_device(images, labels)
         last_micro_step = (step + 1) % settings.accum_steps == 0 or step + 1 == len(loader)
@@ -62,6 +69,12 @@ def train_one_epoch(
             with settings.autocast():
                 logits = model(images)
                 loss_sum = criterion(logits.float(), labels)
+            if not torch.isfinite(loss_sum):
+                # Stop before the update: the weights and the last checkpoint stay good.
+                raise FloatingPointError(
+                    f"the training loss is {loss_sum.item() / len(labels)} at epoch {epoch}, step {step + 1}; "
+                    "stopping, the last checkpoint is kept (try a lower --lr or --amp none)"
+                )
             scaler.scale(loss_sum / (len(labels) * settings.accum_steps)).backward()
         if last_micro_step:
             scaler.step(optimizer)
@@ -80,11 +93,21 @@ def train_one_epoch(
                 lr=f"{optimizer.param_groups[0]['lr']:.2e}",
                 img_s=f"{rate:.1f}",
             )
+        steps = step + 1
+        if last_micro_step and should_stop is not None and should_stop():
+            stopped = True
+            break
+    bar.close()
     elapsed = time.perf_counter() - start
     results = meter.compute()
-    if not torch.isfinite(torch.tensor(results["loss"])):
-        raise FloatingPointError(f"the training loss of epoch {epoch} is {results['loss']}")
-    return {"loss": results["loss"], "top1": results["top1"], "images_per_s": seen / elapsed, "time_s": elapsed}
+    return {
+        "loss": results["loss"],
+        "top1": results["top1"],
+        "images_per_s": seen / max(elapsed, 1e-9),
+        "time_s": elapsed,
+        "steps": steps,
+        "stopped": stopped,
+    }
 
 
 @torch.no_grad()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import os
 import random
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from cnl.data import build_dataset, eval_transform, train_transform
 from cnl.data.datasets import FineGrainedDataset
@@ -22,6 +26,19 @@ from cnl.engine.config import TrainConfig
 from cnl.engine.loop import StepSettings, evaluate, train_one_epoch
 from cnl.engine.schedule import build_scheduler
 from cnl.models import create_model
+
+
+class SkipSampler(Sampler[int]):
+    """The indices of ``sampler`` after the first ``skip``: the rest of an interrupted epoch."""
+
+    def __init__(self, sampler: Sampler[int], skip: int) -> None:
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
 
 
 def seed_everything(seed: int) -> None:
@@ -47,7 +64,22 @@ def build_datasets(config: TrainConfig, output: Path) -> tuple[FineGrainedDatase
     test = build_dataset(config.dataset, config.data_root, "test", eval_transform(config.img_size), skip_log=log)
     if train.classes != test.classes:
         raise ValueError(f"the train and test splits of {config.data_root} name different classes")
+    preflight(train, "train", config.data_root)
+    preflight(test, "test", config.data_root)
     return train, test
+
+
+def preflight(dataset: FineGrainedDataset, split: str, root: str) -> None:
+    """Stop before any training on metadata that names missing files or leaves a class empty."""
+    missing = [str(path) for path, _ in dataset.samples if not Path(path).is_file()]
+    if missing:
+        shown = "\n  ".join(missing[:10]) + ("\n  ..." if len(missing) > 10 else "")
+        raise ValueError(f"{len(missing)} {split} images of {root} named by its metadata do not exist:\n  {shown}")
+    if split == "train":
+        counts = np.bincount(dataset.targets, minlength=len(dataset.classes))
+        empty = [dataset.classes[k] for k in np.flatnonzero(counts == 0)]
+        if empty:
+            raise ValueError(f"classes without training images in {root}: {', '.join(empty[:10])}")
 
 
 def eval_loader(dataset: FineGrainedDataset, config: TrainConfig, ctx: distributed.Context) -> DataLoader:
@@ -72,6 +104,7 @@ class RunState:
     """What a checkpoint restores besides the weights."""
 
     start_epoch: int = 0
+    start_step: int = 0  # batches of start_epoch already trained (an interrupted epoch)
     best_top1: float = -1.0
     best_top5: float = 0.0
     best_epoch: int = 0
@@ -92,6 +125,10 @@ class Run:
         config, ctx = self.config, self.ctx
         self.output.mkdir(parents=True, exist_ok=True)
         seed_everything(config.seed)
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=False)
+            torch.backends.cudnn.benchmark = False
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         self.train_set, self.test_set = build_datasets(config, self.output)
         self.classes = self.train_set.classes
         if not ctx.is_main:
@@ -106,13 +143,7 @@ class Run:
         self.sampler = DistributedSampler(
             self.train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed
         )
-        self.train_loader = DataLoader(
-            self.train_set,
-            batch_size=config.batch_size,
-            sampler=self.sampler,
-            num_workers=config.workers,
-            pin_memory=ctx.device.type == "cuda",
-        )
+        self.train_loader = self._train_loader(self.sampler)
         self.test_loader = eval_loader(self.test_set, config, ctx)
         self.optimizer = build_optimizer(self.model, config)
         steps_per_epoch = math.ceil(len(self.train_loader) / config.accum_steps)
@@ -134,8 +165,9 @@ class Run:
     def checkpoints(self) -> Path:
         return self.output / "checkpoints"
 
-    def _state(self, epoch: int, run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
+    def _state(self, epoch: int, run: RunState, metrics: dict[str, Any], step: int = 0) -> dict[str, Any]:
         return {
+            "step": step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -161,7 +193,7 @@ class Run:
         set_rng_state(state["rng"])
         best = state["best"]
         self._truncate_metrics(state["epoch"])
-        return RunState(state["epoch"], best["top1"], best["top5"], best["epoch"])
+        return RunState(state["epoch"], state.get("step", 0), best["top1"], best["top5"], best["epoch"])
 
     def _truncate_metrics(self, completed: int) -> None:
         """Drop log lines of epochs past the checkpoint: they will be run again."""
@@ -173,25 +205,68 @@ class Run:
     # --- the loop --------------------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
+        previous = self._catch_signals()
         try:
             self._build()
             run = self._resume() if self.config.resume else RunState()
             return self._loop(run)
         finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
             distributed.teardown()
+
+    def _catch_signals(self) -> dict[int, Any]:
+        """SIGINT and SIGTERM ask the loop to stop after the current step and save."""
+        self.stop_signal: int | None = None
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def request_stop(number: int, frame: object) -> None:
+            self.stop_signal = number
+
+        return {number: signal.signal(number, request_stop) for number in (signal.SIGINT, signal.SIGTERM)}
+
+    def _should_stop(self) -> bool:
+        flag = torch.tensor([float(self.stop_signal is not None)], device=self.ctx.device)
+        return bool(distributed.all_reduce_sum(flag).item() > 0)  # every process stops at the same step
+
+    def _train_loader(self, sampler: Sampler[int]) -> DataLoader:
+        # Its own generator: creating an iterator then draws no number from the global
+        # generator, which the augmentations use, so a resumed epoch sees the same draws.
+        generator = torch.Generator().manual_seed(self.config.seed)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.config.batch_size,
+            sampler=sampler,
+            num_workers=self.config.workers,
+            pin_memory=self.ctx.device.type == "cuda",
+            generator=generator,
+            # A last batch of one image breaks BatchNorm on 1x1 maps; drop the partial batch
+            # (as timm does) whenever a full one exists.
+            drop_last=len(self.sampler) > self.config.batch_size,
+        )
+
+    def _epoch_loader(self, skip_batches: int) -> DataLoader:
+        if not skip_batches:
+            return self.train_loader
+        return self._train_loader(SkipSampler(self.sampler, skip_batches * self.config.batch_size))
 
     def _loop(self, run: RunState) -> dict[str, Any]:
         config = self.config
         writer = self._writer()
         rates, metrics = [], {}
         for epoch in range(run.start_epoch, config.epochs):
-            seed_everything(epoch_seed(config, epoch, self.ctx.rank))
+            skip = run.start_step if epoch == run.start_epoch else 0
+            if not skip:  # an interrupted epoch continues from the restored generators
+                seed_everything(epoch_seed(config, epoch, self.ctx.rank))
             self.sampler.set_epoch(epoch)
             lr = self.optimizer.param_groups[0]["lr"]
             train = train_one_epoch(
-                self.train_model, self.train_loader, self.optimizer, self.scheduler, self.scaler,
-                self.settings, len(self.classes), epoch + 1, self.ctx.world_size,
+                self.train_model, self._epoch_loader(skip), self.optimizer, self.scheduler, self.scaler,
+                self.settings, len(self.classes), epoch + 1, self.ctx.world_size, self._should_stop,
             )  # fmt: skip
+            if train["stopped"]:
+                return self._interrupted(epoch, skip + train["steps"], run, metrics)
             metrics = evaluate(self.eval_model, self.test_loader, self.settings, len(self.classes), f"test {epoch + 1}")
             rates.append(train["images_per_s"])
             if metrics["top1"] > run.best_top1:
@@ -207,6 +282,15 @@ class Run:
             if writer is not None:
                 writer.close()
         return summary
+
+    def _interrupted(self, epoch: int, step: int, run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Save the state after ``step`` batches of ``epoch`` (0-based) and report the stop."""
+        if self.main:
+            save_checkpoint(self._state(epoch, run, metrics, step=step), self.checkpoints / "last.pt")
+            name = signal.Signals(self.stop_signal).name if self.stop_signal else "a stop request"
+            print(f"{name}: stopped at epoch {epoch + 1}, step {step}; saved {self.checkpoints / 'last.pt'}; "
+                  "continue with --resume", flush=True)  # fmt: skip
+        return {"interrupted": True, "signal": self.stop_signal, "epoch": epoch + 1, "step": step}
 
     def _writer(self):
         if not self.main:
