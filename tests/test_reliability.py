@@ -162,7 +162,7 @@ def test_bad_metadata_stops_before_training(data, tmp_path, capsys):
     victim = sorted((broken / "images").rglob("*.jpg"))[0]
     victim.unlink()
     assert main(train_args(broken, tmp_path / "run", 1)) == 2
-    assert f"do not exist:\n  {victim}" in capsys.readouterr().err
+    assert f"images.txt, image 1: {victim}" in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoints").exists()
     # An empty class: every training image of class 2 marked as test.
     generate(broken, SynthConfig(classes=3, train_per_class=2, test_per_class=1, image_size=40))
@@ -219,3 +219,12 @@ def test_fuzzed_metadata_gives_clear_errors_only(tmp_path_factory, content, layo
     except (LayoutError, ValueError, FileNotFoundError):
         return
     assert all(0 <= label < len(dataset.classes) for _, label in dataset.samples)
+
+
+def test_a_list_entry_pointing_at_no_file_names_the_list_and_line(tmp_path, capsys):
+    from layouts import write_list
+
+    root = write_list(tmp_path / "lists")
+    (root / "train.txt").write_text((root / "train.txt").read_text() + "images/class 1/gone.jpg 1\n")
+    assert main(["train", "--data-root", str(root), "--dataset", "list", "--img-size", "32", "--output", str(tmp_path / "r")]) == 2
+    assert f"{root / 'train.txt'}, line 5: {root / 'images/class 1/gone.jpg'}" in capsys.readouterr().err

@@ -42,6 +42,8 @@ class FineGrainedDataset(Dataset):
             DataLoader workers reach the main process.
         decoder: ``"tensor"`` (default): images as ``[3, H, W]`` uint8 tensors, JPEGs
             decoded by torchvision.io, the faster path; ``"pil"``: RGB PIL images.
+        origins: per sample, where the metadata names it (``"ROOT/train.txt, line 3"``),
+            for error messages.
     """
 
     def __init__(
@@ -52,10 +54,12 @@ class FineGrainedDataset(Dataset):
         boxes: list[Box] | None = None,
         skip_log: str | Path | None = None,
         decoder: str = "tensor",
+        origins: list[str] | None = None,
     ) -> None:
         if decoder not in ("tensor", "pil"):
             raise ValueError(f"unknown decoder {decoder!r}; valid decoders: tensor, pil")
         self.decoder = decoder
+        self.origins = origins
         self.samples = samples
         self.classes = classes
         self.transform = transform
@@ -173,7 +177,7 @@ def build_cub(root: Path, split: str, crop_to_box: bool = False, **kwargs: Any) 
     is_train = read_table(root / "train_test_split.txt", CUB_LAYOUT, 2)
     boxes_table = read_table(root / "bounding_boxes.txt", CUB_LAYOUT, 5) if crop_to_box else {}
     want = "1" if split == "train" else "0"
-    samples, boxes = [], []
+    samples, boxes, origins = [], [], []
     for image_id, (relative,) in images.items():
         for table, name in ((labels, "image_class_labels.txt"), (is_train, "train_test_split.txt")):
             if image_id not in table:
@@ -183,12 +187,13 @@ def build_cub(root: Path, split: str, crop_to_box: bool = False, **kwargs: Any) 
         if is_train[image_id][0] != want:
             continue
         samples.append((root / "images" / relative, label))
+        origins.append(f"{root / 'images.txt'}, image {image_id}")
         if crop_to_box:
             if image_id not in boxes_table:
                 raise LayoutError(f"{root / 'bounding_boxes.txt'}: no box for image id {image_id}")
             x, y, w, h = (float(v) for v in boxes_table[image_id])
             boxes.append((x, y, x + w, y + h))
-    return FineGrainedDataset(samples, classes, boxes=boxes if crop_to_box else None, **kwargs)
+    return FineGrainedDataset(samples, classes, boxes=boxes if crop_to_box else None, origins=origins, **kwargs)
 
 
 # --- Stanford Dogs ----------------------------------------------------------------
@@ -232,7 +237,8 @@ def build_dogs(root: Path, split: str, **kwargs: Any) -> FineGrainedDataset:
         (root / "Images" / f, parse_label(str(v), f"{path}, entry {i + 1}", len(classes)))
         for i, (f, v) in enumerate(zip(files, labels))
     ]
-    return FineGrainedDataset(samples, classes, **kwargs)
+    origins = [f"{path}, entry {i + 1}" for i in range(len(samples))]
+    return FineGrainedDataset(samples, classes, origins=origins, **kwargs)
 
 
 # --- Stanford Cars ----------------------------------------------------------------
@@ -273,7 +279,8 @@ def build_cars(root: Path, split: str, crop_to_box: bool = False, **kwargs: Any)
         for i, (path, a) in enumerate(zip(images, annotations))
     ]
     boxes = [_car_box(a) for a in annotations] if crop_to_box else None
-    return FineGrainedDataset(samples, classes, boxes=boxes, **kwargs)
+    origins = [f"{where}, annotation {i + 1}" for i in range(len(samples))]
+    return FineGrainedDataset(samples, classes, boxes=boxes, origins=origins, **kwargs)
 
 
 # --- FGVC-Aircraft ----------------------------------------------------------------
@@ -291,12 +298,13 @@ def build_aircraft(root: Path, split: str, level: str = "variant", **kwargs: Any
     names = [line.strip() for line in require(data / f"{AIRCRAFT_LEVELS[level]}.txt", AIRCRAFT_LAYOUT).read_text(encoding="utf-8").splitlines() if line.strip()]
     index = {name: i for i, name in enumerate(names)}
     listing = data / f"images_{level}_{split}.txt"
-    samples = []
+    samples, origins = [], []
     for number, (image_id, name) in read_rows(listing, AIRCRAFT_LAYOUT, 2):
         if name not in index:
             raise LayoutError(f"{listing}, line {number}: {name!r} is not in {AIRCRAFT_LEVELS[level]}.txt")
         samples.append((data / "images" / f"{image_id}.jpg", index[name]))
-    return FineGrainedDataset(samples, names, **kwargs)
+        origins.append(f"{listing}, line {number}")
+    return FineGrainedDataset(samples, names, origins=origins, **kwargs)
 
 
 # --- the user's folders and lists -------------------------------------------------
@@ -376,7 +384,8 @@ def build_list(root: Path, split: str, **kwargs: Any) -> FineGrainedDataset:
         (root / relative, parse_label(text, f"{path}, line {number}", len(classes), base))
         for number, relative, text in entries
     ]
-    return FineGrainedDataset(samples, classes, **kwargs)
+    origins = [f"{path}, line {number}" for number, _, _ in entries]
+    return FineGrainedDataset(samples, classes, origins=origins, **kwargs)
 
 
 BUILDERS: dict[str, Callable[..., FineGrainedDataset]] = {

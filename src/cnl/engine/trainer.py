@@ -71,10 +71,14 @@ def build_datasets(config: TrainConfig, output: Path) -> tuple[FineGrainedDatase
 
 def preflight(dataset: FineGrainedDataset, split: str, root: str) -> None:
     """Stop before any training on metadata that names missing files or leaves a class empty."""
-    missing = [str(path) for path, _ in dataset.samples if not Path(path).is_file()]
+    origins = dataset.origins or [str(path) for path, _ in dataset.samples]
+    missing = [f"{origin}: {path}" for (path, _), origin in zip(dataset.samples, origins) if not Path(path).is_file()]
     if missing:
         shown = "\n  ".join(missing[:10]) + ("\n  ..." if len(missing) > 10 else "")
-        raise ValueError(f"{len(missing)} {split} images of {root} named by its metadata do not exist:\n  {shown}")
+        raise ValueError(
+            f"{len(missing)} {split} images of {root} named by its metadata do not exist "
+            f"(expected an image file at each path):\n  {shown}"
+        )
     if split == "train":
         counts = np.bincount(dataset.targets, minlength=len(dataset.classes))
         empty = [dataset.classes[k] for k in np.flatnonzero(counts == 0)]
