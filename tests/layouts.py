@@ -87,7 +87,7 @@ def write_cars_devkit(root: Path) -> Path:
     for split, count in (("train", 2), ("test", 1)):
         rows = []
         for k in range(len(CAR_CLASSES)):
-            for j in range(count):
+            for _ in range(count):
                 fname = f"{len(rows) + 1:05d}.jpg"
                 write_image(root / f"cars_{split}" / fname, (k * 70, 0, 0))
                 rows.append(car_annotation(k, fname=fname))
@@ -110,7 +110,11 @@ def write_cars_combined(root: Path) -> Path:
     return root
 
 
-AIRCRAFT = [("707-320", "Boeing 707", "Boeing"), ("727-200", "Boeing 727", "Boeing"), ("Cessna 172", "Cessna 172", "Cessna")]
+AIRCRAFT = [
+    ("707-320", "Boeing 707", "Boeing"),
+    ("727-200", "Boeing 727", "Boeing"),
+    ("Cessna 172", "Cessna 172", "Cessna"),
+]
 
 
 def write_aircraft(root: Path) -> Path:

@@ -25,7 +25,10 @@ def test_module_and_input_benches(capsys):
     assert main(["bench", "--module", "--img-size", "64", "--repeats", "1", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {(r["order"], r["kernel"]) for r in rows} == {
-        ("paper", "sdpa"), ("paper", "bmm"), ("reassociated", "sdpa"), ("reassociated", "bmm")
+        ("paper", "sdpa"),
+        ("paper", "bmm"),
+        ("reassociated", "sdpa"),
+        ("reassociated", "bmm"),
     }
     assert main(["bench", "--input", "--img-size", "64", "--repeats", "1", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

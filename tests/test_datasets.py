@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+
+from cnl.data import LayoutError, build_dataset, detect_layout, eval_transform, train_transform
 from layouts import (
     AIRCRAFT,
     CAR_CLASSES,
@@ -15,8 +17,6 @@ from layouts import (
     write_image,
     write_list,
 )
-
-from cnl.data import LayoutError, build_dataset, detect_layout, eval_transform, train_transform
 
 
 def labels_of(dataset):

@@ -158,7 +158,20 @@ def test_load_model_and_predict(runs, data, capsys):
     model, classes = load_model(straight / "checkpoints" / "best.pt")
     assert not model.training and len(classes) == 4 and model.fc.out_features == 4
     image_dir = data / "images" / "001.oval_plain_dot"
-    assert main(["predict", "--checkpoint", str(straight / "checkpoints" / "best.pt"), str(image_dir), "--topk", "3", "--json"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(straight / "checkpoints" / "best.pt"),
+                str(image_dir),
+                "--topk",
+                "3",
+                "--json",
+            ]
+        )
+        == 0
+    )
     results = json.loads(capsys.readouterr().out)
     assert len(results) == 8
     for result in results:
@@ -188,7 +201,17 @@ def test_ablate_prints_table_2(data, tmp_path, capsys):
 
 def torchrun(*args, port):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", f"--master_port={port}", "-m", "cnl.cli", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        f"--master_port={port}",
+        "-m",
+        "cnl.cli",
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
 

@@ -1,14 +1,12 @@
 """Attention figures (Fig. 3), receptive fields (Fig. 1) and the HTML report, rendered headlessly."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import cnl
-from cnl.analysis.attention import attention_rows, map_cell, parse_queries, render
+from cnl.analysis.attention import attention_rows, map_cell, parse_queries
 from cnl.analysis.receptive_field import receptive_fields
 from cnl.cli import main
 from cnl.data import eval_transform, load_image
@@ -72,13 +70,31 @@ def test_cli_figure_panels_and_size(ablation, tmp_path, capsys):
     image = next((data / "images").rglob("*.jpg"))
     out = tmp_path / "fig.png"
     checkpoint = runs / "resnet18_nl5" / "checkpoints" / "best.pt"
-    assert main(["attention", "--checkpoint", str(checkpoint), "--image", str(image), "--query", "0,0", "1,1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "attention",
+                "--checkpoint",
+                str(checkpoint),
+                "--image",
+                str(image),
+                "--query",
+                "0,0",
+                "1,1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "2 queries x 5 maps" in capsys.readouterr().out
     with Image.open(out) as figure:
         # 2 rows of 6 panels (image + 5 maps) at 2.2 x 2.4 inches each, 100 dpi.
         assert figure.size == (1320, 480)
     plain = runs / "resnet18" / "checkpoints" / "best.pt"
-    assert main(["attention", "--checkpoint", str(plain), "--image", str(image), "--out", str(tmp_path / "none.png")]) == 1
+    assert (
+        main(["attention", "--checkpoint", str(plain), "--image", str(image), "--out", str(tmp_path / "none.png")]) == 1
+    )
     assert "nothing to show" in capsys.readouterr().out
     assert main(["attention", "--checkpoint", str(checkpoint), "--image", str(image), "--query", "5,5"]) == 2
     assert "outside the 2x2 query grid" in capsys.readouterr().err

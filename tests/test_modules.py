@@ -52,7 +52,9 @@ def make_cnl(dtype=torch.float32):
 def make_inputs(batch=2, dtype=torch.float32, device="cpu"):
     torch.manual_seed(1)
     query = torch.randn(batch, 16, 3, 4, dtype=dtype, device=device)
-    responses = [torch.randn(batch, c, h, w, dtype=dtype, device=device) for c, h, w in [(4, 12, 10), (8, 6, 6), (8, 5, 7)]]
+    responses = [
+        torch.randn(batch, c, h, w, dtype=dtype, device=device) for c, h, w in [(4, 12, 10), (8, 6, 6), (8, 5, 7)]
+    ]
     return query, responses
 
 
@@ -165,7 +167,9 @@ def test_low_precision_matches_float32(device, dtype):
     out, attention = low(query.to(dtype), [r.to(dtype) for r in responses], return_attention=True)
     assert out.dtype == dtype and all(a.dtype == dtype for a in attention)
     torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.15)
-    torch.testing.assert_close(low(query.to(dtype), [r.to(dtype) for r in responses]).float(), expected, rtol=0.05, atol=0.15)
+    torch.testing.assert_close(
+        low(query.to(dtype), [r.to(dtype) for r in responses]).float(), expected, rtol=0.05, atol=0.15
+    )
 
 
 @pytest.mark.parametrize("batch", [1, 4])

@@ -37,7 +37,9 @@ def train_args(data, output, epochs=6, *extra):
 
 def start(args):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the same threads as this process: same sums
-    return subprocess.Popen([sys.executable, "-m", "cnl.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cnl.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
 
 
 def wait_for(path: Path, process, timeout=120):
@@ -78,7 +80,14 @@ def test_signal_saves_and_resume_ends_with_the_same_weights(data, straight, tmp_
     assert 1 <= state["epoch"] < 6 and "step" in state
     assert main(["train", "--resume", "--output", str(output)]) == 0
     assert_same_weights(weights(straight), weights(output))
-    assert [json.loads(line)["epoch"] for line in (output / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
+    assert [json.loads(line)["epoch"] for line in (output / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
 
 
 def test_kill_9_leaves_the_last_complete_checkpoint(data, straight, tmp_path):
@@ -166,8 +175,14 @@ def test_bad_metadata_stops_before_training(data, tmp_path, capsys):
     assert not (tmp_path / "run" / "checkpoints").exists()
     # An empty class: every training image of class 2 marked as test.
     generate(broken, SynthConfig(classes=3, train_per_class=2, test_per_class=1, image_size=40))
-    ids = [line.split()[0] for line in (broken / "image_class_labels.txt").read_text().splitlines() if line.endswith(" 2")]
-    split = [f"{i} 0" if i in ids else line for line in (broken / "train_test_split.txt").read_text().splitlines() for i in [line.split()[0]]]
+    ids = [
+        line.split()[0] for line in (broken / "image_class_labels.txt").read_text().splitlines() if line.endswith(" 2")
+    ]
+    split = [
+        f"{i} 0" if i in ids else line
+        for line in (broken / "train_test_split.txt").read_text().splitlines()
+        for i in [line.split()[0]]
+    ]
     (broken / "train_test_split.txt").write_text("\n".join(split) + "\n")
     assert main(train_args(broken, tmp_path / "run2", 1)) == 2
     assert "classes without training images" in capsys.readouterr().err
@@ -226,5 +241,20 @@ def test_a_list_entry_pointing_at_no_file_names_the_list_and_line(tmp_path, caps
 
     root = write_list(tmp_path / "lists")
     (root / "train.txt").write_text((root / "train.txt").read_text() + "images/class 1/gone.jpg 1\n")
-    assert main(["train", "--data-root", str(root), "--dataset", "list", "--img-size", "32", "--output", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data-root",
+                str(root),
+                "--dataset",
+                "list",
+                "--img-size",
+                "32",
+                "--output",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     assert f"{root / 'train.txt'}, line 5: {root / 'images/class 1/gone.jpg'}" in capsys.readouterr().err

@@ -20,7 +20,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
         from cnl.analysis.receptive_field import format_fields
         from cnl.models import create_model
 
-        print("\n\n".join(format_fields(n, create_model(n, num_classes=args.num_classes)) for n in split_names(args.models)))
+        print(
+            "\n\n".join(
+                format_fields(n, create_model(n, num_classes=args.num_classes)) for n in split_names(args.models)
+            )
+        )
         return 0
     profiles = [profile_model(name, args.img_size, args.num_classes) for name in split_names(args.models)]
     if args.json:
@@ -53,7 +57,10 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
     config = SynthConfig(args.classes, args.train_per_class, args.test_per_class, args.image_size, args.seed)
     out = generate(args.out, config)
-    print(f"wrote {config.classes * (config.train_per_class + config.test_per_class)} images in the CUB-200-2011 layout to {out}")
+    print(
+        f"wrote {config.classes * (config.train_per_class + config.test_per_class)} images "
+        f"in the CUB-200-2011 layout to {out}"
+    )
     if args.contact_sheet:
         print(f"wrote {contact_sheet(out, args.contact_sheet)}")
     return 0
@@ -73,9 +80,7 @@ def add_data(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="generate the synthetic benchmark, check a dataset")
     commands = data.add_subparsers(dest="data_command", required=True)
     defaults = SynthConfig()
-    synth = commands.add_parser(
-        "synth", help="write the synthetic multi-scale fine-grained benchmark (CUB layout)"
-    )
+    synth = commands.add_parser("synth", help="write the synthetic multi-scale fine-grained benchmark (CUB layout)")
     synth.add_argument("--out", required=True, help="folder to write")
     synth.add_argument("--classes", type=int, default=defaults.classes)
     synth.add_argument("--train-per-class", type=int, default=defaults.train_per_class)
@@ -177,8 +182,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(result))
         else:
-            print(f"{result['checkpoint']}: top1 {result['top1']:.2f}  top5 {result['top5']:.2f}  "
-                  f"loss {result['loss']:.4f}  ({result['count']} images)")
+            print(
+                f"{result['checkpoint']}: top1 {result['top1']:.2f}  top5 {result['top5']:.2f}  "
+                f"loss {result['loss']:.4f}  ({result['count']} images)"
+            )
     return 0
 
 
@@ -330,14 +337,33 @@ def add_figures(subparsers: argparse._SubParsersAction) -> None:
     report.set_defaults(func=cmd_report)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from cnl.export import export
+
+    for path in export(args.checkpoint, args.format, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def add_export(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("export", help="a checkpoint as ONNX, TorchScript or safetensors + model card")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
+    parser.add_argument("--out", required=True)
+    parser.set_defaults(func=cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cnl", description="Cross-layer non-local networks for fine-grained recognition")
+    parser = argparse.ArgumentParser(
+        prog="cnl", description="Cross-layer non-local networks for fine-grained recognition"
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_profile(subparsers)
     add_data(subparsers)
     add_training(subparsers)
     add_bench(subparsers)
     add_figures(subparsers)
+    add_export(subparsers)
     return parser
 
 

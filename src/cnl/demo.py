@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-
 from cnl.analysis.ablation import format_ablation, run_ablation
 from cnl.analysis.report import build_report
 from cnl.data.synth import SynthConfig, generate

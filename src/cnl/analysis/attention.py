@@ -128,7 +128,9 @@ def render(rows: AttentionRows, out: str | Path, dpi: int = 100) -> Path:
     cell_h, cell_w = size / rows.grid[0], size / rows.grid[1]
     for r, (cell, panels) in enumerate(zip(rows.queries, rows.rows)):
         axes[r][0].imshow(rows.image)
-        axes[r][0].add_patch(Rectangle((cell[1] * cell_w, cell[0] * cell_h), cell_w, cell_h, fill=False, ec="red", lw=2))
+        axes[r][0].add_patch(
+            Rectangle((cell[1] * cell_w, cell[0] * cell_h), cell_w, cell_h, fill=False, ec="red", lw=2)
+        )
         axes[r][0].set_title(f"query {cell[0]},{cell[1]}", fontsize=8)
         for c, panel in enumerate(panels, 1):
             upsampled = F.interpolate(torch.from_numpy(panel.heatmap)[None, None], size=(size, size), mode="bilinear")

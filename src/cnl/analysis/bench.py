@@ -167,9 +167,12 @@ def format_results(results: list[BenchResult], settings: dict) -> str:
         )
     described = ", ".join(f"{k}={v}" for k, v in settings.items())
     memory = "CUDA allocator peak" if settings.get("device") == "cuda" else "MemTracker peak"
-    lines += ["", f"Median of {settings.get('repeats', 3)} interleaved rounds after one warm-up; memory: {memory} "
-              f"of a train step; {described}; "
-              f"torch {torch.__version__}, {torch.get_num_threads()} threads."]
+    lines += [
+        "",
+        f"Median of {settings.get('repeats', 3)} interleaved rounds after one warm-up; memory: {memory} "
+        f"of a train step; {described}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads.",
+    ]
     return "\n".join(lines)
 
 
@@ -204,7 +207,7 @@ def bench_module(img_size: int = 448, batch_size: int = 2, device: str = "cpu", 
                 ("NL (one res3 block)", nl, lambda: nl(nl_input)),
             ):
                 configure_attention(module, order, use_sdpa)
-                seconds = median_time(lambda: run().sum().backward(), repeats, target)
+                seconds = median_time(lambda run=run: run().sum().backward(), repeats, target)
                 rows.append({"module": name, "order": order, "kernel": kernel, "forward_backward_s": seconds})
     return rows
 
@@ -247,7 +250,8 @@ def bench_input(img_size: int = 448, count: int = 48, repeats: int = 3) -> list[
     with tempfile.TemporaryDirectory() as folder:
         paths = write_sample_jpegs(Path(folder), count)
         for name, decode in DECODERS.items():
-            seconds = median_time(lambda: [transform(decode(p)) for p in paths], repeats, torch.device("cpu"))
+            run = lambda decode=decode: [transform(decode(p)) for p in paths]  # noqa: E731
+            seconds = median_time(run, repeats, torch.device("cpu"))
             rows.append({"decoder": name, "images_per_s": count / seconds})
     return rows
 

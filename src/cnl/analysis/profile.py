@@ -134,7 +134,8 @@ def format_table(profiles: list[ModelProfile]) -> str:
     for p in profiles:
         lines.append(
             f"| {p.model} | {p.params / 1e7:.2f} | {_cell(p.paper_params)} | {p.macs / 1e10:.3f} | "
-            f"{_cell(p.paper_flops)} | {p.macs_all / 1e10:.3f} | {p.macs_fast / 1e10:.3f} | {p.attention_bytes / 2**20:.2f} |"
+            f"{_cell(p.paper_flops)} | {p.macs_all / 1e10:.3f} | {p.macs_fast / 1e10:.3f} | "
+            f"{p.attention_bytes / 2**20:.2f} |"
         )
     first = profiles[0]
     lines += [

@@ -43,7 +43,9 @@ def plot_curves(runs: list[Path], out: Path) -> Path:
         metrics = read_metrics(run)
         epochs = [m["epoch"] for m in metrics]
         line = loss_axis.plot(epochs, [m["train_loss"] for m in metrics], label=f"{run.name} train")[0]
-        loss_axis.plot(epochs, [m["test_loss"] for m in metrics], "--", color=line.get_color(), label=f"{run.name} test")
+        loss_axis.plot(
+            epochs, [m["test_loss"] for m in metrics], "--", color=line.get_color(), label=f"{run.name} test"
+        )
         top1_axis.plot(epochs, [m["top1"] for m in metrics], color=line.get_color(), label=run.name)
     loss_axis.set(xlabel="epoch", ylabel="loss", title="loss")
     top1_axis.set(xlabel="epoch", ylabel="top-1 (%)", title="test top-1")
@@ -101,7 +103,13 @@ def build_report(paths: list[str | Path], out: str | Path, images: int = 2) -> P
     out.mkdir(parents=True, exist_ok=True)
     runs, rows, config = expand_runs(paths)
     sections: list[tuple[str, str, list[Path]]] = []  # (title, markdown text, figures)
-    sections.append(("Training curves", "Loss (train solid, test dashed) and test top-1 per epoch.", [plot_curves(runs, out / "curves.png")]))
+    sections.append(
+        (
+            "Training curves",
+            "Loss (train solid, test dashed) and test top-1 per epoch.",
+            [plot_curves(runs, out / "curves.png")],
+        )
+    )
     if rows:
         table = format_ablation(rows, TrainConfig(**config))
         sections.append(("Ablation", table, [plot_bars(rows, out / "ablation.png")]))
@@ -130,7 +138,9 @@ def _table_html(text: str) -> str:
     rest = [line for line in lines if not line.startswith("|") and line.strip()]
     if not table:
         return f"<p>{html.escape(text)}</p>"
-    cells = [[html.escape(c.strip()) for c in line.strip("|").split("|")] for line in table if not line.startswith("|---")]
+    cells = [
+        [html.escape(c.strip()) for c in line.strip("|").split("|")] for line in table if not line.startswith("|---")
+    ]
     head = "".join(f"<th>{c}</th>" for c in cells[0])
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[1:])
     return f"<table><tr>{head}</tr>{body}</table>" + "".join(f"<p>{html.escape(line)}</p>" for line in rest)
@@ -141,7 +151,8 @@ def _html(sections: list[tuple[str, str, list[Path]]]) -> str:
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:100%}"
     )
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>cnl report</title><style>{style}</style></head><body>",
+    head = f"<head><meta charset='utf-8'><title>cnl report</title><style>{style}</style></head>"
+    parts = [f"<!doctype html><html>{head}<body>",
              "<h1>cnl report</h1>"]  # fmt: skip
     for title, text, figures in sections:
         parts += [f"<h2>{html.escape(title)}</h2>", _table_html(text)]

@@ -37,7 +37,9 @@ def check_split(dataset: FineGrainedDataset, split: str) -> SplitReport:
     return report
 
 
-def check_dataset(name: str, root: str | Path, splits: tuple[str, ...] = ("train", "test"), **options) -> list[SplitReport]:
+def check_dataset(
+    name: str, root: str | Path, splits: tuple[str, ...] = ("train", "test"), **options
+) -> list[SplitReport]:
     return [check_split(build_dataset(name, root, split, **options), split) for split in splits]
 
 

@@ -264,7 +264,9 @@ def build_cars(root: Path, split: str, crop_to_box: bool = False, **kwargs: Any)
         mat = load_mat(combined, CARS_LAYOUT)
         classes = _car_class_names(mat, combined)
         want_test = split == "test"
-        annotations = [a for a in as_list(mat_field(mat, "annotations", combined, CARS_LAYOUT)) if bool(a.test) == want_test]
+        annotations = [
+            a for a in as_list(mat_field(mat, "annotations", combined, CARS_LAYOUT)) if bool(a.test) == want_test
+        ]
         images = [root / str(a.relative_im_path) for a in annotations]
         where = combined
     else:
@@ -295,7 +297,13 @@ def build_aircraft(root: Path, split: str, level: str = "variant", **kwargs: Any
     # "train" is the standard trainval split (train + val); train and val are there too.
     split = {"train": "trainval"}.get(check_split(split, ("train", "trainval", "val", "test")), split)
     data = root / "data" if (root / "data").is_dir() else root
-    names = [line.strip() for line in require(data / f"{AIRCRAFT_LEVELS[level]}.txt", AIRCRAFT_LAYOUT).read_text(encoding="utf-8").splitlines() if line.strip()]
+    names = [
+        line.strip()
+        for line in require(data / f"{AIRCRAFT_LEVELS[level]}.txt", AIRCRAFT_LAYOUT)
+        .read_text(encoding="utf-8")
+        .splitlines()
+        if line.strip()
+    ]
     index = {name: i for i, name in enumerate(names)}
     listing = data / f"images_{level}_{split}.txt"
     samples, origins = [], []
@@ -323,7 +331,9 @@ def folder_split(root: Path, split: str) -> Path:
 def build_folder(root: Path, split: str, **kwargs: Any) -> FineGrainedDataset:
     directory = folder_split(root, split)
     # Class names from every split, so that train and test agree on the label numbers.
-    class_dirs = {p.name for s in ("train", "val", "test") if (root / s).is_dir() for p in (root / s).iterdir() if p.is_dir()}
+    class_dirs = {
+        p.name for s in ("train", "val", "test") if (root / s).is_dir() for p in (root / s).iterdir() if p.is_dir()
+    }
     classes = sorted(class_dirs)
     samples = [
         (path, label)
@@ -414,7 +424,9 @@ def detect_layout(root: Path) -> str:
     for name, marker in checks:
         if marker.exists():
             return name
-    raise LayoutError(f"cannot tell the layout of {root}: none of {', '.join(str(m.relative_to(root)) for _, m in checks)} is there")
+    raise LayoutError(
+        f"cannot tell the layout of {root}: none of {', '.join(str(m.relative_to(root)) for _, m in checks)} is there"
+    )
 
 
 def build_dataset(

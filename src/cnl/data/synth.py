@@ -198,7 +198,9 @@ def render_background(size: int, rng: np.random.Generator) -> Image.Image:
         inside = np.hypot(*np.meshgrid(axis, axis)) <= 1
         texture = inside & pattern_mask(int(rng.integers(1, len(PATTERNS))), pu, pv)
         mask = Image.fromarray((texture * 255).astype(np.uint8), "L")
-        image.paste(Image.new("RGB", (patch, patch), colour()), tuple(int(c) for c in rng.uniform(0, size - patch, 2)), mask)
+        image.paste(
+            Image.new("RGB", (patch, patch), colour()), tuple(int(c) for c in rng.uniform(0, size - patch, 2)), mask
+        )
     return image
 
 
@@ -212,7 +214,9 @@ def render_sample(
     """One image of a class and the object's box (x, y, width, height)."""
     image = render_background(size, rng)
     object_size = int(size * rng.uniform(*object_scale))
-    thing = render_object(attributes, object_size, rng).rotate(rng.uniform(-max_rotation, max_rotation), Image.BICUBIC, expand=True)
+    thing = render_object(attributes, object_size, rng).rotate(
+        rng.uniform(-max_rotation, max_rotation), Image.BICUBIC, expand=True
+    )
     left = int(rng.integers(0, max(1, size - thing.width + 1)))
     top = int(rng.integers(0, max(1, size - thing.height + 1)))
     image.paste(thing, (left, top), thing)
@@ -264,11 +268,15 @@ def generate(out: str | Path, config: SynthConfig, progress: Callable[[int, int]
 
 def contact_sheet(root: str | Path, out: str | Path, per_class: int = 6, max_classes: int = 12) -> Path:
     """A PNG grid: one row per class (its name on the left), ``per_class`` training images."""
-    from cnl.data.datasets import build_cub
     from PIL import ImageFont
 
+    from cnl.data.datasets import build_cub
+
     dataset = build_cub(Path(root), "train")
-    rows = [[p for p, label in dataset.samples if label == k][:per_class] for k in range(min(max_classes, len(dataset.classes)))]
+    rows = [
+        [p for p, label in dataset.samples if label == k][:per_class]
+        for k in range(min(max_classes, len(dataset.classes)))
+    ]
     cell = 80
     label_width = 150
     sheet = Image.new("RGB", (label_width + per_class * cell, len(rows) * cell), "white")
@@ -278,7 +286,9 @@ def contact_sheet(root: str | Path, out: str | Path, per_class: int = 6, max_cla
         draw.text((6, row * cell + cell // 2 - 6), dataset.classes[row], fill="black", font=font)
         for column, path in enumerate(paths):
             with Image.open(path) as image:
-                sheet.paste(image.convert("RGB").resize((cell - 4, cell - 4)), (label_width + column * cell + 2, row * cell + 2))
+                sheet.paste(
+                    image.convert("RGB").resize((cell - 4, cell - 4)), (label_width + column * cell + 2, row * cell + 2)
+                )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out, optimize=True)

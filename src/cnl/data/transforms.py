@@ -34,6 +34,4 @@ def train_transform(size: int = 448, scale: tuple[float, float] = CROP_SCALE) ->
 def eval_transform(size: int = 448, resize: int | None = None) -> v2.Compose:
     """Shorter side to ``resize`` (``size * 512 / 448`` by default), then the central ``size`` square."""
     resize = resize or round(size * RESIZE_RATIO)
-    return v2.Compose(
-        [v2.ToImage(), v2.Resize(resize, antialias=True), v2.CenterCrop(size), *_to_normalised_tensor()]
-    )
+    return v2.Compose([v2.ToImage(), v2.Resize(resize, antialias=True), v2.CenterCrop(size), *_to_normalised_tensor()])

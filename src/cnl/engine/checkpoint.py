@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from cnl.models import FineGrainedResNet, create_model
 
 MODEL_SETTINGS = ("query", "responses", "nl_layers", "inner_channels")
@@ -87,13 +89,45 @@ def model_overrides(config: dict[str, Any]) -> dict[str, Any]:
     return {k: config[k] for k in MODEL_SETTINGS if config.get(k) is not None}
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[FineGrainedResNet, list[str]]:
-    """The trained model of a checkpoint, in eval mode, and its class names."""
+def card_path(weights: str | Path) -> Path:
+    """The JSON model card beside exported weights: ``model.safetensors`` -> ``model.json``."""
+    return Path(weights).with_suffix(".json")
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """Model name, classes, image size, placement overrides and normalisation of a training
+    checkpoint or of exported ``.safetensors`` weights with their model card."""
+    if Path(path).suffix == ".safetensors":
+        card = card_path(path)
+        if not card.is_file():
+            raise FileNotFoundError(f"{path} has no model card {card} beside it (written by cnl export)")
+        return json.loads(card.read_text(encoding="utf-8"))
     state = read_checkpoint(path)
-    classes = list(state["classes"])
-    model = create_model(state["model_name"], num_classes=len(classes), **model_overrides(state.get("config", {})))
+    config = state.get("config", {})
+    return {
+        "model": state["model_name"],
+        "classes": list(state["classes"]),
+        "img_size": config.get("img_size", 448),
+        "overrides": model_overrides(config),
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+    }
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[FineGrainedResNet, list[str]]:
+    """The trained model of a checkpoint (or of exported ``.safetensors`` weights with their
+    model card), in eval mode, and its class names."""
+    info = describe(path)
+    classes = list(info["classes"])
+    model = create_model(info["model"], num_classes=len(classes), **info["overrides"])
+    if Path(path).suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        weights = load_file(str(path))
+    else:
+        weights = read_checkpoint(path)["model"]
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except RuntimeError as error:
-        raise CheckpointError(f"{path} does not fit {state['model_name']}: {str(error).splitlines()[0]}") from None
+        raise CheckpointError(f"{path} does not fit {info['model']}: {str(error).splitlines()[0]}") from None
     return model.to(device).eval(), classes

@@ -12,7 +12,7 @@ from cnl.data import build_dataset, eval_transform, load_image
 from cnl.data.datasets import IMAGE_SUFFIXES
 from cnl.data.images import ImageError
 from cnl.engine import distributed
-from cnl.engine.checkpoint import load_model, read_checkpoint
+from cnl.engine.checkpoint import describe, load_model, read_checkpoint
 from cnl.engine.config import TrainConfig, make_config
 from cnl.engine.loop import StepSettings, evaluate
 from cnl.engine.trainer import eval_loader
@@ -37,7 +37,9 @@ def evaluate_checkpoint(path: str | Path, **overrides: Any) -> dict[str, Any]:
             model = model.to(memory_format=torch.channels_last)
         test = build_dataset(config.dataset, config.data_root, "test", eval_transform(config.img_size))
         if test.classes != classes:
-            raise ValueError(f"the test split of {config.data_root} does not name the checkpoint's {len(classes)} classes")
+            raise ValueError(
+                f"the test split of {config.data_root} does not name the checkpoint's {len(classes)} classes"
+            )
         settings = StepSettings(ctx.device, config.amp, config.channels_last, show_progress=ctx.is_main)
         metrics = evaluate(model, eval_loader(test, config, ctx), settings, len(classes))
         return {"checkpoint": str(path), "model": config.model, **metrics, "is_main": ctx.is_main}
@@ -62,8 +64,7 @@ def expand_images(inputs: Iterable[str | Path]) -> list[Path]:
 def predict(path: str | Path, images: Iterable[str | Path], topk: int = 5, device: str = "cpu") -> list[dict[str, Any]]:
     """Per image, the ``topk`` classes with their probabilities; unreadable images get an ``error``."""
     model, classes = load_model(path, device)
-    config = checkpoint_config(path)
-    transform = eval_transform(config.img_size)
+    transform = eval_transform(describe(path)["img_size"])
     k = min(topk, len(classes))
     results = []
     for image_path in expand_images(images):

@@ -111,7 +111,9 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, settings: StepSettings, num_classes: int, desc: str = "eval") -> dict[str, object]:
+def evaluate(
+    model: nn.Module, loader: DataLoader, settings: StepSettings, num_classes: int, desc: str = "eval"
+) -> dict[str, object]:
     """Loss, top-1, top-5 and per-class top-1 (percent) over every sample of every process's shard."""
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")

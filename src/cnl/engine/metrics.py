@@ -25,7 +25,12 @@ class Accumulator:
         top1 = ranked[:, 0] == labels
         topk = (ranked == labels[:, None]).any(dim=1)
         self.totals += torch.stack(
-            [loss_sum.double(), top1.sum().double(), topk.sum().double(), torch.tensor(len(labels), device=labels.device, dtype=torch.float64)]
+            [
+                loss_sum.double(),
+                top1.sum().double(),
+                topk.sum().double(),
+                torch.tensor(len(labels), device=labels.device, dtype=torch.float64),
+            ]
         )
         self.class_correct.index_add_(0, labels, top1.double())
         self.class_count.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))

@@ -60,7 +60,9 @@ def skip_log(output: Path) -> Path:
 def build_datasets(config: TrainConfig, output: Path) -> tuple[FineGrainedDataset, FineGrainedDataset]:
     log = skip_log(output)
     scale = (config.crop_scale[0], config.crop_scale[1])
-    train = build_dataset(config.dataset, config.data_root, "train", train_transform(config.img_size, scale), skip_log=log)
+    train = build_dataset(
+        config.dataset, config.data_root, "train", train_transform(config.img_size, scale), skip_log=log
+    )
     test = build_dataset(config.dataset, config.data_root, "test", eval_transform(config.img_size), skip_log=log)
     if train.classes != test.classes:
         raise ValueError(f"the train and test splits of {config.data_root} name different classes")
@@ -157,7 +159,9 @@ class Run:
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.amp == "fp16")
         wrapped: torch.nn.Module = self.model
         if ctx.distributed:
-            wrapped = DistributedDataParallel(self.model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
+            wrapped = DistributedDataParallel(
+                self.model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None
+            )
         self.train_model = torch.compile(wrapped) if config.compile else wrapped
         self.eval_model = torch.compile(self.model) if config.compile else self.model
         self.settings = StepSettings(ctx.device, config.amp, config.channels_last, config.accum_steps, self.main)
@@ -323,7 +327,8 @@ class Run:
             writer.add_scalar(key, record[key], epoch)
         writer.flush()
         print(
-            f"epoch {epoch}/{self.config.epochs}  lr {lr:.2e}  train loss {train['loss']:.4f} top1 {train['top1']:.2f}  "
+            f"epoch {epoch}/{self.config.epochs}  lr {lr:.2e}  "
+            f"train loss {train['loss']:.4f} top1 {train['top1']:.2f}  "
             f"test loss {test['loss']:.4f} top1 {test['top1']:.2f} top5 {test['top5']:.2f}  "
             f"{train['images_per_s']:.1f} img/s",
             flush=True,

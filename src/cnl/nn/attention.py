@@ -133,8 +133,10 @@ def configure_attention(model: nn.Module, order: str | None = None, use_sdpa: ob
     if order is not None and order not in ORDERS:
         raise ValueError(f"unknown attention order {order!r}; valid orders: {', '.join(ORDERS)}")
     for module in model.modules():
-        if order is not None and hasattr(module, "order") and any(
-            isinstance(child, DotProductAttention) for child in module.children()
+        if (
+            order is not None
+            and hasattr(module, "order")
+            and any(isinstance(child, DotProductAttention) for child in module.children())
         ):
             module.order = order
         if use_sdpa is not KEEP and isinstance(module, DotProductAttention):
