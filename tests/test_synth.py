@@ -51,14 +51,20 @@ def test_classes_differ_by_one_part_at_one_scale():
 
 
 def test_classes_differ_in_pixels_where_their_part_differs():
-    """Same seed, classes differing only in the small mark: the images differ, but little."""
+    """Same seed, classes differing only in the small mark: the images differ, but little.
+
+    Differences of a few levels are ignored: the contrast jitter depends on the image's
+    mean, which the mark moves by a fraction of a level.
+    """
     rng = lambda: np.random.default_rng(7)  # noqa: E731
     a, _ = render_sample((0, 0, 0), 96, rng())
     b, _ = render_sample((0, 0, 1), 96, rng())
     c, _ = render_sample((1, 0, 0), 96, rng())
-    diff_mark = (np.asarray(a, dtype=int) - np.asarray(b)).any(-1).mean()
-    diff_silhouette = (np.asarray(a, dtype=int) - np.asarray(c)).any(-1).mean()
-    assert 0 < diff_mark < 0.02 < diff_silhouette
+
+    def changed(x, y):
+        return (np.abs(np.asarray(x, dtype=int) - np.asarray(y, dtype=int)) > 8).any(-1).mean()
+
+    assert 0 < changed(a, b) < 0.02 < changed(a, c)
 
 
 def test_invalid_config_is_rejected(tmp_path):

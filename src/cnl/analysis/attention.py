@@ -47,7 +47,7 @@ def _layer_shapes(model: FineGrainedResNet, layers: list[str]) -> tuple[dict[str
 
     def recorder(layer: str):
         def record(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            shapes[layer] = tuple(output.shape[-2:])
+            shapes[layer] = (int(output.shape[-2]), int(output.shape[-1]))
 
         return record
 
@@ -93,7 +93,7 @@ def attention_rows(
     finally:
         for hook in hooks:
             hook.remove()
-    grid = tuple(features.shape[-2:])
+    grid = (int(features.shape[-2]), int(features.shape[-1]))
     if queries is None:
         queries = strongest_cells(features[0], count)
     for cell in queries:

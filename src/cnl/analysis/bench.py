@@ -11,6 +11,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -179,7 +180,7 @@ def format_results(results: list[BenchResult], settings: dict) -> str:
 # --- the attention module alone on the paper's shapes ------------------------------------
 
 
-def paper_shapes(img_size: int) -> dict[str, object]:
+def paper_shapes(img_size: int) -> dict[str, Any]:
     """ResNet-50's CNL and one NL block of res3 at ``img_size``: (query, responses) shapes."""
     s = img_size // 32
     return {
@@ -207,7 +208,7 @@ def bench_module(img_size: int = 448, batch_size: int = 2, device: str = "cpu", 
                 ("NL (one res3 block)", nl, lambda: nl(nl_input)),
             ):
                 configure_attention(module, order, use_sdpa)
-                seconds = median_time(lambda run=run: run().sum().backward(), repeats, target)
+                seconds = median_time(lambda run=run: run().sum().backward(), repeats, target)  # type: ignore[misc]
                 rows.append({"module": name, "order": order, "kernel": kernel, "forward_backward_s": seconds})
     return rows
 
@@ -230,7 +231,7 @@ def write_sample_jpegs(folder, count: int = 48, size: tuple[int, int] = (500, 37
     paths = []
     for k in range(count):
         noise = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
-        image = Image.fromarray(noise).resize(size, Image.BICUBIC).filter(ImageFilter.DETAIL)
+        image = Image.fromarray(noise).resize(size, Image.Resampling.BICUBIC).filter(ImageFilter.DETAIL)
         path = folder / f"{k:03d}.jpg"
         image.save(path, "JPEG", quality=90)
         paths.append(path)
@@ -250,7 +251,11 @@ def bench_input(img_size: int = 448, count: int = 48, repeats: int = 3) -> list[
     with tempfile.TemporaryDirectory() as folder:
         paths = write_sample_jpegs(Path(folder), count)
         for name, decode in DECODERS.items():
-            run = lambda decode=decode: [transform(decode(p)) for p in paths]  # noqa: E731
+
+            def run(decode: Callable = decode) -> None:
+                for path in paths:
+                    transform(decode(path))
+
             seconds = median_time(run, repeats, torch.device("cpu"))
             rows.append({"decoder": name, "images_per_s": count / seconds})
     return rows

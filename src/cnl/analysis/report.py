@@ -110,7 +110,7 @@ def build_report(paths: list[str | Path], out: str | Path, images: int = 2) -> P
             [plot_curves(runs, out / "curves.png")],
         )
     )
-    if rows:
+    if rows and config is not None:
         table = format_ablation(rows, TrainConfig(**config))
         sections.append(("Ablation", table, [plot_bars(rows, out / "ablation.png")]))
     for run in runs:

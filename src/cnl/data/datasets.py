@@ -79,7 +79,10 @@ class FineGrainedDataset(Dataset):
         path = self.samples[index][0]
         if self.decoder == "pil":
             image = load_image(path)
-            return image.crop(tuple(round(v) for v in self.boxes[index])) if self.boxes else image
+            if not self.boxes:
+                return image
+            x0, y0, x1, y1 = (round(v) for v in self.boxes[index])
+            return image.crop((x0, y0, x1, y1))
         image = load_tensor(path)
         if self.boxes:
             x0, y0, x1, y1 = (round(v) for v in self.boxes[index])

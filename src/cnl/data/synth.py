@@ -70,7 +70,7 @@ def class_grid(count: int) -> list[tuple[int, int, int]]:
     while math.prod(sizes) < count or (count >= 4 and min(sizes) < 2):
         smallest = min(range(3), key=lambda axis: sizes[axis])
         sizes[smallest] += 1
-    cells = sorted(itertools.product(*(range(s) for s in sizes)), key=sum)
+    cells = sorted(((s, p, m) for s, p, m in itertools.product(*(range(n) for n in sizes))), key=sum)
     return cells[:count]
 
 
@@ -175,6 +175,11 @@ def render_object(attributes: tuple[int, int, int], size: int, rng: np.random.Ge
     return image
 
 
+def corner(rng: np.random.Generator, span: int) -> tuple[int, int]:
+    x, y = rng.uniform(0, span, 2)
+    return int(x), int(y)
+
+
 def render_background(size: int, rng: np.random.Generator) -> Image.Image:
     """A noisy gradient with clutter: blobs, lines, stray marks and pattern patches."""
     top, bottom = hsv_colour(rng, (0.1, 0.6), (0.3, 0.9)), hsv_colour(rng, (0.1, 0.6), (0.3, 0.9))
@@ -190,7 +195,9 @@ def render_background(size: int, rng: np.random.Generator) -> Image.Image:
         draw.line(tuple(rng.uniform(0, size, 4)), fill=colour(), width=int(rng.integers(1, 4)))
     for _ in range(rng.integers(2, 5)):
         r = max(1.5, MARK_RADIUS * size * 0.3)
-        draw_mark(draw, int(rng.integers(len(MARKS))), *rng.uniform(0, size, 2), r, colour())
+        kind = int(rng.integers(len(MARKS)))
+        x, y = rng.uniform(0, size, 2)
+        draw_mark(draw, kind, float(x), float(y), r, colour())
     for _ in range(rng.integers(1, 3)):
         patch = int(rng.uniform(0.12, 0.25) * size)
         axis = np.linspace(-1, 1, patch)
@@ -199,7 +206,9 @@ def render_background(size: int, rng: np.random.Generator) -> Image.Image:
         texture = inside & pattern_mask(int(rng.integers(1, len(PATTERNS))), pu, pv)
         mask = Image.fromarray((texture * 255).astype(np.uint8), "L")
         image.paste(
-            Image.new("RGB", (patch, patch), colour()), tuple(int(c) for c in rng.uniform(0, size - patch, 2)), mask
+            Image.new("RGB", (patch, patch), colour()),
+            corner(rng, size - patch),
+            mask,
         )
     return image
 
@@ -215,7 +224,7 @@ def render_sample(
     image = render_background(size, rng)
     object_size = int(size * rng.uniform(*object_scale))
     thing = render_object(attributes, object_size, rng).rotate(
-        rng.uniform(-max_rotation, max_rotation), Image.BICUBIC, expand=True
+        rng.uniform(-max_rotation, max_rotation), Image.Resampling.BICUBIC, expand=True
     )
     left = int(rng.integers(0, max(1, size - thing.width + 1)))
     top = int(rng.integers(0, max(1, size - thing.height + 1)))
@@ -237,7 +246,10 @@ def generate(out: str | Path, config: SynthConfig, progress: Callable[[int, int]
     grid = class_grid(config.classes)
     folders = [f"{k + 1:03d}.{class_name(a)}" for k, a in enumerate(grid)]
     per_class = config.train_per_class + config.test_per_class
-    images, labels, splits, boxes = [], [], [], []
+    images: list[str] = []
+    labels: list[str] = []
+    splits: list[str] = []
+    boxes: list[str] = []
     total = config.classes * per_class
     for label, (attributes, folder) in enumerate(zip(grid, folders)):
         (out / "images" / folder).mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,7 @@ def rng_state() -> dict[str, Any]:
     kind, keys, position, has_gauss, gauss = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": [kind, torch.from_numpy(keys.copy()), position, has_gauss, gauss],
+        "numpy": [kind, torch.from_numpy(np.array(keys, copy=True)), position, has_gauss, gauss],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():

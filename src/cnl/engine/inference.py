@@ -66,7 +66,7 @@ def predict(path: str | Path, images: Iterable[str | Path], topk: int = 5, devic
     model, classes = load_model(path, device)
     transform = eval_transform(describe(path)["img_size"])
     k = min(topk, len(classes))
-    results = []
+    results: list[dict[str, Any]] = []
     for image_path in expand_images(images):
         try:
             image = transform(load_image(image_path))

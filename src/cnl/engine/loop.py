@@ -6,6 +6,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,7 +48,7 @@ def train_one_epoch(
     epoch: int,
     world_size: int = 1,
     should_stop: Callable[[], bool] | None = None,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """One pass over ``loader``; the scheduler steps once per optimizer step.
 
     ``should_stop`` is asked after every optimizer step; when it answers True the pass
@@ -64,7 +65,8 @@ def train_one_epoch(
         images, labels = settings.to_device(images, labels)
         last_micro_step = (step + 1) % settings.accum_steps == 0 or step + 1 == len(loader)
         # Under DDP, gradients are averaged only on the micro-step that updates.
-        sync = contextlib.nullcontext() if last_micro_step or not hasattr(model, "no_sync") else model.no_sync()
+        no_sync = getattr(model, "no_sync", None)
+        sync = contextlib.nullcontext() if last_micro_step or no_sync is None else no_sync()
         with sync:
             with settings.autocast():
                 logits = model(images)
@@ -113,7 +115,7 @@ def train_one_epoch(
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader: DataLoader, settings: StepSettings, num_classes: int, desc: str = "eval"
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Loss, top-1, top-5 and per-class top-1 (percent) over every sample of every process's shard."""
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -35,7 +37,7 @@ class Accumulator:
         self.class_correct.index_add_(0, labels, top1.double())
         self.class_count.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
 
-    def compute(self) -> dict[str, object]:
+    def compute(self) -> dict[str, Any]:
         totals = all_reduce_sum(self.totals.clone())
         correct = all_reduce_sum(self.class_correct.clone())
         count = all_reduce_sum(self.class_count.clone())

@@ -31,7 +31,7 @@ from cnl.models import create_model
 class SkipSampler(Sampler[int]):
     """The indices of ``sampler`` after the first ``skip``: the rest of an interrupted epoch."""
 
-    def __init__(self, sampler: Sampler[int], skip: int) -> None:
+    def __init__(self, sampler: DistributedSampler, skip: int) -> None:
         self.sampler, self.skip = sampler, skip
 
     def __iter__(self):
@@ -146,7 +146,7 @@ class Run:
             distributed.barrier()
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.sampler = DistributedSampler(
+        self.sampler: DistributedSampler = DistributedSampler(
             self.train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed
         )
         self.train_loader = self._train_loader(self.sampler)
@@ -162,8 +162,8 @@ class Run:
             wrapped = DistributedDataParallel(
                 self.model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None
             )
-        self.train_model = torch.compile(wrapped) if config.compile else wrapped
-        self.eval_model = torch.compile(self.model) if config.compile else self.model
+        self.train_model: torch.nn.Module = torch.compile(wrapped) if config.compile else wrapped  # type: ignore[assignment]
+        self.eval_model: torch.nn.Module = torch.compile(self.model) if config.compile else self.model  # type: ignore[assignment]
         self.settings = StepSettings(ctx.device, config.amp, config.channels_last, config.accum_steps, self.main)
         self.params = sum(p.numel() for p in self.model.parameters())
 
@@ -262,7 +262,8 @@ class Run:
     def _loop(self, run: RunState) -> dict[str, Any]:
         config = self.config
         writer = self._writer()
-        rates, metrics = [], {}
+        rates: list[float] = []
+        metrics: dict[str, Any] = {}
         for epoch in range(run.start_epoch, config.epochs):
             skip = run.start_step if epoch == run.start_epoch else 0
             if not skip:  # an interrupted epoch continues from the restored generators
@@ -274,10 +275,10 @@ class Run:
                 self.settings, len(self.classes), epoch + 1, self.ctx.world_size, self._should_stop,
             )  # fmt: skip
             if train["stopped"]:
-                return self._interrupted(epoch, skip + train["steps"], run, metrics)
+                return self._interrupted(epoch, skip + int(train["steps"]), run, metrics)
             metrics = evaluate(self.eval_model, self.test_loader, self.settings, len(self.classes), f"test {epoch + 1}")
-            rates.append(train["images_per_s"])
-            if metrics["top1"] > run.best_top1:
+            rates.append(float(train["images_per_s"]))
+            if float(metrics["top1"]) > run.best_top1:
                 run.best_top1, run.best_top5, run.best_epoch = metrics["top1"], metrics["top5"], epoch + 1
                 if self.main:
                     save_checkpoint(self._state(epoch + 1, run, metrics), self.checkpoints / "best.pt")

@@ -101,8 +101,8 @@ def embedded_attention(
     attention: DotProductAttention,
     query_embedding: Tensor,
     response: Tensor,
-    phi: nn.Conv2d,
-    g: nn.Conv2d,
+    phi: nn.Module,
+    g: nn.Module,
     order: str = "auto",
     return_attention: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
@@ -114,14 +114,14 @@ def embedded_attention(
     exactly: when the query has far fewer positions than the response (CNL's deep query),
     the reassociated order skips both convolutions over the large response map.
     """
-    inner, channels = phi.weight.shape[:2]
+    inner, channels = phi.weight.shape[:2]  # type: ignore[index]
     nq, nr = query_embedding.shape[1], response.shape[-2] * response.shape[-1]
     if not use_reassociated(order, nq, nr, channels, inner):
         return attention(query_embedding, phi(response).flatten(2), g(response).flatten(2), return_attention)
     flat = response.flatten(2)
-    key_query = torch.matmul(query_embedding, phi.weight.reshape(inner, channels))
+    key_query = torch.matmul(query_embedding, phi.weight.reshape(inner, channels))  # type: ignore[operator]
     aggregated, attention_map = attention(key_query, flat, flat, return_attention, scale=inner**-0.5)
-    return torch.matmul(g.weight.reshape(inner, channels), aggregated), attention_map
+    return torch.matmul(g.weight.reshape(inner, channels), aggregated), attention_map  # type: ignore[operator]
 
 
 KEEP = object()
@@ -138,7 +138,7 @@ def configure_attention(model: nn.Module, order: str | None = None, use_sdpa: ob
             and hasattr(module, "order")
             and any(isinstance(child, DotProductAttention) for child in module.children())
         ):
-            module.order = order
+            setattr(module, "order", order)  # noqa: B010  (NonLocal2d or CrossLayerNonLocal)
         if use_sdpa is not KEEP and isinstance(module, DotProductAttention):
-            module.use_sdpa = use_sdpa
+            module.use_sdpa = use_sdpa  # type: ignore[assignment]
     return model

@@ -65,7 +65,7 @@ class CrossLayerNonLocal(nn.Module):
 
     def forward(
         self, query: Tensor, responses: Sequence[Tensor], return_attention: bool = False
-    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+    ) -> Tensor | tuple[Tensor, list[Tensor | None]]:
         """``query [B, Cq, Hq, Wq]``, ``responses[i] [B, C_ri, H_ri, W_ri]`` -> ``[B, Cq, Hq, Wq]``.
 
         With ``return_attention`` also returns ``[A_1..A_n]``, ``A_i [B, HqWq, H_ri W_ri]``.
@@ -76,7 +76,7 @@ class CrossLayerNonLocal(nn.Module):
         # theta is shared, so the query is embedded once, not once per response.
         query_embedding = to_tokens(self.theta(query))
         out = query
-        attentions = []
+        attentions: list[Tensor | None] = []
         for phi, g, norm, response in zip(self.phi, self.g, self.norm, responses):
             aggregated, attention = embedded_attention(
                 self.attention, query_embedding, response, phi, g, self.order, return_attention

@@ -45,7 +45,7 @@ class NonLocal2d(nn.Module):
         """Convs ~ N(0, 0.01), norm weight and bias 0: a new block is the identity."""
         init_attention_block(self)
 
-    def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor | None]:
         """``x [B, C, H, W]`` -> same shape; with ``return_attention``, also ``A [B, HW, HW]``."""
         height, width = x.shape[-2:]
         aggregated, attention = embedded_attention(
