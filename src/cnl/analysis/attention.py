@@ -28,6 +28,8 @@ class NothingToShow(ValueError):
 
 @dataclass
 class Panel:
+    """One heatmap of a figure row: the layer, its title, the attention at the layer's resolution."""
+
     layer: str
     title: str
     heatmap: np.ndarray  # the attention row at the layer's own resolution [H, W]
@@ -35,6 +37,8 @@ class Panel:
 
 @dataclass
 class AttentionRows:
+    """Everything a Fig. 3 needs: the image as seen, the query grid, the queries and their panels."""
+
     image: np.ndarray  # [S, S, 3] in 0..1, as the model saw it
     grid: tuple[int, int]  # the query grid (rows, columns)
     queries: list[Cell]

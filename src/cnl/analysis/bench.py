@@ -25,6 +25,8 @@ KERNELS = {"sdpa": True, "bmm": False, "auto": None}
 
 @dataclass
 class BenchResult:
+    """One model's timings and memory, with ratios to the first model of the run."""
+
     model: str
     train_step_s: float
     inference_images_per_s: float

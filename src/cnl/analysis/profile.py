@@ -53,6 +53,8 @@ NORM_OPS = {
 
 @dataclass
 class ModelProfile:
+    """Counts of one model: parameters, MACs in both conventions, attention bytes, Table 2's values."""
+
     model: str
     params: int
     macs: int

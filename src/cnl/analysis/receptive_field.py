@@ -16,6 +16,8 @@ from cnl.models.resnet import STAGES, FineGrainedResNet
 
 @dataclass(frozen=True)
 class Field:
+    """Theoretical receptive field (pixels) and stride of a layer's output."""
+
     size: int  # pixels of input seen by one output position
     stride: int  # input pixels between neighbouring output positions
 

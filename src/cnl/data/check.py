@@ -12,6 +12,8 @@ from cnl.data.images import ImageError
 
 @dataclass
 class SplitReport:
+    """Counts, classes and bad files of one split."""
+
     split: str
     images: int
     classes: list[str]

@@ -43,6 +43,8 @@ JPEG_QUALITY = 90
 
 @dataclass(frozen=True)
 class SynthConfig:
+    """Arguments of the synthetic benchmark (``cnl data synth``); the defaults are the demo's."""
+
     classes: int = 12
     train_per_class: int = 80
     test_per_class: int = 25

@@ -12,6 +12,8 @@ from torch.utils.data import Sampler
 
 @dataclass(frozen=True)
 class Context:
+    """This process's rank, the number of processes and its device."""
+
     rank: int
     world_size: int
     device: torch.device

@@ -20,6 +20,8 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass
 class StepSettings:
+    """How a step runs: device, mixed precision, memory format, accumulation, progress bars."""
+
     device: torch.device
     amp: str = "none"
     channels_last: bool = False

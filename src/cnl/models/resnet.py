@@ -22,6 +22,8 @@ STAGE_WIDTHS = (64, 128, 256, 512)
 
 @dataclass(frozen=True)
 class Architecture:
+    """A torchvision ResNet: block type, blocks per stage, its weights enum."""
+
     block: type[BasicBlock] | type[Bottleneck]
     depths: tuple[int, int, int, int]
     weights_enum: str  # torchvision's enum name, e.g. "ResNet50_Weights"
