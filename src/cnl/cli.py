@@ -300,10 +300,10 @@ def add_bench(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_attention(args: argparse.Namespace) -> int:
     from cnl.analysis.attention import NothingToShow, attention_rows, parse_queries, render
-    from cnl.engine.checkpoint import load_model, read_checkpoint
+    from cnl.engine.checkpoint import load_model_with_info
 
-    model, _ = load_model(args.checkpoint)
-    img_size = args.img_size or read_checkpoint(args.checkpoint)["config"]["img_size"]
+    model, _, info = load_model_with_info(args.checkpoint)
+    img_size = args.img_size or info["img_size"]
     try:
         rows = attention_rows(model, args.image, img_size, parse_queries(args.query), args.count)
     except NothingToShow as reason:

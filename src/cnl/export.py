@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from cnl.engine.checkpoint import card_path, describe, load_model
+from cnl.engine.checkpoint import card_path, load_model_with_info
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 ONNX_OPSET = 18
@@ -19,15 +19,15 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path) -> list[Path]:
         raise ValueError(f"unknown export format {fmt!r}; valid formats: {', '.join(FORMATS)}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model, classes = load_model(checkpoint)
-    info = describe(checkpoint)
+    model, _, info = load_model_with_info(checkpoint)
     example = torch.randn(2, 3, info["img_size"], info["img_size"])
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
         summary_path = Path(checkpoint).parent.parent / "summary.json"
-        card = {**info, "summary": json.loads(summary_path.read_text()) if summary_path.exists() else None}
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+        card = {**{k: v for k, v in info.items() if k != "config"}, "summary": summary}
         card_path(out).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         return [out, card_path(out)]
     if fmt == "torchscript":

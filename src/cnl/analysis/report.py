@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cnl.analysis.ablation import format_ablation
-from cnl.engine.checkpoint import load_model, read_checkpoint
+from cnl.engine.checkpoint import load_model_with_info
 from cnl.engine.config import TrainConfig
 
 
@@ -83,8 +83,8 @@ def attention_figures(run: Path, out_dir: Path, images: int) -> list[Path]:
     checkpoint = run / "checkpoints" / "best.pt"
     if not checkpoint.exists():
         return []
-    config = TrainConfig(**read_checkpoint(checkpoint)["config"])
-    model, _ = load_model(checkpoint)
+    model, _, info = load_model_with_info(checkpoint)
+    config = TrainConfig(**info["config"])
     if not (model.responses or model.nl_layers):
         return []
     test = build_dataset(config.dataset, config.data_root, "test")

@@ -26,7 +26,7 @@ class SplitReport:
         return not self.missing and not self.unreadable
 
 
-def check_split(dataset: FineGrainedDataset, split: str) -> SplitReport:
+def inspect_split(dataset: FineGrainedDataset, split: str) -> SplitReport:
     report = SplitReport(split, len(dataset), dataset.classes, Counter(dataset.targets))
     for index, (path, _) in enumerate(dataset.samples):
         if not Path(path).is_file():
@@ -42,7 +42,7 @@ def check_split(dataset: FineGrainedDataset, split: str) -> SplitReport:
 def check_dataset(
     name: str, root: str | Path, splits: tuple[str, ...] = ("train", "test"), **options
 ) -> list[SplitReport]:
-    return [check_split(build_dataset(name, root, split, **options), split) for split in splits]
+    return [inspect_split(build_dataset(name, root, split, **options), split) for split in splits]
 
 
 def format_reports(reports: list[SplitReport]) -> str:

@@ -94,15 +94,7 @@ def card_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".json")
 
 
-def describe(path: str | Path) -> dict[str, Any]:
-    """Model name, classes, image size, placement overrides and normalisation of a training
-    checkpoint or of exported ``.safetensors`` weights with their model card."""
-    if Path(path).suffix == ".safetensors":
-        card = card_path(path)
-        if not card.is_file():
-            raise FileNotFoundError(f"{path} has no model card {card} beside it (written by cnl export)")
-        return json.loads(card.read_text(encoding="utf-8"))
-    state = read_checkpoint(path)
+def _describe(state: dict[str, Any]) -> dict[str, Any]:
     config = state.get("config", {})
     return {
         "model": state["model_name"],
@@ -111,23 +103,38 @@ def describe(path: str | Path) -> dict[str, Any]:
         "overrides": model_overrides(config),
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
+        "config": config,
     }
+
+
+def load_model_with_info(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[FineGrainedResNet, list[str], dict[str, Any]]:
+    """``load_model`` plus what describes the model: name, classes, image size, placement
+    overrides, mean/std, and (for training checkpoints) the run's ``config``. The file is
+    read once."""
+    if Path(path).suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        card = card_path(path)
+        if not card.is_file():
+            raise FileNotFoundError(f"{path} has no model card {card} beside it (written by cnl export)")
+        info = json.loads(card.read_text(encoding="utf-8"))
+        weights = load_file(str(path))
+    else:
+        state = read_checkpoint(path)
+        info, weights = _describe(state), state["model"]
+    classes = list(info["classes"])
+    model = create_model(info["model"], num_classes=len(classes), **info["overrides"])
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path} does not fit {info['model']}: {str(error).splitlines()[0]}") from None
+    return model.to(device).eval(), classes, info
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[FineGrainedResNet, list[str]]:
     """The trained model of a checkpoint (or of exported ``.safetensors`` weights with their
     model card), in eval mode, and its class names."""
-    info = describe(path)
-    classes = list(info["classes"])
-    model = create_model(info["model"], num_classes=len(classes), **info["overrides"])
-    if Path(path).suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        weights = load_file(str(path))
-    else:
-        weights = read_checkpoint(path)["model"]
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as error:
-        raise CheckpointError(f"{path} does not fit {info['model']}: {str(error).splitlines()[0]}") from None
-    return model.to(device).eval(), classes
+    model, classes, _ = load_model_with_info(path, device)
+    return model, classes

@@ -12,15 +12,10 @@ from cnl.data import build_dataset, eval_transform, load_image
 from cnl.data.datasets import IMAGE_SUFFIXES
 from cnl.data.images import ImageError
 from cnl.engine import distributed
-from cnl.engine.checkpoint import describe, load_model, read_checkpoint
-from cnl.engine.config import TrainConfig, make_config
+from cnl.engine.checkpoint import load_model_with_info
+from cnl.engine.config import make_config
 from cnl.engine.loop import StepSettings, evaluate
 from cnl.engine.trainer import eval_loader
-
-
-def checkpoint_config(path: str | Path, **overrides: Any) -> TrainConfig:
-    """The run's resolved config, with ``overrides`` (None = keep) applied."""
-    return make_config(read_checkpoint(path)["config"], overrides)
 
 
 def evaluate_checkpoint(path: str | Path, **overrides: Any) -> dict[str, Any]:
@@ -29,10 +24,13 @@ def evaluate_checkpoint(path: str | Path, **overrides: Any) -> dict[str, Any]:
     ``overrides``: ``data_root``, ``batch_size``, ``workers``, ``device``, ``amp``. Under
     torchrun the test set is sharded and the sums reduced, so the result is the same.
     """
-    config = checkpoint_config(path, **overrides)
+    model, classes, info = load_model_with_info(path)
+    if "config" not in info:
+        raise ValueError(f"{path} holds no training config: cnl eval needs a training checkpoint")
+    config = make_config(info["config"], overrides)
     ctx = distributed.setup(config.device)
     try:
-        model, classes = load_model(path, ctx.device)
+        model = model.to(ctx.device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         test = build_dataset(config.dataset, config.data_root, "test", eval_transform(config.img_size))
@@ -63,8 +61,8 @@ def expand_images(inputs: Iterable[str | Path]) -> list[Path]:
 @torch.no_grad()
 def predict(path: str | Path, images: Iterable[str | Path], topk: int = 5, device: str = "cpu") -> list[dict[str, Any]]:
     """Per image, the ``topk`` classes with their probabilities; unreadable images get an ``error``."""
-    model, classes = load_model(path, device)
-    transform = eval_transform(describe(path)["img_size"])
+    model, classes, info = load_model_with_info(path, device)
+    transform = eval_transform(info["img_size"])
     k = min(topk, len(classes))
     results: list[dict[str, Any]] = []
     for image_path in expand_images(images):

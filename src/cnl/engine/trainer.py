@@ -278,12 +278,14 @@ class Run:
                 return self._interrupted(epoch, skip + int(train["steps"]), run, metrics)
             metrics = evaluate(self.eval_model, self.test_loader, self.settings, len(self.classes), f"test {epoch + 1}")
             rates.append(float(train["images_per_s"]))
-            if float(metrics["top1"]) > run.best_top1:
+            improved = float(metrics["top1"]) > run.best_top1
+            if improved:
                 run.best_top1, run.best_top5, run.best_epoch = metrics["top1"], metrics["top5"], epoch + 1
-                if self.main:
-                    save_checkpoint(self._state(epoch + 1, run, metrics), self.checkpoints / "best.pt")
             if self.main:
-                save_checkpoint(self._state(epoch + 1, run, metrics), self.checkpoints / "last.pt")
+                state = self._state(epoch + 1, run, metrics)  # gathered once, written once or twice
+                if improved:
+                    save_checkpoint(state, self.checkpoints / "best.pt")
+                save_checkpoint(state, self.checkpoints / "last.pt")
                 self._log(writer, epoch + 1, lr, train, metrics)
         summary = self._summary(run, metrics, rates)
         if self.main:
