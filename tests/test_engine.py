@@ -92,7 +92,7 @@ def test_flags_override_the_file_and_bad_values_are_rejected(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({"data-root": "x", "epochs": 3, "lr": 0.5}))
     config = make_config(read_yaml(path), {"lr": 0.1, "epochs": None})
-    assert (config.epochs, config.lr, config.batch_size) == (3, 0.1, 64)
+    assert (config.epochs, config.lr, config.global_batch_size, config.batch_size) == (3, 0.1, 64, None)
     path.write_text("epoch: 3\n")
     with pytest.raises(ValueError, match=r"unknown settings \['epoch'\].*epochs"):
         read_yaml(path)
@@ -129,7 +129,7 @@ def test_run_writes_logs_summary_and_checkpoints(runs):
     assert summary["params"] == sum(p.numel() for p in cnl.create_model("resnet18_cnl5", 4).parameters())
     assert any((straight / "tensorboard").iterdir())
     state = read_checkpoint(straight / "checkpoints" / "last.pt")
-    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "rng", "config", "classes"} <= set(state)
+    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "config", "classes", "provenance"} <= set(state)
     assert state["epoch"] == 2 and state["classes"][0] == "oval plain dot"
     assert not list((straight / "checkpoints").glob("*.tmp"))
 

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ from cnl.cli import main
 from cnl.data.datasets import LayoutError, build_dataset
 from cnl.data.synth import SynthConfig, generate
 from cnl.engine import CheckpointError, load_model, read_checkpoint
+from runs import assert_same_weights, wait_for, weights
 
 TINY = SynthConfig(classes=4, train_per_class=5, test_per_class=2, image_size=40, seed=3)
 
@@ -42,24 +42,6 @@ def start(args):
     )
 
 
-def wait_for(path: Path, process, timeout=120):
-    deadline = time.time() + timeout
-    while not path.exists():
-        assert process.poll() is None, process.communicate()
-        assert time.time() < deadline
-        time.sleep(0.01)
-
-
-def weights(output):
-    return read_checkpoint(output / "checkpoints" / "last.pt")["model"]
-
-
-def assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
-
-
 @pytest.fixture(scope="module")
 def straight(data, tmp_path_factory):
     output = tmp_path_factory.mktemp("straight")
@@ -75,7 +57,7 @@ def test_signal_saves_and_resume_ends_with_the_same_weights(data, straight, tmp_
     process.send_signal(number)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 128 + number, err[-2000:]
-    assert "stopped at epoch" in out and "continue with --resume" in out
+    assert f"{number.name} received: stopped at epoch" in err and "continue with --resume" in err
     state = read_checkpoint(output / "checkpoints" / "last.pt")
     assert 1 <= state["epoch"] < 6 and "step" in state
     assert main(["train", "--resume", "--output", str(output)]) == 0

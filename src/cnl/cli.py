@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def split_names(values: Sequence[str]) -> list[str]:
@@ -109,7 +111,8 @@ TRAIN_FLAGS: list[tuple[str, dict]] = [
     ("--img-size", {"type": int, "help": "train and test crop (default 448)"}),
     ("--epochs", {"type": int, "help": "default 110"}),
     ("--warmup-epochs", {"type": float, "help": "linear warmup from lr/1000 (default 10)"}),
-    ("--batch-size", {"type": int, "help": "per process (default 64)"}),
+    ("--global-batch-size", {"type": int, "help": "over all processes and accumulation steps (default 64)"}),
+    ("--batch-size", {"type": int, "help": "per process, instead of --global-batch-size"}),
     ("--lr", {"type": float, "help": "base learning rate (default 0.01)"}),
     ("--lr-steps", {"nargs": "+", "help": "epochs at which lr is multiplied by --lr-decay (default 50 70 90)"}),
     ("--lr-decay", {"type": float, "help": "default 0.1"}),
@@ -125,6 +128,7 @@ TRAIN_FLAGS: list[tuple[str, dict]] = [
     ("--seed", {"type": int}),
     ("--device", {"help": "auto, cpu or cuda"}),
     ("--deterministic", {"action": "store_true", "default": None, "help": "deterministic kernels only"}),
+    ("--sync-bn", {"action": "store_true", "default": None, "help": "SyncBatchNorm across processes (CUDA)"}),
     ("--output", {"help": "run folder (default runs/train)"}),
 ]
 
@@ -145,30 +149,29 @@ def flag_values(args: argparse.Namespace) -> dict:
     return values
 
 
-def resolve_train_config(args: argparse.Namespace, **extra):
-    """Defaults < the checkpoint's config (with --resume) < --config file < flags."""
-    from pathlib import Path
-
+def resolve_train_config(args: argparse.Namespace):
+    """Defaults < the checkpoint's config (when resuming) < --config file < flags."""
     from cnl.engine.checkpoint import read_checkpoint
     from cnl.engine.config import TrainConfig, make_config, read_yaml
+    from cnl.engine.trainer import resume_checkpoint
 
     layers = [read_yaml(args.config)] if args.config else []
-    layers.append({**flag_values(args), **extra})
-    if getattr(args, "resume", False):
-        output = next((layer["output"] for layer in reversed(layers) if layer.get("output")), TrainConfig.output)
-        previous = read_checkpoint(Path(output) / "checkpoints" / "last.pt")["config"]
-        layers.insert(0, previous)
+    layers.append({**flag_values(args), "resume": getattr(args, "resume", None)})
+
+    def latest(key: str, default: Any) -> Any:
+        return next((layer[key] for layer in reversed(layers) if layer.get(key) is not None), default)
+
+    previous = resume_checkpoint(latest("output", TrainConfig.output), latest("resume", None))
+    if previous is not None:
+        layers.insert(0, read_checkpoint(previous)["config"])
     return make_config(*layers)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from cnl.engine.trainer import fit
 
-    config = resolve_train_config(args, resume=args.resume or None)
-    summary = fit(config)
+    summary = fit(resolve_train_config(args))
     print(json.dumps(summary, indent=2))
-    if summary.get("interrupted"):
-        return 128 + int(summary["signal"] or 2)  # as a shell reports a process ended by that signal
     return 0
 
 
@@ -176,7 +179,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from cnl.engine.inference import evaluate_checkpoint
 
     result = evaluate_checkpoint(
-        args.checkpoint, data_root=args.data_root, batch_size=args.batch_size, workers=args.workers, device=args.device
+        args.checkpoint, args.batch_size, data_root=args.data_root, workers=args.workers, device=args.device
     )
     if result.pop("is_main"):
         if args.json:
@@ -226,7 +229,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def add_training(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser("train", help="train and evaluate a model with the paper's recipe")
     add_train_flags(train)
-    train.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/last.pt")
+    train.add_argument(
+        "--resume", nargs="?", const="yes", choices=["yes", "auto", "no"],
+        help="continue from OUTPUT/checkpoints/last.pt; 'auto': when it exists (the default after torchrun restarts)",
+    )  # fmt: skip
     train.set_defaults(func=cmd_train)
 
     evaluate = subparsers.add_parser("eval", help="top-1 and top-5 of a checkpoint on its test split")
@@ -371,6 +377,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt as interrupt:
+        # RunInterrupted says which signal and what was saved; a bare Ctrl-C elsewhere, only that.
+        print(f"cnl {args.command}: {interrupt or 'interrupted'}", file=sys.stderr)
+        return getattr(interrupt, "exit_code", 130)
     except (ValueError, FileNotFoundError, TypeError) as error:
         print(f"cnl {args.command}: error: {error}", file=sys.stderr)
         return 2
@@ -379,5 +389,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
 
 
+def run() -> None:
+    """The ``cnl`` command: ``main``, then exit. After a signal ended it, exit at once: unloading
+    torch would take another second, and everything worth keeping is already written."""
+    code = main()
+    if code >= 128:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

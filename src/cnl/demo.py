@@ -24,7 +24,7 @@ RECIPE = {
     "img_size": 64,
     "epochs": 12,
     "warmup_epochs": 1,
-    "batch_size": 32,
+    "global_batch_size": 32,
     "optimizer": "adamw",
     "lr": 0.003,
     "lr_steps": [8, 11],
@@ -34,7 +34,7 @@ RECIPE = {
     "device": "cpu",
     "seed": 0,
 }
-QUICK = {"img_size": 48, "epochs": 1, "batch_size": 8, "lr_steps": [1]}
+QUICK = {"img_size": 48, "epochs": 1, "global_batch_size": 8, "lr_steps": [1]}
 QUICK_DATA = SynthConfig(classes=4, train_per_class=4, test_per_class=2, image_size=48)
 
 

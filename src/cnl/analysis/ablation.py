@@ -9,7 +9,7 @@ from typing import Any
 
 from cnl.analysis.profile import profile_model
 from cnl.engine.config import TrainConfig
-from cnl.engine.trainer import fit
+from cnl.engine.trainer import RunInterrupted, fit
 
 
 def run_ablation(base: TrainConfig, models: list[str], output: str | Path) -> list[dict[str, Any]]:
@@ -18,11 +18,13 @@ def run_ablation(base: TrainConfig, models: list[str], output: str | Path) -> li
     Writes ``output/ablation.json`` and ``output/ablation.md``.
     """
     output = Path(output)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in models:
-        summary = fit(dataclasses.replace(base, model=name, output=str(output / name)))
-        if summary.get("interrupted"):
-            break  # a signal stopped the run; what finished is still tabled
+        try:
+            summary = fit(dataclasses.replace(base, model=name, output=str(output / name)))
+        except RunInterrupted:
+            write_ablation(rows, base, output)  # what finished is still tabled
+            raise
         profile = profile_model(name, base.img_size, summary["classes"])
         rows.append(
             {
@@ -37,10 +39,14 @@ def run_ablation(base: TrainConfig, models: list[str], output: str | Path) -> li
                 "train_images_per_s": summary["train_images_per_s"],
             }
         )
+    write_ablation(rows, base, output)
+    return rows
+
+
+def write_ablation(rows: list[dict[str, Any]], base: TrainConfig, output: Path) -> None:
     output.mkdir(parents=True, exist_ok=True)
     (output / "ablation.json").write_text(json.dumps({"config": base.to_dict(), "rows": rows}, indent=2) + "\n")
     (output / "ablation.md").write_text(format_ablation(rows, base) + "\n")
-    return rows
 
 
 def format_ablation(rows: list[dict[str, Any]], config: TrainConfig) -> str:
@@ -60,7 +66,7 @@ def format_ablation(rows: list[dict[str, Any]], config: TrainConfig) -> str:
     lines += [
         "",
         f"{config.dataset} at {config.data_root}, {config.img_size}x{config.img_size}, {config.epochs} epochs, "
-        f"batch {config.batch_size}, lr {config.lr}, seed {config.seed}. Top-1/top-5 (%) of the best epoch on the "
+        f"{config.batch_description()}, lr {config.lr}, seed {config.seed}. Top-1/top-5 (%) of the best epoch on the "
         "test split; GMACs per image ('layers' leaves out the attention products, as the paper's table).",
     ]
     return "\n".join(lines)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import random
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -23,16 +21,35 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: unreadable, unsafe, or for another model."""
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to a temporary file beside ``path``, fsync it, then rename over ``path``.
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
-    A process killed at any moment leaves either the old complete file or the new one.
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable: sync the folder's own entry list."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to a temporary file beside ``path``, fsync it, rename it over ``path``,
+    then fsync the folder.
+
+    A process killed at any moment leaves either the old complete file or the new one. The
+    file gets the permissions the umask gives a new file (0644 under 022), not
+    ``mkstemp``'s private 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
+            os.fchmod(file.fileno(), 0o666 & ~current_umask())
             torch.save(state, file)
             file.flush()
             os.fsync(file.fileno())
@@ -40,6 +57,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    fsync_folder(path.parent)
     return path
 
 
@@ -60,29 +78,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state or "model_name" not in state:
         raise CheckpointError(f"{path} is not a cnl training checkpoint (no 'model' and 'model_name' entries)")
     return state
-
-
-def rng_state() -> dict[str, Any]:
-    """Every random generator's state, in types that ``weights_only`` loading accepts."""
-    kind, keys, position, has_gauss, gauss = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": [kind, torch.from_numpy(np.array(keys, copy=True)), position, has_gauss, gauss],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    python = state["python"]
-    random.setstate((python[0], tuple(python[1]), python[2]))
-    kind, keys, position, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy(), position, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def model_overrides(config: dict[str, Any]) -> dict[str, Any]:

@@ -11,13 +11,24 @@ import yaml
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
+RESUME_CHOICES = ("no", "yes", "auto")
+# Two ways to give the batch; a layer that sets one unsets the other from the layers below.
+BATCH_FIELDS = ("global_batch_size", "batch_size")
+# How and where this invocation runs, not the recipe: left out of a run's config.yaml.
+INVOCATION_FIELDS = ("output", "resume")
 
 
 @dataclass
 class TrainConfig:
     """Every setting of a run. Defaults: the paper (448 px, 110 epochs, 10 of warmup,
-    batch 64, SGD lr 0.01, x0.1 at epochs 50, 70 and 90), with the authors' code's
-    momentum 0.9 and weight decay 1e-4."""
+    global batch 64, SGD lr 0.01, x0.1 at epochs 50, 70 and 90), with the authors' code's
+    momentum 0.9 and weight decay 1e-4.
+
+    The batch is either ``global_batch_size`` (the recipe's, on any number of processes:
+    each takes ``global / (processes x accum_steps)``) or ``batch_size`` per process.
+    ``resume``: "no", "yes" (OUTPUT/checkpoints/last.pt must exist) or "auto" (when it
+    exists); None is "no", except in a group that torchrun restarted, where it is "auto".
+    """
 
     data_root: str = ""
     dataset: str = "auto"
@@ -31,7 +42,8 @@ class TrainConfig:
     img_size: int = 448
     epochs: int = 110
     warmup_epochs: int = 10
-    batch_size: int = 64
+    global_batch_size: int | None = 64
+    batch_size: int | None = None
     lr: float = 0.01
     lr_steps: list[int] = field(default_factory=lambda: [50, 70, 90])
     lr_decay: float = 0.1
@@ -46,8 +58,9 @@ class TrainConfig:
     accum_steps: int = 1
     seed: int = 0
     output: str = "runs/train"
-    resume: bool = False
+    resume: str | None = None
     deterministic: bool = False
+    sync_bn: bool = False
     device: str = "auto"
 
     def validate(self) -> None:
@@ -55,8 +68,8 @@ class TrainConfig:
         problems = []
         if not self.data_root:
             problems.append("data_root is required (--data-root)")
-        for name in ("img_size", "epochs", "batch_size", "accum_steps"):
-            if getattr(self, name) < 1:
+        for name in ("img_size", "epochs", *BATCH_FIELDS, "accum_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.img_size < 32:
             problems.append(f"img_size {self.img_size} is too small: a ResNet needs at least 32 pixels")
@@ -70,6 +83,10 @@ class TrainConfig:
             problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.amp not in AMP_CHOICES:
             problems.append(f"amp must be one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
+        if (self.batch_size is None) == (self.global_batch_size is None):
+            problems.append("give exactly one of global_batch_size and batch_size (per process)")
+        if self.resume not in (None, *RESUME_CHOICES):
+            problems.append(f"resume must be one of {', '.join(RESUME_CHOICES)}, got {self.resume!r}")
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1]:
             problems.append(f"crop_scale must be two increasing positive numbers, got {self.crop_scale}")
         if problems:
@@ -77,6 +94,30 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def batch_plan(self, processes: int) -> tuple[int, int]:
+        """``(per-process batch, global batch)`` on ``processes`` processes."""
+        if self.batch_size is not None:
+            return self.batch_size, self.batch_size * processes * self.accum_steps
+        assert self.global_batch_size is not None
+        per_process, left = divmod(self.global_batch_size, processes * self.accum_steps)
+        if left or not per_process:
+            raise ValueError(
+                f"the global batch {self.global_batch_size} does not divide into {processes} processes x "
+                f"{self.accum_steps} accumulation steps; choose a global batch that is a multiple of "
+                f"{processes * self.accum_steps}, or give --batch-size per process"
+            )
+        return per_process, self.global_batch_size
+
+    def batch_description(self) -> str:
+        if self.batch_size is not None:
+            return f"batch {self.batch_size} per process"
+        return f"global batch {self.global_batch_size}"
+
+    def recipe(self, global_batch_size: int) -> dict[str, Any]:
+        """The settings that make this run again anywhere: the batch as a global batch, no output folder."""
+        values = {k: v for k, v in self.to_dict().items() if k not in INVOCATION_FIELDS}
+        return {**values, "global_batch_size": global_batch_size, "batch_size": None}
 
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -101,10 +142,25 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def make_config(*layers: dict[str, Any]) -> TrainConfig:
-    """Defaults, then each layer in turn (a file, then flags); None in a layer means 'not set'."""
+    """Defaults, then each layer in turn (a file, then flags); None in a layer means 'not set'.
+
+    A layer that sets ``batch_size`` or ``global_batch_size`` replaces the other; one
+    layer setting both is an error.
+    """
     values: dict[str, Any] = {}
     for layer in layers:
-        values.update({k: v for k, v in layer.items() if v is not None})
+        given = {k: v for k, v in layer.items() if v is not None}
+        batch = [k for k in BATCH_FIELDS if k in given]
+        if len(batch) == 2:
+            raise ValueError(
+                f"give either --batch-size (per process, {given['batch_size']}) or --global-batch-size "
+                f"({given['global_batch_size']}), not both"
+            )
+        if batch:
+            values.update(dict.fromkeys(BATCH_FIELDS))
+        values.update(given)
+    if isinstance(values.get("resume"), bool):  # checkpoints written before resume took modes
+        values["resume"] = None
     config = TrainConfig(**values)
     config.validate()
     return config

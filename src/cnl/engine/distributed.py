@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.rendezvous import rendezvous
 from torch.utils.data import Sampler
 
 
@@ -48,7 +49,17 @@ def setup(device: str = "auto") -> Context:
     if world_size > 1 and not dist.is_initialized():
         if chosen.type == "cuda":
             torch.cuda.set_device(chosen)
-        dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
+        backend = "nccl" if chosen.type == "cuda" else "gloo"
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if attempt is None:
+            dist.init_process_group(backend)
+        else:
+            # torchrun keeps one store for every restart of a group, and the process group's
+            # keys do not name the attempt: a restarted process could read the address of the
+            # one it replaced and wait on it. One prefix per attempt keeps the rounds apart.
+            store, rank, world_size = next(rendezvous("env://"))
+            store = dist.PrefixStore(f"cnl/attempt_{attempt}", store)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
     return Context(rank, world_size, chosen)
 
 
@@ -68,13 +79,38 @@ def barrier() -> None:
         dist.barrier()
 
 
+def restarted() -> bool:
+    """Whether torchrun restarted this process's group after a failure (``--max-restarts``)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Give every process rank 0's buffers (BatchNorm running statistics).
+
+    DDP broadcasts them before each training forward, after which each process updates
+    them from its own batch: without this, each rank would evaluate its own statistics.
+    """
+    if dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def gather_objects(value: object) -> list[object]:
+    """``value`` of every process, in rank order."""
+    if not dist.is_initialized():
+        return [value]
+    gathered: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def replicas_identical(model: torch.nn.Module) -> bool:
-    """Whether every process holds the same parameters (compares per-tensor checksums)."""
+    """Whether every process holds the same parameters and buffers (per-tensor checksums)."""
     if not dist.is_initialized():
         return True
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     with torch.no_grad():
-        local = torch.stack([p.detach().double().sum() for p in model.parameters()]).to(device)
+        local = torch.stack([t.detach().double().sum() for t in model.state_dict().values()]).to(device)
     gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, local)
     return all(torch.equal(g, local) for g in gathered)

@@ -18,11 +18,12 @@ from cnl.engine.loop import StepSettings, evaluate
 from cnl.engine.trainer import eval_loader
 
 
-def evaluate_checkpoint(path: str | Path, **overrides: Any) -> dict[str, Any]:
+def evaluate_checkpoint(path: str | Path, batch_size: int | None = None, **overrides: Any) -> dict[str, Any]:
     """Top-1/top-5 (percent) of a checkpoint on its test split, exactly as training measured it.
 
-    ``overrides``: ``data_root``, ``batch_size``, ``workers``, ``device``, ``amp``. Under
-    torchrun the test set is sharded and the sums reduced, so the result is the same.
+    ``batch_size``: per process (default: the run's). ``overrides`` of the run's config:
+    ``data_root``, ``workers``, ``device``, ``amp``. Under torchrun the test set is
+    sharded and the sums reduced, so the result is the same.
     """
     model, classes, info = load_model_with_info(path)
     if "config" not in info:
@@ -38,8 +39,10 @@ def evaluate_checkpoint(path: str | Path, **overrides: Any) -> dict[str, Any]:
             raise ValueError(
                 f"the test split of {config.data_root} does not name the checkpoint's {len(classes)} classes"
             )
-        settings = StepSettings(ctx.device, config.amp, config.channels_last, show_progress=ctx.is_main)
-        metrics = evaluate(model, eval_loader(test, config, ctx), settings, len(classes))
+        settings = StepSettings(ctx.device, len(classes), config.amp, config.channels_last, show_progress=ctx.is_main)
+        batch_size = batch_size or config.batch_size or max(1, (config.global_batch_size or 1) // ctx.world_size)
+        runnable: torch.nn.Module = torch.compile(model) if config.compile else model  # type: ignore[assignment]
+        metrics = evaluate(runnable, eval_loader(test, batch_size, config.workers, ctx), settings)  # as training did
         return {"checkpoint": str(path), "model": config.model, **metrics, "is_main": ctx.is_main}
     finally:
         distributed.teardown()

@@ -14,19 +14,26 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cnl.engine.metrics import Accumulator
+from cnl.engine.randomness import seed_step
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
 class StepSettings:
-    """How a step runs: device, mixed precision, memory format, accumulation, progress bars."""
+    """How a step runs: device, classes, mixed precision, memory format, progress bars; for
+    training also accumulation, the global batch and what seeds each micro-batch."""
 
     device: torch.device
+    num_classes: int
     amp: str = "none"
     channels_last: bool = False
-    accum_steps: int = 1
     show_progress: bool = True
+    accum_steps: int = 1
+    global_batch: int = 0  # samples per optimizer step over every process
+    world_size: int = 1
+    rank: int = 0
+    seed: int = 0
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp == "none":
@@ -39,89 +46,99 @@ class StepSettings:
         return images, labels.to(self.device, non_blocking=True)
 
 
-def train_one_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    settings: StepSettings,
-    num_classes: int,
-    epoch: int,
-    world_size: int = 1,
-    should_stop: Callable[[], bool] | None = None,
-) -> dict[str, Any]:
-    """One pass over ``loader``; the scheduler steps once per optimizer step.
+@dataclass
+class TrainParts:
+    """What a training step updates."""
 
-    ``should_stop`` is asked after every optimizer step; when it answers True the pass
-    ends there, with ``stopped`` set and ``steps`` the batches done.
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    top1: float
+    images_per_s: float
+    time_s: float
+    steps: int  # optimizer steps of the epoch done, counting those before ``first_step``
+    stopped: bool  # ``should_stop`` ended the pass early
+
+
+def train_one_epoch(
+    parts: TrainParts,
+    loader: DataLoader,
+    settings: StepSettings,
+    epoch: int,
+    first_step: int = 0,
+    should_stop: Callable[[], bool] | None = None,
+) -> EpochStats:
+    """One pass over ``loader`` (0-based ``epoch``, from optimizer step ``first_step`` on);
+    the scheduler steps once per optimizer step.
+
+    Each micro-batch's loss is its sum over ``global_batch``, times the number of
+    processes that DDP averages over: every optimizer step follows the mean over the
+    whole global batch. ``should_stop`` is asked after every optimizer step.
     """
+    model, optimizer = parts.model, parts.optimizer
     model.train()
     criterion = nn.CrossEntropyLoss(reduction="sum")
-    meter = Accumulator(num_classes, settings.device)
-    bar = tqdm(loader, desc=f"train {epoch}", disable=not settings.show_progress, leave=False, dynamic_ncols=True)
+    meter = Accumulator(settings.num_classes, settings.device)
+    bar = tqdm(loader, desc=f"train {epoch + 1}", disable=not settings.show_progress, leave=False, dynamic_ncols=True)
     start, seen, correct, local = time.perf_counter(), 0, 0, 0
     optimizer.zero_grad(set_to_none=True)
-    steps, stopped = 0, False
-    for step, (images, labels) in enumerate(bar):
+    steps, stopped = first_step, False
+    no_sync = getattr(model, "no_sync", None)
+    for micro, (images, labels) in enumerate(bar, start=first_step * settings.accum_steps):
         images, labels = settings.to_device(images, labels)
-        last_micro_step = (step + 1) % settings.accum_steps == 0 or step + 1 == len(loader)
+        updates = (micro + 1) % settings.accum_steps == 0
+        seed_step(settings.seed, epoch, micro, settings.rank)
         # Under DDP, gradients are averaged only on the micro-step that updates.
-        no_sync = getattr(model, "no_sync", None)
-        sync = contextlib.nullcontext() if last_micro_step or no_sync is None else no_sync()
-        with sync:
+        with contextlib.nullcontext() if updates or no_sync is None else no_sync():
             with settings.autocast():
                 logits = model(images)
                 loss_sum = criterion(logits.float(), labels)
             if not torch.isfinite(loss_sum):
                 # Stop before the update: the weights and the last checkpoint stay good.
                 raise FloatingPointError(
-                    f"the training loss is {loss_sum.item() / len(labels)} at epoch {epoch}, step {step + 1}; "
-                    "stopping, the last checkpoint is kept (try a lower --lr or --amp none)"
+                    f"the training loss is {loss_sum.item() / len(labels)} at epoch {epoch + 1}, "
+                    f"step {micro // settings.accum_steps + 1}; stopping, the last checkpoint is kept "
+                    "(try a lower --lr or --amp none)"
                 )
-            scaler.scale(loss_sum / (len(labels) * settings.accum_steps)).backward()
-        if last_micro_step:
-            scaler.step(optimizer)
-            scaler.update()
+            parts.scaler.scale(loss_sum * settings.world_size / settings.global_batch).backward()
+        if updates:
+            parts.scaler.step(optimizer)
+            parts.scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            parts.scheduler.step()
+            steps += 1
         meter.update(logits.detach().float(), labels, loss_sum.detach())
-        seen += len(labels) * world_size
+        seen += len(labels) * settings.world_size
         if settings.show_progress:
             correct += (logits.detach().argmax(dim=1) == labels).sum().item()
             local += len(labels)
-            rate = seen / (time.perf_counter() - start)
             bar.set_postfix(
                 loss=f"{loss_sum.item() / len(labels):.3f}",
                 top1=f"{100 * correct / local:.1f}",
                 lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                img_s=f"{rate:.1f}",
+                img_s=f"{seen / (time.perf_counter() - start):.1f}",
             )
-        steps = step + 1
-        if last_micro_step and should_stop is not None and should_stop():
+        if updates and should_stop is not None and should_stop():
             stopped = True
             break
     bar.close()
     elapsed = time.perf_counter() - start
     results = meter.compute()
-    return {
-        "loss": results["loss"],
-        "top1": results["top1"],
-        "images_per_s": seen / max(elapsed, 1e-9),
-        "time_s": elapsed,
-        "steps": steps,
-        "stopped": stopped,
-    }
+    return EpochStats(results["loss"], results["top1"], seen / max(elapsed, 1e-9), elapsed, steps, stopped)
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module, loader: DataLoader, settings: StepSettings, num_classes: int, desc: str = "eval"
-) -> dict[str, Any]:
+def evaluate(model: nn.Module, loader: DataLoader, settings: StepSettings, desc: str = "eval") -> dict[str, Any]:
     """Loss, top-1, top-5 and per-class top-1 (percent) over every sample of every process's shard."""
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
-    meter = Accumulator(num_classes, settings.device)
+    meter = Accumulator(settings.num_classes, settings.device)
     for images, labels in tqdm(loader, desc=desc, disable=not settings.show_progress, leave=False, dynamic_ncols=True):
         images, labels = settings.to_device(images, labels)
         with settings.autocast():

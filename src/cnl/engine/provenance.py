@@ -1,0 +1,70 @@
+"""Where a run came from: command, code, library versions, devices, processes, batch."""
+
+from __future__ import annotations
+
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+
+from cnl.engine import distributed
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout this package runs from (``+dirty`` with local changes), or
+    None for an installed package."""
+    folder = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+
+
+def program_name() -> str:
+    """``cnl`` for the command and ``python -m cnl``; else how the program was started."""
+    program = Path(sys.argv[0])
+    if "cnl" in (program.name, program.parent.name):
+        return "cnl"
+    return f"python -m {program.parent.name}" if program.name == "__main__.py" else program.name
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def provenance(ctx: distributed.Context, batch_size: int, global_batch_size: int, accum_steps: int) -> dict[str, Any]:
+    """The same record on every process (device names are gathered from all of them)."""
+    from cnl import __version__
+
+    return {
+        "command": shlex.join([program_name(), *sys.argv[1:]]),
+        "cnl": __version__,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "cuda": torch.version.cuda,
+        "devices": distributed.gather_objects(device_name(ctx.device)),
+        "processes": ctx.world_size,
+        "batch_size": batch_size,
+        "accum_steps": accum_steps,
+        "global_batch_size": global_batch_size,
+    }

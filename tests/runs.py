@@ -1,0 +1,28 @@
+"""Helpers for tests that start, stop and compare training runs."""
+
+import time
+from pathlib import Path
+
+import torch
+
+from cnl.engine import read_checkpoint
+
+
+def wait_for(path: Path, process, timeout=180):
+    """Until ``path`` exists; fails if ``process`` ends first or the time runs out."""
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, f"{path} did not appear"
+        time.sleep(0.01)
+
+
+def weights(output: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(output / "checkpoints" / "last.pt")["model"]
+
+
+def assert_same_weights(a, b):
+    """Bit for bit."""
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

@@ -1,0 +1,376 @@
+"""The paper's recipe on 1 to N processes: global batch, randomness that follows the data,
+logged = evaluated, elastic restarts, two launchers, provenance, interruptible set-up."""
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+from cnl.cli import main
+from cnl.data import build_dataset, train_transform
+from cnl.data.synth import SynthConfig, generate
+from cnl.engine import make_config, read_checkpoint
+from cnl.engine.checkpoint import save_checkpoint
+from cnl.engine.config import read_yaml
+from cnl.engine.randomness import EpochSampler, SeededDataset
+from runs import assert_same_weights, wait_for, weights
+
+# 20 training images (5 optimizer steps of a global batch of 4), 15 test images: odd.
+DATA = SynthConfig(classes=5, train_per_class=4, test_per_class=3, image_size=40, seed=2)
+REPO = Path(__file__).resolve().parents[1]
+# Single processes run with this process's threads (the same sums); every torchrun worker
+# with one, also where a launcher starts a single process (torchrun sets it only for several).
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+TORCHRUN_ENV = {**ENV, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("synth"), DATA)
+
+
+def train_args(data, output, *extra, epochs=3):
+    return [
+        "train", "--data-root", str(data), "--dataset", "cub", "--model", "resnet18_cnl5", "--img-size", "32",
+        "--epochs", str(epochs), "--warmup-epochs", "1", "--global-batch-size", "4", "--lr", "0.01",
+        "--lr-steps", "2", "--workers", "2", "--device", "cpu", "--seed", "5", "--deterministic",
+        "--output", str(output), *extra,
+    ]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun_command(*args, launcher=("--standalone", "--nproc_per_node", "2")):
+    return [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "cnl", *args]
+
+
+def torchrun(*args, **options):
+    done = subprocess.run(
+        torchrun_command(*args, **options), capture_output=True, text=True, env=TORCHRUN_ENV, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done
+
+
+def start(command, env=ENV):
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def epochs_logged(output):
+    return [json.loads(line)["epoch"] for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
+def eval_json(capsys, checkpoint):
+    assert main(["eval", "--checkpoint", str(checkpoint), "--json"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+# --- 1. the global batch ---------------------------------------------------------------
+
+
+def test_global_batch_is_split_over_processes_and_accumulation():
+    config = make_config({"data_root": "x", "global_batch_size": 64, "accum_steps": 2})
+    assert [config.batch_plan(p) for p in (1, 2, 4)] == [(32, 64), (16, 64), (8, 64)]
+    with pytest.raises(ValueError, match="global batch 64 does not divide into 3 processes x 2 accumulation steps"):
+        config.batch_plan(3)
+    per_process = make_config({"data_root": "x", "batch_size": 8})
+    assert per_process.batch_plan(4) == (8, 32) and per_process.global_batch_size is None
+
+
+def test_presets_set_the_papers_global_batch_whatever_the_processes():
+    for preset in sorted((REPO / "configs").glob("*.yaml")):
+        config = make_config(read_yaml(preset))
+        assert (config.global_batch_size, config.batch_size) == (64, None), preset.name
+        assert [config.batch_plan(p)[1] for p in (1, 2, 4, 8)] == [64] * 4
+    # A per-process batch given as a flag replaces the file's global batch, and vice versa.
+    preset = read_yaml(REPO / "configs" / "cub_resnet50_cnl5.yaml")
+    assert make_config(preset, {"batch_size": 16}).batch_plan(2) == (16, 32)
+    assert make_config({"batch_size": 16, "data_root": "x"}, {"global_batch_size": 32}).batch_plan(2) == (16, 32)
+
+
+def test_batch_flags_together_are_an_error(data, tmp_path, capsys):
+    assert main([*train_args(data, tmp_path / "run"), "--batch-size", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "give either --batch-size (per process, 8) or --global-batch-size (4), not both" in err
+    assert main([*train_args(data, tmp_path / "run"), "--global-batch-size", "6", "--accum-steps", "4"]) == 2
+    assert "the global batch 6 does not divide into 1 processes x 4 accumulation steps" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+# --- 2. randomness follows the data ------------------------------------------------------
+
+
+def augmented(dataset, rank, world_size, workers, start=0, epoch=0):
+    sampler = EpochSampler(len(dataset), 5, epoch, 4, rank, world_size, start=start)
+    loader = DataLoader(SeededDataset(dataset), batch_size=2, sampler=sampler, num_workers=workers)
+    return torch.cat([images for images, _ in loader])
+
+
+def test_two_ranks_never_share_an_augmentation_stream(tmp_path):
+    # Every sample is the same picture: equal crops would mean equal random draws.
+    root = generate(tmp_path / "d", SynthConfig(classes=2, train_per_class=8, test_per_class=1, image_size=40))
+    dataset = build_dataset("cub", root, "train", train_transform(32))
+    first = dataset.samples[0]
+    dataset.samples = [first] * len(dataset.samples)
+    rank0, rank1 = augmented(dataset, 0, 2, workers=2), augmented(dataset, 1, 2, workers=2)
+    assert len(rank0) == len(rank1) == 8
+    crops = [image.flatten() for image in (*rank0, *rank1)]
+    assert len({tuple(c.tolist()) for c in crops}) == 16  # no two draws alike, within or across ranks
+    # A draw depends on (seed, epoch, position) only: not on workers, processes or resuming.
+    one_process = augmented(dataset, 0, 1, workers=0)
+    assert torch.equal(one_process[0::2], rank0) and torch.equal(one_process[1::2], rank1)
+    assert torch.equal(augmented(dataset, 0, 1, workers=2, start=8), one_process[8:])
+    assert not torch.equal(augmented(dataset, 0, 1, workers=0, epoch=1), one_process)
+
+
+def test_kill_9_with_loader_workers_then_resume_is_bit_identical(data, tmp_path):
+    straight = tmp_path / "straight"
+    assert main(train_args(data, straight, epochs=4)) == 0
+    killed = tmp_path / "killed"
+    process = start([sys.executable, "-m", "cnl", *train_args(data, killed, epochs=4)])
+    wait_for(killed / "checkpoints" / "last.pt", process)
+    time.sleep(0.3)  # into a later epoch
+    process.kill()
+    process.communicate()
+    assert read_checkpoint(killed / "checkpoints" / "last.pt")["epoch"] < 4
+    assert main(["train", "--resume", "--output", str(killed)]) == 0
+    assert_same_weights(weights(straight), weights(killed))
+    assert epochs_logged(killed) == [1, 2, 3, 4]
+
+
+@pytest.fixture(scope="module")
+def two_processes(data, tmp_path_factory):
+    """An uninterrupted run on 2 processes: the reference of the torchrun tests."""
+    output = tmp_path_factory.mktemp("ddp") / "run"
+    done = torchrun(*train_args(data, output))
+    return output, done.stdout
+
+
+def test_two_processes_sigterm_then_resume_is_bit_identical(data, two_processes, tmp_path):
+    reference, _ = two_processes
+    output = tmp_path / "run"
+    process = start(torchrun_command(*train_args(data, output)), TORCHRUN_ENV)
+    wait_for(output / "checkpoints" / "last.pt", process)
+    time.sleep(0.1)  # into epoch 2
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert "SIGTERM received: stopped at" in err, err[-3000:]
+    torchrun("train", "--resume", "--output", str(output))
+    assert_same_weights(weights(reference), weights(output))
+    assert epochs_logged(output) == [1, 2, 3]
+
+
+# --- 3. what is logged is what cnl eval gives --------------------------------------------
+
+
+def test_two_processes_log_what_cnl_eval_gives(two_processes, capsys):
+    output, stdout = two_processes
+    assert "2 processes x batch 2 x 1 accumulation = global batch 4; lr 0.01, 3 epochs" in stdout
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["replicas_identical"] is True  # parameters and BatchNorm buffers
+    assert (summary["world_size"], summary["batch_size"], summary["global_batch_size"]) == (2, 2, 4)
+    lines = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert [line["test_count"] for line in lines] == [15, 15, 15]
+    last = eval_json(capsys, output / "checkpoints" / "last.pt")
+    assert (last["top1"], last["top5"], last["count"]) == (lines[-1]["top1"], lines[-1]["top5"], 15)
+    best = eval_json(capsys, output / "checkpoints" / "best.pt")
+    assert (best["top1"], best["top5"]) == (summary["best_top1"], summary["best_top5"])
+
+
+def test_sync_bn_needs_cuda(data, tmp_path):
+    done = subprocess.run(
+        torchrun_command(*train_args(data, tmp_path / "run", "--sync-bn")),
+        capture_output=True, text=True, env=TORCHRUN_ENV,
+    )  # fmt: skip
+    assert done.returncode != 0 and "--sync-bn needs CUDA devices" in done.stderr
+
+
+# --- 4. elastic restarts and two launchers -----------------------------------------------
+
+
+def worker_pids(launcher_pid: int) -> dict[int, int]:
+    """rank -> pid of the training processes that torchrun started."""
+    children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split()
+    ranks = {}
+    for pid in map(int, children):
+        environ = dict(
+            item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item
+        )
+        if "RANK" in environ:
+            ranks[int(environ["RANK"])] = pid
+    return ranks
+
+
+def test_torchrun_restarts_after_a_killed_worker_and_ends_bit_identical(data, two_processes, tmp_path):
+    reference, _ = two_processes
+    output = tmp_path / "run"
+    process = start(
+        torchrun_command(
+            *train_args(data, output), launcher=("--standalone", "--nproc_per_node", "2", "--max-restarts", "2")
+        ),
+        TORCHRUN_ENV,
+    )
+    wait_for(output / "checkpoints" / "last.pt", process)
+    time.sleep(0.1)  # into epoch 2
+    os.kill(worker_pids(process.pid)[1], signal.SIGKILL)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-4000:]
+    assert out.count("2 processes x batch 2") == 2  # started twice: once, then after the restart
+    assert_same_weights(weights(reference), weights(output))
+    assert epochs_logged(output) == [1, 2, 3]
+
+
+def test_two_launchers_as_two_nodes_train_as_one_launcher_with_two_processes(data, two_processes, tmp_path):
+    reference, _ = two_processes
+    output, port = tmp_path / "run", free_port()
+    launchers = [
+        start(
+            torchrun_command(
+                *train_args(data, output),
+                launcher=(
+                    "--nnodes",
+                    "2",
+                    "--nproc_per_node",
+                    "1",
+                    "--node_rank",
+                    str(node),
+                    "--master_addr",
+                    "127.0.0.1",
+                    "--master_port",
+                    str(port),
+                ),
+            ),
+            TORCHRUN_ENV,
+        )  # fmt: skip
+        for node in (0, 1)
+    ]
+    for launcher in launchers:
+        out, err = launcher.communicate(timeout=300)
+        assert launcher.returncode == 0, err[-4000:]
+    assert_same_weights(weights(reference), weights(output))
+
+
+# --- 5. provenance -----------------------------------------------------------------------
+
+
+def test_run_folder_records_its_recipe_and_provenance(data, two_processes, tmp_path):
+    output, _ = two_processes
+    recipe = yaml.safe_load((output / "config.yaml").read_text())
+    assert recipe["global_batch_size"] == 4 and recipe["batch_size"] is None and "output" not in recipe
+    summary = json.loads((output / "summary.json").read_text())
+    for record in (summary["provenance"], read_checkpoint(output / "checkpoints" / "last.pt")["provenance"]):
+        assert record["command"].startswith("cnl train --data-root")
+        assert record["torch"] == torch.__version__ and record["cuda"] == torch.version.cuda
+        assert record["processes"] == 2 and record["global_batch_size"] == 4 and len(record["devices"]) == 2
+        assert record["cnl"] == "0.1.0" and {"git_commit", "torchvision", "python"} <= set(record)
+    again = tmp_path / "again"
+    torchrun("train", "--config", str(output / "config.yaml"), "--output", str(again))
+    assert_same_weights(weights(output), weights(again))
+
+
+def test_git_commit_is_recorded_from_a_checkout():
+    from cnl.engine.provenance import git_commit
+
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("the tests run outside a git checkout")
+    assert git_commit().split("+")[0] == head.stdout.strip()
+
+
+# --- 6. python -m cnl --------------------------------------------------------------------
+
+
+def test_python_dash_m_cnl():
+    done = subprocess.run([sys.executable, "-m", "cnl", "--help"], capture_output=True, text=True, env=ENV)
+    assert done.returncode == 0 and "usage: cnl" in done.stdout
+
+
+# --- 7. interruptions, file modes, durable renames ---------------------------------------
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_during_set_up_exits_within_a_second_in_one_line(data, tmp_path, number):
+    output = tmp_path / "run"
+    # ResNet-152's initialisation keeps set-up busy for a few seconds.
+    process = start([sys.executable, "-m", "cnl", *train_args(data, output), "--model", "resnet152_cnl5"])
+    assert "global batch 4" in process.stdout.readline()  # set-up has begun
+    sent = time.monotonic()
+    process.send_signal(number)
+    _, err = process.communicate(timeout=30)
+    assert time.monotonic() - sent < 1.0
+    assert process.returncode == 128 + number
+    assert err.strip() == f"cnl train: {number.name} during set-up: stopped; no checkpoint was written"
+    assert not (output / "checkpoints").exists()
+
+
+def test_a_second_ctrl_c_during_training_exits_at_once(data, tmp_path):
+    output = tmp_path / "run"
+    process = start(
+        [
+            sys.executable,
+            "-m",
+            "cnl",
+            *train_args(data, output, epochs=50),
+            "--img-size",
+            "96",
+            "--model",
+            "resnet50_cnl5",
+        ]
+    )
+    wait_for(output / "checkpoints" / "last.pt", process)
+    before = read_checkpoint(output / "checkpoints" / "last.pt")
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert time.monotonic() - sent < 1.0
+    assert process.returncode == 130
+    assert err.strip().splitlines()[-1].startswith("cnl train: SIGINT again: stopped at once")
+    after = read_checkpoint(output / "checkpoints" / "last.pt")  # complete
+    assert (after["epoch"], after["step"]) == (before["epoch"], before["step"]) or after["epoch"] > before["epoch"]
+    assert not list((output / "checkpoints").glob("*.tmp"))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_checkpoints_follow_the_umask_and_the_rename_is_synced(tmp_path, monkeypatch, umask):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_mode), real_fsync(fd)))
+    previous = os.umask(umask)
+    try:
+        path = save_checkpoint({"model": {}, "model_name": "resnet18"}, tmp_path / "last.pt")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert [stat.S_ISREG(m) for m in synced] == [True, False] and stat.S_ISDIR(synced[1])
+
+
+def test_checkpoints_of_the_previous_format_still_load_and_resume(data, tmp_path, capsys):
+    output = tmp_path / "run"
+    assert main(train_args(data, output, "--workers", "0", epochs=1)) == 0
+    path = output / "checkpoints" / "last.pt"
+    state = read_checkpoint(path)
+    # Before: a per-process batch and a boolean resume in the config, generator states, no provenance.
+    config = {k: v for k, v in state.pop("config").items() if k != "global_batch_size"}
+    state.pop("provenance")
+    state.update(config={**config, "batch_size": 4, "resume": False}, rng={"torch": torch.get_rng_state()})
+    torch.save(state, path)
+    assert eval_json(capsys, path)["count"] == 15
+    assert main(["train", "--resume", "--output", str(output), "--epochs", "2"]) == 0
+    assert epochs_logged(output) == [1, 2]
