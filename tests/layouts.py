@@ -124,13 +124,15 @@ def write_aircraft(root: Path) -> Path:
     for level, file in (("variant", "variants"), ("family", "families"), ("manufacturer", "manufacturers")):
         (data / f"{file}.txt").parent.mkdir(parents=True, exist_ok=True)
         (data / f"{file}.txt").write_text("\n".join(names[level]) + "\n")
-    listings = {(level, split): [] for level in levels for split in ("trainval", "test")}
+    listings = {(level, split): [] for level in levels for split in ("train", "val", "trainval", "test")}
     for k, aircraft in enumerate(AIRCRAFT):
         for j in range(3):
             image_id = f"{1000000 + 10 * k + j}"
             write_image(data / "images" / f"{image_id}.jpg", (0, 0, 70 * k))
+            splits = [("train", "trainval"), ("val", "trainval"), ("test",)][j]
             for level, i in levels.items():
-                listings[(level, "test" if j == 2 else "trainval")].append(f"{image_id} {aircraft[i]}")
+                for split in splits:
+                    listings[(level, split)].append(f"{image_id} {aircraft[i]}")
     for (level, split), lines in listings.items():
         (data / f"images_{level}_{split}.txt").write_text("\n".join(lines) + "\n")
     return root

@@ -26,3 +26,12 @@ def assert_same_weights(a, b):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def tiny_run_args(data: Path, output: Path, model: str = "resnet18", *extra: str) -> list[str]:
+    """``cnl train`` of ``model`` for one epoch at 32 px on the CPU, in ``output``."""
+    return [
+        "train", "--data-root", str(data), "--dataset", "cub", "--model", model, "--img-size", "32",
+        "--epochs", "1", "--global-batch-size", "4", "--workers", "0", "--device", "cpu", "--output", str(output),
+        *extra,
+    ]  # fmt: skip

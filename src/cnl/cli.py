@@ -99,6 +99,15 @@ def add_data(subparsers: argparse._SubParsersAction) -> None:
     check.set_defaults(func=cmd_data_check)
 
 
+def fraction_or_official(text: str) -> float | str:
+    if text == "official":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.1, or 'official', got {text!r}") from None
+
+
 TRAIN_FLAGS: list[tuple[str, dict]] = [
     ("--dataset", {"help": "cub, dogs, cars, aircraft, folder, list or auto (default auto)"}),
     ("--data-root", {"help": "the dataset's folder"}),
@@ -108,6 +117,7 @@ TRAIN_FLAGS: list[tuple[str, dict]] = [
     ("--responses", {"nargs": "+", "help": "CNL response layers override"}),
     ("--nl-layers", {"nargs": "+", "help": "NL block placement override"}),
     ("--inner-channels", {"type": int, "help": "width c of the NL/CNL embeddings"}),
+    ("--val-split", {"type": fraction_or_official, "help": "FRACTION of each training class, or 'official'"}),
     ("--img-size", {"type": int, "help": "train and test crop (default 448)"}),
     ("--epochs", {"type": int, "help": "default 110"}),
     ("--warmup-epochs", {"type": float, "help": "linear warmup from lr/1000 (default 10)"}),
@@ -116,10 +126,21 @@ TRAIN_FLAGS: list[tuple[str, dict]] = [
     ("--lr", {"type": float, "help": "base learning rate (default 0.01)"}),
     ("--lr-steps", {"nargs": "+", "help": "epochs at which lr is multiplied by --lr-decay (default 50 70 90)"}),
     ("--lr-decay", {"type": float, "help": "default 0.1"}),
+    ("--schedule", {"choices": ["step", "cosine"], "help": "after warmup: step decay (default, the paper) or cosine"}),
     ("--optimizer", {"choices": ["sgd", "adamw"], "help": "default sgd (the paper)"}),
     ("--momentum", {"type": float, "help": "SGD momentum (default 0.9)"}),
     ("--weight-decay", {"type": float, "help": "default 1e-4"}),
     ("--crop-scale", {"nargs": 2, "type": float, "help": "RandomResizedCrop area range (default 0.08 1.25)"}),
+    ("--label-smoothing", {"type": float, "help": "cross-entropy label smoothing (default 0, off)"}),
+    ("--clip-grad", {"type": float, "help": "clip the norm of all gradients to this (default off)"}),
+    (
+        "--ema",
+        {"type": float, "help": "keep an EMA of the weights with this decay, e.g. 0.9998; it is evaluated and used"},
+    ),
+    ("--mixup", {"type": float, "help": "MixUp alpha (default 0, off)"}),
+    ("--cutmix", {"type": float, "help": "CutMix alpha (default 0, off); with --mixup, one of the two per batch"}),
+    ("--no-wd-norm-bias", {"action": "store_true", "default": None, "help": "no weight decay on norms and biases"}),
+    ("--head-lr-mult", {"type": float, "help": "lr multiplier of the NL/CNL modules and the head (default 1)"}),
     ("--workers", {"type": int, "help": "data loading processes per training process (default 4)"}),
     ("--amp", {"choices": ["none", "bf16", "fp16"], "help": "mixed precision (default none)"}),
     ("--channels-last", {"action": "store_true", "default": None}),
@@ -179,7 +200,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from cnl.engine.inference import evaluate_checkpoint
 
     result = evaluate_checkpoint(
-        args.checkpoint, args.batch_size, data_root=args.data_root, workers=args.workers, device=args.device
+        args.checkpoint,
+        args.batch_size,
+        args.report,
+        data_root=args.data_root,
+        workers=args.workers,
+        device=args.device,
     )
     if result.pop("is_main"):
         if args.json:
@@ -189,15 +215,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 f"{result['checkpoint']}: top1 {result['top1']:.2f}  top5 {result['top5']:.2f}  "
                 f"loss {result['loss']:.4f}  ({result['count']} images)"
             )
+            for written in result.get("report", []):
+                print(f"wrote {written}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from cnl.engine.inference import predict
+    from cnl.engine.inference import predict_batches, write_predictions
 
-    results = predict(args.checkpoint, args.images, args.topk, args.device)
+    options = {"batch_size": args.batch_size, "workers": args.workers}
+    results = predict_batches(args.checkpoint, args.images, args.topk, args.device, **options)
+    if args.out:
+        print(f"wrote {write_predictions(results, args.out, args.topk)} rows to {args.out}")
+        return 0
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps(list(results), indent=2))
         return 0
     for result in results:
         if "error" in result:
@@ -213,8 +245,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
     config = resolve_train_config(args)
     output = args.output or "runs/ablation"
-    rows = run_ablation(config, split_names(args.models), output)
-    print(format_ablation(rows, config))
+    seeds = [int(seed) for seed in split_names(args.seeds)] if args.seeds else [config.seed]
+    rows = run_ablation(config, split_names(args.models), output, seeds)
+    print(format_ablation(rows, config, seeds))
     print(f"\nwrote {output}/ablation.json and ablation.md")
     return 0
 
@@ -240,20 +273,27 @@ def add_training(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--data-root", help="the dataset's folder, if it moved since training")
     evaluate.add_argument("--batch-size", type=int)
     evaluate.add_argument("--workers", type=int)
-    evaluate.add_argument("--device", help="auto, cpu or cuda")
+    evaluate.add_argument("--device", help="auto (default: the run's), cpu or cuda")
     evaluate.add_argument("--json", action="store_true", help="print an object with top1, top5, loss, count")
+    evaluate.add_argument("--report", help="a folder for per_class.csv and confusion.png (cnl report shows RUN/eval)")
     evaluate.set_defaults(func=cmd_eval)
 
     pred = subparsers.add_parser("predict", help="class names and probabilities for images")
     pred.add_argument("--checkpoint", required=True)
-    pred.add_argument("images", nargs="+", help="image files or folders")
+    pred.add_argument("images", nargs="+", help="image files, folders, glob patterns or .txt lists of paths")
     pred.add_argument("--topk", type=int, default=5)
-    pred.add_argument("--device", default="cpu")
+    pred.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    pred.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    pred.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
+    pred.add_argument("--out", help="write one row per image to a .csv or .jsonl file")
     pred.add_argument("--json", action="store_true")
     pred.set_defaults(func=cmd_predict)
 
     ablate = subparsers.add_parser("ablate", help="train several models with one recipe and compare them (Table 2)")
     ablate.add_argument("--models", nargs="+", required=True, help="e.g. resnet50,resnet50_nl5,resnet50_cnl5")
+    ablate.add_argument(
+        "--seeds", nargs="+", help="train every model once per seed (e.g. 0,1,2): mean, sd and paired 95%% intervals"
+    )
     add_train_flags(ablate)
     ablate.set_defaults(func=cmd_ablate)
 
@@ -263,24 +303,35 @@ def add_training(subparsers: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=cmd_demo)
 
 
+# Defaults of cnl bench per job: (models, image size, batch size).
+BENCH_DEFAULTS = {"models": ("resnet50,resnet50_nl5,resnet50_cnl5", 448, 2), "predict": ("resnet18_cnl5", 64, 32)}
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from cnl.analysis import bench
 
+    models, img_size, batch_size = BENCH_DEFAULTS["predict" if args.predict else "models"]
+    names = split_names(args.models or [models])
+    img_size, batch_size = args.img_size or img_size, args.batch_size or batch_size
     if args.module:
-        rows = bench.bench_module(args.img_size, args.batch_size, args.device, args.repeats)
+        rows = bench.bench_module(img_size, batch_size, args.device, args.repeats)
         print(json.dumps(rows, indent=2) if args.json else bench.format_module_rows(rows))
         return 0
+    if args.predict:
+        rows = bench.bench_predict(names[0], img_size, batch_size, args.workers, device=args.device)
+        print(json.dumps(rows, indent=2) if args.json else bench.format_predict_rows(rows, names[0], img_size))
+        return 0
     if args.input:
-        rows = bench.bench_input(args.img_size, repeats=args.repeats)
+        rows = bench.bench_input(img_size, repeats=args.repeats)
         print(json.dumps(rows, indent=2) if args.json else bench.format_input_rows(rows))
         return 0
     settings = {
-        "img_size": args.img_size, "batch_size": args.batch_size, "device": args.device, "amp": args.amp,
+        "img_size": img_size, "batch_size": batch_size, "device": args.device, "amp": args.amp,
         "channels_last": args.channels_last, "compile": args.compile, "repeats": args.repeats,
     }  # fmt: skip
-    results = bench.bench_models(split_names(args.models), **settings)
+    results = bench.bench_models(names, **settings)
     print(json.dumps([asdict(r) for r in results], indent=2) if args.json else bench.format_results(results, settings))
     return 0
 
@@ -288,18 +339,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def add_bench(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="train-step time, inference speed and peak memory, as ratios")
     parser.add_argument(
-        "--models", nargs="+", default=["resnet50,resnet50_nl5,resnet50_cnl5"],
-        help="names, optionally NAME:ORDER:KERNEL (order paper|reassociated|auto, kernel sdpa|bmm)",
+        "--models", nargs="+",
+        help="names, optionally NAME:ORDER:KERNEL (order paper|reassociated|auto, kernel sdpa|bmm); "
+        "default resnet50,resnet50_nl5,resnet50_cnl5 (--predict: resnet18_cnl5)",
     )  # fmt: skip
-    parser.add_argument("--img-size", type=int, default=448)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--img-size", type=int, help="default 448 (--predict: 64)")
+    parser.add_argument("--batch-size", type=int, help="default 2 (--predict: 32)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per model (median)")
     parser.add_argument("--module", action="store_true", help="time the attention paths alone on the paper's shapes")
     parser.add_argument("--input", action="store_true", help="decode + augment images/s, PIL against torchvision.io")
+    parser.add_argument(
+        "--predict", action="store_true", help="cnl predict's batched pipeline against one image at a time"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="decoding processes for --predict (default 2)")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(func=cmd_bench)
 

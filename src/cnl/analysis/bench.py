@@ -11,11 +11,13 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from cnl.engine.distributed import pick_device
 from cnl.engine.loop import AMP_DTYPES
 from cnl.models import create_model
 from cnl.nn import CrossLayerNonLocal, NonLocal2d, configure_attention
@@ -104,14 +106,14 @@ def _setup(
     spec: str,
     img_size: int = 448,
     batch_size: int = 2,
-    device: str = "cpu",
+    device: str = "auto",
     amp: str = "none",
     channels_last: bool = False,
     compile: bool = False,
     num_classes: int = 200,
 ) -> tuple[nn.Module, Callable[[], None], Callable[[], None]]:
     """The model and its train and inference steps on random data."""
-    target = torch.device(device)
+    target = pick_device(device)
     torch.manual_seed(0)
     model = build(spec, num_classes, target, channels_last)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -169,7 +171,7 @@ def format_results(results: list[BenchResult], settings: dict) -> str:
             f"{r.inference_ratio:.2f}x | {r.peak_memory_mb:.0f} | {r.memory_ratio:.2f}x |"
         )
     described = ", ".join(f"{k}={v}" for k, v in settings.items())
-    memory = "CUDA allocator peak" if settings.get("device") == "cuda" else "MemTracker peak"
+    memory = "CUDA allocator peak" if pick_device(settings.get("device", "auto")).type == "cuda" else "MemTracker peak"
     lines += [
         "",
         f"Median of {settings.get('repeats', 3)} interleaved rounds after one warm-up; memory: {memory} "
@@ -192,9 +194,9 @@ def paper_shapes(img_size: int) -> dict[str, Any]:
     }
 
 
-def bench_module(img_size: int = 448, batch_size: int = 2, device: str = "cpu", repeats: int = 3) -> list[dict]:
+def bench_module(img_size: int = 448, batch_size: int = 2, device: str = "auto", repeats: int = 3) -> list[dict]:
     """Forward + backward time of every attention path, CNL (ResNet-50's) and one res3 NL block."""
-    target = torch.device(device)
+    target = pick_device(device)
     shapes = paper_shapes(img_size)
     torch.manual_seed(0)
     query = torch.randn(batch_size, *shapes["query"], device=target, requires_grad=True)
@@ -266,3 +268,43 @@ def bench_input(img_size: int = 448, count: int = 48, repeats: int = 3) -> list[
 def format_input_rows(rows: list[dict]) -> str:
     lines = ["| decoder | decode + augment (img/s, one process) |", "|---|---|"]
     return "\n".join(lines + [f"| {r['decoder']} | {r['images_per_s']:.1f} |" for r in rows])
+
+
+def bench_predict(
+    model_name: str = "resnet18_cnl5",
+    img_size: int = 64,
+    batch_size: int = 32,
+    workers: int = 2,
+    count: int = 96,
+    device: str = "auto",
+) -> list[dict]:
+    """Images/s of ``cnl predict``'s pipeline (decode in ``workers`` processes, ``batch_size``
+    images per forward) against one image at a time (batch 1, no workers), on the same
+    500x375 JPEGs and model."""
+    import tempfile
+
+    from cnl.engine.inference import predict_with
+
+    target = pick_device(device)
+    model = create_model(model_name, num_classes=200).to(target).eval()
+    classes = [f"class {k}" for k in range(200)]
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as folder:
+        paths = write_sample_jpegs(Path(folder), count=count)
+        for name, batch, processes in (("one at a time", 1, 0), (f"batch {batch_size}", batch_size, workers)):
+            list(predict_with(model, classes, img_size, paths[:batch], 5, batch, processes))  # warm-up
+            start = time.perf_counter()
+            results = list(predict_with(model, classes, img_size, paths, 5, batch, processes))
+            elapsed = time.perf_counter() - start
+            assert len(results) == count and all("predictions" in r for r in results)
+            rows.append({"mode": name, "workers": processes, "images_per_s": count / elapsed})
+    for row in rows:
+        row["vs_first"] = row["images_per_s"] / rows[0]["images_per_s"]
+    return rows
+
+
+def format_predict_rows(rows: list[dict], model_name: str, img_size: int) -> str:
+    lines = ["| predict | workers | images/s | vs one at a time |", "|---|---|---|---|"]
+    lines += [f"| {r['mode']} | {r['workers']} | {r['images_per_s']:.1f} | {r['vs_first']:.2f}x |" for r in rows]
+    lines += ["", f"{model_name} at {img_size}x{img_size}, 500x375 JPEGs decoded and resized as cnl predict does."]
+    return "\n".join(lines)

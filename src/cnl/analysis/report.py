@@ -2,51 +2,54 @@
 
 from __future__ import annotations
 
+import csv
 import html
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 from cnl.analysis.ablation import format_ablation
+from cnl.analysis.evidence import CONFUSION, PER_CLASS
 from cnl.engine.checkpoint import load_model_with_info
 from cnl.engine.config import TrainConfig
 
+EVIDENCE_FOLDER = "eval"  # cnl eval --checkpoint RUN/checkpoints/best.pt --report RUN/eval
 
-def expand_runs(paths: list[str | Path]) -> tuple[list[Path], list[dict[str, Any]], dict | None]:
-    """Run folders (those with metrics.jsonl); an ablation folder stands for its runs."""
-    runs, rows, config = [], [], None
+
+def expand_runs(paths: list[str | Path]) -> tuple[list[tuple[str, Path]], list[dict[str, Any]], dict | None]:
+    """``(label, folder)`` of each run (a folder with metrics.jsonl; an ablation folder stands
+    for all its runs, of every seed), the ablation's rows and its record."""
+    runs, rows, ablation = [], [], None
     for path in map(Path, paths):
         if (path / "ablation.json").exists():
             ablation = json.loads((path / "ablation.json").read_text())
             rows += ablation["rows"]
-            config = ablation["config"]
-            runs += [path / row["model"] for row in ablation["rows"]]
+            runs += [(run, path / run) for row in ablation["rows"] for run in row.get("runs", [row["model"]])]
         elif (path / "metrics.jsonl").exists():
-            runs.append(path)
+            runs.append((path.name, path))
         else:
             raise FileNotFoundError(f"{path} holds neither metrics.jsonl (a run) nor ablation.json (an ablation)")
-    return runs, rows, config
+    return runs, rows, ablation
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
 
 
-def plot_curves(runs: list[Path], out: Path) -> Path:
+def plot_curves(runs: list[tuple[str, Path]], out: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, (loss_axis, top1_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for run in runs:
+    for label, run in runs:
         metrics = read_metrics(run)
         epochs = [m["epoch"] for m in metrics]
-        line = loss_axis.plot(epochs, [m["train_loss"] for m in metrics], label=f"{run.name} train")[0]
-        loss_axis.plot(
-            epochs, [m["test_loss"] for m in metrics], "--", color=line.get_color(), label=f"{run.name} test"
-        )
-        top1_axis.plot(epochs, [m["top1"] for m in metrics], color=line.get_color(), label=run.name)
+        line = loss_axis.plot(epochs, [m["train_loss"] for m in metrics], label=f"{label} train")[0]
+        loss_axis.plot(epochs, [m["test_loss"] for m in metrics], "--", color=line.get_color(), label=f"{label} test")
+        top1_axis.plot(epochs, [m["top1"] for m in metrics], color=line.get_color(), label=label)
     loss_axis.set(xlabel="epoch", ylabel="loss", title="loss")
     top1_axis.set(xlabel="epoch", ylabel="top-1 (%)", title="test top-1")
     loss_axis.legend(fontsize=7)
@@ -65,17 +68,20 @@ def plot_bars(rows: list[dict[str, Any]], out: Path) -> Path:
 
     figure, axis = plt.subplots(figsize=(6, 3.2))
     names = [r["model"] for r in rows]
-    axis.bar(names, [r["top1"] for r in rows], color=["#888888", "#4c72b0", "#dd8452", "#55a868"][: len(rows)] or None)
+    errors = [row.get("top1_std") or 0.0 for row in rows]
+    colours = ["#888888", "#4c72b0", "#dd8452", "#55a868"][: len(rows)] or None
+    axis.bar(names, [r["top1"] for r in rows], yerr=errors, capsize=4, color=colours)
     for k, row in enumerate(rows):
-        axis.text(k, row["top1"], f"{row['top1']:.1f}", ha="center", va="bottom", fontsize=8)
-    axis.set(ylabel="top-1 (%)", title="ablation: best test top-1")
+        axis.text(k, row["top1"] + errors[k], f"{row['top1']:.1f}", ha="center", va="bottom", fontsize=8)
+    spread = " (mean ± sd over seeds)" if any(errors) else ""
+    axis.set(ylabel="top-1 (%)", title=f"ablation: best test top-1{spread}")
     figure.tight_layout()
     figure.savefig(out, dpi=100)
     plt.close(figure)
     return out
 
 
-def attention_figures(run: Path, out_dir: Path, images: int) -> list[Path]:
+def attention_figures(label: str, run: Path, out_dir: Path, images: int) -> list[Path]:
     """Fig. 3 for the first ``images`` test images of a run with NL or CNL modules."""
     from cnl.analysis.attention import attention_rows, render
     from cnl.data import build_dataset
@@ -93,15 +99,33 @@ def attention_figures(run: Path, out_dir: Path, images: int) -> list[Path]:
     for k in range(0, step * images, step):
         image_path = test.samples[k][0]
         rows = attention_rows(model, image_path, config.img_size, count=2)
-        paths.append(render(rows, out_dir / f"attention_{run.name}_{k}.png"))
+        paths.append(render(rows, out_dir / f"attention_{label.replace('/', '_')}_{k}.png"))
     return paths
+
+
+def class_evidence(label: str, run: Path, out_dir: Path, worst: int = 10) -> tuple[str, list[Path]]:
+    """The least accurate classes and the confusion figure of ``RUN/eval`` (``cnl eval --report``)."""
+    folder = run / EVIDENCE_FOLDER
+    if not (folder / PER_CLASS).exists():
+        return "", []
+    with open(folder / PER_CLASS, encoding="utf-8") as file:
+        rows = [row for row in csv.DictReader(file) if row["top1"]]
+    rows.sort(key=lambda row: float(row["top1"]))
+    lines = ["| class | test images | top-1 | most confused with |", "|---|---|---|---|"]
+    lines += [
+        f"| {r['class']} | {r['images']} | {float(r['top1']):.1f} | {r['most_confused_with']} ({r['times']}) |"
+        for r in rows[:worst]
+    ]
+    figure = out_dir / f"confusion_{label.replace('/', '_')}.png"
+    shutil.copyfile(folder / CONFUSION, figure)
+    return "\n".join(lines), [figure]
 
 
 def build_report(paths: list[str | Path], out: str | Path, images: int = 2) -> Path:
     """Write ``out/index.html`` and ``out/index.md``; returns the HTML path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    runs, rows, config = expand_runs(paths)
+    runs, rows, ablation = expand_runs(paths)
     sections: list[tuple[str, str, list[Path]]] = []  # (title, markdown text, figures)
     sections.append(
         (
@@ -110,15 +134,20 @@ def build_report(paths: list[str | Path], out: str | Path, images: int = 2) -> P
             [plot_curves(runs, out / "curves.png")],
         )
     )
-    if rows and config is not None:
-        table = format_ablation(rows, TrainConfig(**config))
+    if rows and ablation is not None:
+        table = format_ablation(rows, TrainConfig(**ablation["config"]), ablation.get("seeds"))
         sections.append(("Ablation", table, [plot_bars(rows, out / "ablation.png")]))
-    for run in runs:
+    for label, run in runs:
         summary_path = run / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-        figures = attention_figures(run, out, images)
-        text = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
-        sections.append((f"Run {run.name}", text, figures))
+        figures = attention_figures(label, run, out, images)
+        text = ", ".join(
+            f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items() if k != "provenance"
+        )
+        sections.append((f"Run {label}", text, figures))
+        worst, confusion = class_evidence(label, run, out)
+        if worst:
+            sections.append((f"Run {label}: least accurate classes", worst, confusion))
     (out / "index.md").write_text(_markdown(sections))
     (out / "index.html").write_text(_html(sections))
     return out / "index.html"

@@ -67,6 +67,18 @@ class FineGrainedDataset(Dataset):
         self.skip_log = skip_log
         self.skipped: dict[str, str] = {}
 
+    def subset(self, indices: list[int], transform: Callable[[Image.Image], Any] | None) -> FineGrainedDataset:
+        """The samples at ``indices`` with another transform (a validation set carved from a training split)."""
+        return FineGrainedDataset(
+            [self.samples[i] for i in indices],
+            self.classes,
+            transform,
+            boxes=[self.boxes[i] for i in indices] if self.boxes else None,
+            skip_log=self.skip_log,
+            decoder=self.decoder,
+            origins=[self.origins[i] for i in indices] if self.origins else None,
+        )
+
     @property
     def targets(self) -> list[int]:
         return [label for _, label in self.samples]
@@ -297,8 +309,10 @@ AIRCRAFT_LEVELS = {"variant": "variants", "family": "families", "manufacturer": 
 def build_aircraft(root: Path, split: str, level: str = "variant", **kwargs: Any) -> FineGrainedDataset:
     if level not in AIRCRAFT_LEVELS:
         raise ValueError(f"unknown FGVC-Aircraft level {level!r}; valid levels: {', '.join(AIRCRAFT_LEVELS)}")
-    # "train" is the standard trainval split (train + val); train and val are there too.
-    split = {"train": "trainval"}.get(check_split(split, ("train", "trainval", "val", "test")), split)
+    # "train" is the standard trainval split (train + val); "train_without_val" is the official
+    # train split alone, to go with its val split.
+    splits = ("train", "trainval", "train_without_val", "val", "test")
+    split = {"train": "trainval", "train_without_val": "train"}.get(check_split(split, splits), split)
     data = root / "data" if (root / "data").is_dir() else root
     names = [
         line.strip()
@@ -440,7 +454,8 @@ def build_dataset(
     Args:
         name: ``cub``, ``dogs``, ``cars``, ``aircraft``, ``folder``, ``list`` or ``auto``.
         root: the dataset's folder.
-        split: ``train`` or ``test`` (``val`` for folder/list/aircraft).
+        split: ``train`` or ``test`` (``val`` for folder/list/aircraft; aircraft's ``train`` is
+            its trainval, ``train_without_val`` its train alone).
         transform: applied to each RGB PIL image.
         **options: ``crop_to_box`` (cub, cars), ``level`` (aircraft), ``skip_log``,
             ``decoder`` (``"tensor"`` or ``"pil"``).

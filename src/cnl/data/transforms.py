@@ -31,6 +31,19 @@ def train_transform(size: int = 448, scale: tuple[float, float] = CROP_SCALE) ->
     )
 
 
+def batch_mix(mixup: float, cutmix: float, num_classes: int) -> v2.Transform | None:
+    """MixUp and/or CutMix of whole batches (``images, labels -> images, soft labels``),
+    one of the two at random per batch when both are on; None when both alphas are 0."""
+    mixes: list[v2.Transform] = []
+    if mixup:
+        mixes.append(v2.MixUp(alpha=mixup, num_classes=num_classes))
+    if cutmix:
+        mixes.append(v2.CutMix(alpha=cutmix, num_classes=num_classes))
+    if len(mixes) > 1:
+        return v2.RandomChoice(mixes)
+    return mixes[0] if mixes else None
+
+
 def eval_transform(size: int = 448, resize: int | None = None) -> v2.Compose:
     """Shorter side to ``resize`` (``size * 512 / 448`` by default), then the central ``size`` square."""
     resize = resize or round(size * RESIZE_RATIO)

@@ -118,7 +118,7 @@ def load_model_with_info(
         weights = load_file(str(path))
     else:
         state = read_checkpoint(path)
-        info, weights = _describe(state), state["model"]
+        info, weights = _describe(state), state.get("model_ema", state["model"])  # EMA weights when trained with
     classes = list(info["classes"])
     model = create_model(info["model"], num_classes=len(classes), **info["overrides"])
     try:

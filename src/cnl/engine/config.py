@@ -11,6 +11,7 @@ import yaml
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "cosine")
 RESUME_CHOICES = ("no", "yes", "auto")
 # Two ways to give the batch; a layer that sets one unsets the other from the layers below.
 BATCH_FIELDS = ("global_batch_size", "batch_size")
@@ -39,6 +40,9 @@ class TrainConfig:
     responses: list[str] | None = None
     nl_layers: list[str] | None = None
     inner_channels: int | None = None
+    # A validation set: a fraction of each class of the training split (seeded), "official"
+    # (the dataset's own, FGVC-Aircraft) or None (the paper: best.pt is the best test epoch).
+    val_split: float | str | None = None
     img_size: int = 448
     epochs: int = 110
     warmup_epochs: int = 10
@@ -47,10 +51,19 @@ class TrainConfig:
     lr: float = 0.01
     lr_steps: list[int] = field(default_factory=lambda: [50, 70, 90])
     lr_decay: float = 0.1
+    schedule: str = "step"
     optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 1e-4
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.25])
+    # Fine-tuning options since the paper, all off by default (the paper's recipe).
+    label_smoothing: float = 0.0
+    clip_grad: float | None = None
+    ema: float | None = None
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    no_wd_norm_bias: bool = False
+    head_lr_mult: float = 1.0
     workers: int = 4
     amp: str = "none"
     channels_last: bool = False
@@ -79,6 +92,21 @@ class TrainConfig:
         for name in ("warmup_epochs", "weight_decay", "momentum", "workers"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.label_smoothing < 1:
+            problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.ema is not None and not 0 < self.ema < 1:
+            problems.append(f"ema must be a decay in (0, 1), e.g. 0.9998, got {self.ema}")
+        for name in ("clip_grad", "head_lr_mult"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("mixup", "cutmix"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must not be negative (0 is off), got {getattr(self, name)}")
+        if self.val_split is not None and self.val_split != "official":
+            if not isinstance(self.val_split, float | int) or not 0 < self.val_split < 1:
+                problems.append(f"val_split must be a fraction in (0, 1) or 'official', got {self.val_split!r}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.amp not in AMP_CHOICES:

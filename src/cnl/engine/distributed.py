@@ -18,6 +18,7 @@ class Context:
     rank: int
     world_size: int
     device: torch.device
+    owns_group: bool = False  # joined the process group itself, so it leaves it at teardown
 
     @property
     def is_main(self) -> bool:
@@ -41,12 +42,15 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def setup(device: str = "auto") -> Context:
-    """Join the process group when started by torchrun (WORLD_SIZE > 1), else run alone."""
+    """Join the process group when started by torchrun (WORLD_SIZE > 1), else run alone; in a
+    process group the caller already made, take part in it."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     chosen = pick_device(device, local_rank)
-    if world_size > 1 and not dist.is_initialized():
+    if dist.is_initialized():  # a caller's group: use it, leave it as found
+        return Context(dist.get_rank(), dist.get_world_size(), chosen)
+    if world_size > 1:
         if chosen.type == "cuda":
             torch.cuda.set_device(chosen)
         backend = "nccl" if chosen.type == "cuda" else "gloo"
@@ -60,11 +64,11 @@ def setup(device: str = "auto") -> Context:
             store, rank, world_size = next(rendezvous("env://"))
             store = dist.PrefixStore(f"cnl/attempt_{attempt}", store)
             dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
-    return Context(rank, world_size, chosen)
+    return Context(rank, world_size, chosen, owns_group=world_size > 1)
 
 
-def teardown() -> None:
-    if dist.is_initialized():
+def teardown(ctx: Context) -> None:
+    if ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import csv
+import glob
+import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
-from cnl.data import build_dataset, eval_transform, load_image
+from cnl.analysis.evidence import write_evidence
+from cnl.data import build_dataset, eval_transform
 from cnl.data.datasets import IMAGE_SUFFIXES
-from cnl.data.images import ImageError
+from cnl.data.images import ImageError, load_tensor
 from cnl.engine import distributed
 from cnl.engine.checkpoint import load_model_with_info
 from cnl.engine.config import make_config
@@ -18,10 +23,13 @@ from cnl.engine.loop import StepSettings, evaluate
 from cnl.engine.trainer import eval_loader
 
 
-def evaluate_checkpoint(path: str | Path, batch_size: int | None = None, **overrides: Any) -> dict[str, Any]:
+def evaluate_checkpoint(
+    path: str | Path, batch_size: int | None = None, report: str | Path | None = None, **overrides: Any
+) -> dict[str, Any]:
     """Top-1/top-5 (percent) of a checkpoint on its test split, exactly as training measured it.
 
-    ``batch_size``: per process (default: the run's). ``overrides`` of the run's config:
+    ``batch_size``: per process (default: the run's). ``report``: a folder for per-class
+    accuracy (CSV) and the most confused classes (PNG). ``overrides`` of the run's config:
     ``data_root``, ``workers``, ``device``, ``amp``. Under torchrun the test set is
     sharded and the sums reduced, so the result is the same.
     """
@@ -42,47 +50,147 @@ def evaluate_checkpoint(path: str | Path, batch_size: int | None = None, **overr
         settings = StepSettings(ctx.device, len(classes), config.amp, config.channels_last, show_progress=ctx.is_main)
         batch_size = batch_size or config.batch_size or max(1, (config.global_batch_size or 1) // ctx.world_size)
         runnable: torch.nn.Module = torch.compile(model) if config.compile else model  # type: ignore[assignment]
-        metrics = evaluate(runnable, eval_loader(test, batch_size, config.workers, ctx), settings)  # as training did
+        loader = eval_loader(test, batch_size, config.workers, ctx)
+        metrics = evaluate(runnable, loader, settings, confusion=report is not None)  # as training did
+        if report is not None:
+            confusion = metrics.pop("confusion")
+            if ctx.is_main:
+                metrics["report"] = [str(p) for p in write_evidence(confusion, classes, report)]
         return {"checkpoint": str(path), "model": config.model, **metrics, "is_main": ctx.is_main}
     finally:
-        distributed.teardown()
+        distributed.teardown(ctx)
+
+
+LIST_SUFFIXES = (".txt", ".lst")
 
 
 def expand_images(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files as given; folders searched recursively for images, sorted."""
-    paths = []
-    for item in map(Path, inputs):
+    """Image files as given; folders searched recursively for images; glob patterns
+    (``photos/**/*.jpg``); list files (``.txt``/``.lst``: one image path per line, relative to
+    the list's folder). Sorted within each folder, glob and list, in the order given."""
+    paths: list[Path] = []
+    for text in map(str, inputs):
+        item = Path(text)
         if item.is_dir():
             paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file() and item.suffix.lower() in LIST_SUFFIXES:
+            lines = [line.strip() for line in item.read_text(encoding="utf-8").splitlines()]
+            paths += [item.parent / line for line in lines if line and not line.startswith("#")]
         elif item.exists():
             paths.append(item)
+        elif glob.has_magic(text):
+            matched = sorted(Path(p) for p in glob.glob(text, recursive=True))
+            if not matched:
+                raise FileNotFoundError(f"no file matches {text}")
+            paths += [p for p in matched if p.suffix.lower() in IMAGE_SUFFIXES]
         else:
-            raise FileNotFoundError(f"no image or folder at {item}")
+            raise FileNotFoundError(f"no image, folder, list or glob match at {item}")
     return paths
 
 
-@torch.no_grad()
-def predict(path: str | Path, images: Iterable[str | Path], topk: int = 5, device: str = "cpu") -> list[dict[str, Any]]:
-    """Per image, the ``topk`` classes with their probabilities; unreadable images get an ``error``."""
-    model, classes, info = load_model_with_info(path, device)
-    transform = eval_transform(info["img_size"])
-    k = min(topk, len(classes))
-    results: list[dict[str, Any]] = []
-    for image_path in expand_images(images):
+class ImagesToPredict(Dataset):
+    """``(position, image tensor or None, error or None)`` of each path: an unreadable file is
+    reported, not raised, so that one bad file stops nothing."""
+
+    def __init__(self, paths: list[Path], transform: Any) -> None:
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            image = transform(load_image(image_path))
-        except ImageError as error:
-            results.append({"image": str(image_path), "error": str(error)})
-            continue
-        probabilities = model(image.unsqueeze(0).to(device)).float().softmax(dim=1)[0]
-        top = probabilities.topk(k)
-        results.append(
-            {
-                "image": str(image_path),
+            return index, self.transform(load_tensor(self.paths[index])), None
+        except (ImageError, OSError) as error:
+            return index, None, str(error)
+
+
+def keep_as_is(batch: list) -> list:
+    return batch
+
+
+@torch.no_grad()
+def predict_batches(
+    path: str | Path,
+    images: Iterable[str | Path],
+    topk: int = 5,
+    device: str = "auto",
+    batch_size: int = 32,
+    workers: int = 0,
+) -> Iterator[dict[str, Any]]:
+    """Per image, in input order: ``{"image", "predictions": [{"class", "index", "probability"}]}``
+    with the ``topk`` classes, or ``{"image", "error"}`` for a file that cannot be read.
+    Images are decoded in ``workers`` processes and run through the model ``batch_size`` at a time."""
+    target = distributed.pick_device(device)
+    model, classes, info = load_model_with_info(path, target)
+    yield from predict_with(model, classes, info["img_size"], expand_images(images), topk, batch_size, workers)
+
+
+@torch.no_grad()
+def predict_with(
+    model: torch.nn.Module,
+    classes: list[str],
+    img_size: int,
+    paths: list[Path],
+    topk: int = 5,
+    batch_size: int = 32,
+    workers: int = 0,
+) -> Iterator[dict[str, Any]]:
+    """``predict_batches`` with a model in hand (eval mode, on its device)."""
+    target = next(model.parameters()).device
+    k = min(topk, len(classes))
+    loader = DataLoader(
+        ImagesToPredict(paths, eval_transform(img_size)),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=keep_as_is,
+        pin_memory=target.type == "cuda",
+    )
+    for batch in loader:
+        readable = [(index, image) for index, image, _ in batch if image is not None]
+        top = None
+        if readable:
+            stacked = torch.stack([image for _, image in readable]).to(target)
+            top = model(stacked).float().softmax(dim=1).topk(k)
+        found = {index: row for row, (index, _) in enumerate(readable)}
+        for index, _, error in batch:
+            if error is not None or top is None:
+                yield {"image": str(paths[index]), "error": error}
+                continue
+            row = found[index]
+            yield {
+                "image": str(paths[index]),
                 "predictions": [
                     {"class": classes[i], "index": i, "probability": p}
-                    for p, i in zip(top.values.tolist(), top.indices.tolist())
+                    for p, i in zip(top.values[row].tolist(), top.indices[row].tolist())
                 ],
             }
-        )
-    return results
+
+
+def predict(path: str | Path, images: Iterable[str | Path], topk: int = 5, device: str = "auto", **options: Any):
+    """``predict_batches`` as a list (``options``: ``batch_size``, ``workers``)."""
+    return list(predict_batches(path, images, topk, device, **options))
+
+
+def write_predictions(results: Iterable[dict[str, Any]], out: str | Path, topk: int) -> int:
+    """One row per image to ``out``: ``.csv`` (image, class_1, probability_1, ..., error) or
+    ``.jsonl`` (one object per line). Returns the number of rows."""
+    out = Path(out)
+    if out.suffix not in (".csv", ".jsonl"):
+        raise ValueError(f"--out {out}: expected a .csv or .jsonl file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = 0
+    with open(out, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file) if out.suffix == ".csv" else None
+        if writer is not None:
+            ranks = [f"{name}_{r}" for r in range(1, topk + 1) for name in ("class", "probability")]
+            writer.writerow(["image", *ranks, "error"])
+        for result in results:
+            rows += 1
+            if writer is None:
+                file.write(json.dumps(result) + "\n")
+                continue
+            cells = [value for p in result.get("predictions", []) for value in (p["class"], f"{p['probability']:.6f}")]
+            cells += [""] * (2 * topk - len(cells))
+            writer.writerow([result["image"], *cells, result.get("error", "")])
+    return rows

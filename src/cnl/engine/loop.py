@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -34,6 +35,9 @@ class StepSettings:
     world_size: int = 1
     rank: int = 0
     seed: int = 0
+    label_smoothing: float = 0.0
+    clip_grad: float | None = None  # max norm of all gradients together
+    mix: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None  # MixUp / CutMix of a batch
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp == "none":
@@ -54,6 +58,7 @@ class TrainParts:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
+    ema: AveragedModel | None = None  # updated after every optimizer step
 
 
 @dataclass
@@ -75,7 +80,7 @@ def train_one_epoch(
     should_stop: Callable[[], bool] | None = None,
 ) -> EpochStats:
     """One pass over ``loader`` (0-based ``epoch``, from optimizer step ``first_step`` on);
-    the scheduler steps once per optimizer step.
+    the scheduler steps, and the EMA is updated, once per optimizer step.
 
     Each micro-batch's loss is its sum over ``global_batch``, times the number of
     processes that DDP averages over: every optimizer step follows the mean over the
@@ -83,7 +88,7 @@ def train_one_epoch(
     """
     model, optimizer = parts.model, parts.optimizer
     model.train()
-    criterion = nn.CrossEntropyLoss(reduction="sum")
+    criterion = nn.CrossEntropyLoss(reduction="sum", label_smoothing=settings.label_smoothing)
     meter = Accumulator(settings.num_classes, settings.device)
     bar = tqdm(loader, desc=f"train {epoch + 1}", disable=not settings.show_progress, leave=False, dynamic_ncols=True)
     start, seen, correct, local = time.perf_counter(), 0, 0, 0
@@ -94,11 +99,14 @@ def train_one_epoch(
         images, labels = settings.to_device(images, labels)
         updates = (micro + 1) % settings.accum_steps == 0
         seed_step(settings.seed, epoch, micro, settings.rank)
+        targets = labels  # soft targets after MixUp / CutMix; accuracy counts the hard labels
+        if settings.mix is not None:
+            images, targets = settings.mix(images, labels)
         # Under DDP, gradients are averaged only on the micro-step that updates.
         with contextlib.nullcontext() if updates or no_sync is None else no_sync():
             with settings.autocast():
                 logits = model(images)
-                loss_sum = criterion(logits.float(), labels)
+                loss_sum = criterion(logits.float(), targets)
             if not torch.isfinite(loss_sum):
                 # Stop before the update: the weights and the last checkpoint stay good.
                 raise FloatingPointError(
@@ -108,10 +116,15 @@ def train_one_epoch(
                 )
             parts.scaler.scale(loss_sum * settings.world_size / settings.global_batch).backward()
         if updates:
+            if settings.clip_grad is not None:
+                parts.scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad)
             parts.scaler.step(optimizer)
             parts.scaler.update()
             optimizer.zero_grad(set_to_none=True)
             parts.scheduler.step()
+            if parts.ema is not None:
+                parts.ema.update_parameters(model)
             steps += 1
         meter.update(logits.detach().float(), labels, loss_sum.detach())
         seen += len(labels) * settings.world_size
@@ -134,11 +147,14 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, settings: StepSettings, desc: str = "eval") -> dict[str, Any]:
-    """Loss, top-1, top-5 and per-class top-1 (percent) over every sample of every process's shard."""
+def evaluate(
+    model: nn.Module, loader: DataLoader, settings: StepSettings, desc: str = "eval", confusion: bool = False
+) -> dict[str, Any]:
+    """Loss, top-1, top-5 and per-class top-1 (percent) over every sample of every process's
+    shard; with ``confusion`` also the confusion matrix (counts, [true][predicted])."""
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
-    meter = Accumulator(settings.num_classes, settings.device)
+    meter = Accumulator(settings.num_classes, settings.device, confusion)
     for images, labels in tqdm(loader, desc=desc, disable=not settings.show_progress, leave=False, dynamic_ncols=True):
         images, labels = settings.to_device(images, labels)
         with settings.autocast():

@@ -13,8 +13,12 @@ from cnl.engine.distributed import all_reduce_sum
 class Accumulator:
     """Running sums on one device; ``compute`` reduces them over every process."""
 
-    def __init__(self, num_classes: int, device: torch.device) -> None:
+    def __init__(self, num_classes: int, device: torch.device, confusion: bool = False) -> None:
         self.num_classes = num_classes
+        # confusion[true, predicted] image counts, when asked for (per-class evidence)
+        self.confusion = (
+            torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device) if confusion else None
+        )
         self.topk = min(5, num_classes)
         # loss sum, top-1 correct, top-k correct, count
         self.totals = torch.zeros(4, dtype=torch.float64, device=device)
@@ -36,6 +40,9 @@ class Accumulator:
         )
         self.class_correct.index_add_(0, labels, top1.double())
         self.class_count.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
+        if self.confusion is not None:
+            ones = torch.ones_like(labels, dtype=torch.float64)
+            self.confusion.index_put_((labels, ranked[:, 0]), ones, accumulate=True)
 
     def compute(self) -> dict[str, Any]:
         totals = all_reduce_sum(self.totals.clone())
@@ -43,7 +50,11 @@ class Accumulator:
         count = all_reduce_sum(self.class_count.clone())
         n = max(totals[3].item(), 1.0)
         per_class = [None if c == 0 else round(100.0 * k / c, 4) for k, c in zip(correct.tolist(), count.tolist())]
+        extra = {}
+        if self.confusion is not None:
+            extra["confusion"] = all_reduce_sum(self.confusion.clone()).long().tolist()
         return {
+            **extra,
             "loss": totals[0].item() / n,
             "top1": 100.0 * totals[1].item() / n,
             "top5": 100.0 * totals[2].item() / n,

@@ -6,7 +6,8 @@ it, nor of whether the run was interrupted:
 - the model's initial weights: ``(seed)``;
 - the order of an epoch: ``(seed, epoch)``;
 - a sample's augmentation: ``(seed, epoch, position)``, its position in that order;
-- the model's own draws in a step (dropout): ``(seed, epoch, micro-step, rank)``.
+- the model's own draws in a step (dropout): ``(seed, epoch, micro-step, rank)``;
+- a validation set carved from the training split: ``(seed)``.
 
 So no generator state is saved in checkpoints: a resumed run, or one with other numbers
 of processes or workers, recomputes the same seeds. (torchdata's ``StatefulDataLoader``
@@ -26,7 +27,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 # One stream per purpose, so that e.g. epoch 3's order never reuses a sample's crop seed.
-INIT, ORDER, AUGMENT, STEP = range(4)
+INIT, ORDER, AUGMENT, STEP, VALIDATION = range(5)
 
 
 def derive_seed(*keys: int) -> int:
@@ -66,6 +67,22 @@ def seed_step(seed: int, epoch: int, micro_step: int, rank: int) -> None:
 def epoch_order(seed: int, epoch: int, length: int) -> list[int]:
     generator = torch.Generator().manual_seed(derive_seed(seed, ORDER, epoch))
     return torch.randperm(length, generator=generator).tolist()
+
+
+def validation_indices(targets: list[int], fraction: float, seed: int) -> list[int]:
+    """A stratified sample of ``fraction`` of each class (at least one image of every class
+    with two or more), sorted; the rest stays for training."""
+    generator = torch.Generator().manual_seed(derive_seed(seed, VALIDATION))
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(targets):
+        by_class.setdefault(label, []).append(index)
+    chosen = []
+    for label in sorted(by_class):
+        members = by_class[label]
+        count = min(max(round(fraction * len(members)), 1), len(members) - 1)
+        order = torch.randperm(len(members), generator=generator)[:count].tolist()
+        chosen += [members[k] for k in order]
+    return sorted(chosen)
 
 
 class EpochSampler(Sampler[tuple[int, int]]):

@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +16,21 @@ import numpy as np
 import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Dataset
 
-from cnl.data import build_dataset, eval_transform, train_transform
+from cnl.data import build_dataset, detect_layout, eval_transform, train_transform
 from cnl.data.datasets import FineGrainedDataset
+from cnl.data.transforms import batch_mix
 from cnl.engine import distributed
 from cnl.engine.checkpoint import model_overrides, read_checkpoint, save_checkpoint
 from cnl.engine.config import TrainConfig
 from cnl.engine.loop import EpochStats, StepSettings, TrainParts, evaluate, train_one_epoch
 from cnl.engine.provenance import provenance
-from cnl.engine.randomness import EpochSampler, SeededDataset, seed_model_init
+from cnl.engine.randomness import EpochSampler, SeededDataset, seed_model_init, validation_indices
 from cnl.engine.schedule import build_scheduler
 from cnl.models import create_model
+from cnl.models.weights import HEAD_PREFIX, NEW_MODULE_PREFIXES
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -47,18 +50,42 @@ def skip_log(output: Path) -> Path:
     return output / "skipped.txt"
 
 
-def build_datasets(config: TrainConfig, output: Path) -> tuple[FineGrainedDataset, FineGrainedDataset]:
+# Datasets with an official validation split: the training split that leaves it out.
+OFFICIAL_VALIDATION = {"aircraft": "train_without_val"}
+
+
+def build_datasets(
+    config: TrainConfig, output: Path
+) -> tuple[FineGrainedDataset, FineGrainedDataset | None, FineGrainedDataset]:
+    """Train, validation (None without ``val_split``) and test sets, checked before training."""
     log = skip_log(output)
     scale = (config.crop_scale[0], config.crop_scale[1])
-    train = build_dataset(
-        config.dataset, config.data_root, "train", train_transform(config.img_size, scale), skip_log=log
-    )
-    test = build_dataset(config.dataset, config.data_root, "test", eval_transform(config.img_size), skip_log=log)
-    if train.classes != test.classes:
-        raise ValueError(f"the train and test splits of {config.data_root} name different classes")
-    preflight(train, "train", config.data_root)
-    preflight(test, "test", config.data_root)
-    return train, test
+    root = config.data_root
+    name = detect_layout(Path(root)) if config.dataset == "auto" else config.dataset
+    official = config.val_split == "official"
+    if official and name not in OFFICIAL_VALIDATION:
+        raise ValueError(
+            f"{name} has no official validation split (only {', '.join(OFFICIAL_VALIDATION)} has); "
+            "carve one from the training split with a fraction, e.g. --val-split 0.1"
+        )
+    train_split = OFFICIAL_VALIDATION[name] if official else "train"
+    train = build_dataset(name, root, train_split, train_transform(config.img_size, scale), skip_log=log)
+    test = build_dataset(name, root, "test", eval_transform(config.img_size), skip_log=log)
+    val = None
+    if official:
+        val = build_dataset(name, root, "val", eval_transform(config.img_size), skip_log=log)
+    elif config.val_split is not None:
+        held_out = validation_indices(train.targets, float(config.val_split), config.seed)
+        kept = sorted(set(range(len(train))) - set(held_out))
+        train, val = train.subset(kept, train.transform), train.subset(held_out, eval_transform(config.img_size))
+    for split, dataset in (("val", val), ("test", test)):
+        if dataset is not None and dataset.classes != train.classes:
+            raise ValueError(f"the train and {split} splits of {root} name different classes")
+    preflight(train, "train", root)
+    preflight(test, "test", root)
+    if val is not None:
+        preflight(val, "val", root)
+    return train, val, test
 
 
 def preflight(dataset: FineGrainedDataset, split: str, root: str) -> None:
@@ -108,11 +135,39 @@ def resume_checkpoint(output: str | Path, resume: str | None) -> Path | None:
     return path if mode != "no" and path.is_file() else None
 
 
+def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """The optimizer's groups: the new modules and the head at ``lr x head_lr_mult``, and with
+    ``no_wd_norm_bias`` no weight decay on norms and biases (the 1-d parameters). One group
+    when neither is asked for, as in the paper."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        new = config.head_lr_mult != 1 and name.startswith((*NEW_MODULE_PREFIXES, HEAD_PREFIX))
+        decay = not (config.no_wd_norm_bias and parameter.ndim <= 1)
+        groups.setdefault((new, decay), []).append(parameter)
+    return [
+        {
+            "params": parameters,
+            "lr": config.lr * (config.head_lr_mult if new else 1.0),
+            "weight_decay": config.weight_decay if decay else 0.0,
+        }
+        for (new, decay), parameters in groups.items()
+    ]
+
+
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD with momentum, as the paper; AdamW for training from scratch (the CPU demo)."""
+    groups = parameter_groups(model, config)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def build_ema(model: torch.nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of the weights and buffers, starting from ``model``'s
+    own: after k steps, ``decay^k w_0 + sum_j decay^(k-j) (1 - decay) w_j``."""
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema.update_parameters(model)  # the first update copies: the average starts at w_0
+    return ema
 
 
 @dataclass
@@ -121,15 +176,24 @@ class RunState:
 
     start_epoch: int = 0
     start_step: int = 0  # optimizer steps of start_epoch already trained (an interrupted epoch)
-    best_top1: float = -1.0
-    best_top5: float = 0.0
     best_epoch: int = 0
+    best: dict[str, float] = field(default_factory=dict)  # top1, top5 (test) and val_top1, val_top5 of best_epoch
 
 
 class Run:
     """One training run: ``Run(config).fit()`` returns the summary written to summary.json."""
 
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: torch.nn.Module | None = None,
+        train_set: Dataset | None = None,
+        test_set: Dataset | None = None,
+    ) -> None:
+        if (train_set is None) != (test_set is None):
+            raise ValueError("give both train_set and test_set, or neither (then config.data_root is read)")
+        self.given_model = model
+        self.given_sets = (train_set, test_set) if train_set is not None and test_set is not None else None
         self.config = config
         self.output = Path(config.output)
         self.ctx = distributed.setup(config.device)
@@ -162,8 +226,16 @@ class Run:
             torch.use_deterministic_algorithms(True, warn_only=False)
             torch.backends.cudnn.benchmark = False
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        self.train_set, self.test_set = build_datasets(config, self.output)
-        self.classes = self.train_set.classes
+        self.train_set: Any
+        self.test_set: Any
+        self.val_set: FineGrainedDataset | None = None
+        if self.given_sets is None:
+            self.train_set, self.val_set, self.test_set = build_datasets(config, self.output)
+        else:
+            self.train_set, self.test_set = self.given_sets
+        self.classes = list(getattr(self.train_set, "classes", None) or [])
+        if not self.classes:
+            raise ValueError("the training set needs a 'classes' list (class names, index = label)")
         self.steps_per_epoch = len(self.train_set) // self.global_batch
         if not self.steps_per_epoch:
             raise ValueError(
@@ -173,19 +245,21 @@ class Run:
         if not ctx.is_main:
             distributed.barrier()  # rank 0 fetches pretrained weights first
         seed_model_init(config.seed)
-        model = create_model(
+        model = self.given_model or create_model(
             config.model, num_classes=len(self.classes), weights=config.weights, **model_overrides(config.to_dict())
         )
         if ctx.is_main:
             distributed.barrier()
         if config.sync_bn and ctx.distributed:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        memory_format = torch.channels_last if config.channels_last else torch.preserve_format
-        self.model = model.to(ctx.device, memory_format=memory_format)
+        self.model = model.to(ctx.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(self.model, config)
         scheduler = build_scheduler(
-            optimizer, self.steps_per_epoch, config.warmup_epochs, config.lr_steps, config.lr_decay
-        )
+            optimizer, self.steps_per_epoch, config.warmup_epochs, config.lr_steps, config.lr_decay,
+            config.schedule, config.epochs,
+        )  # fmt: skip
         scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.amp == "fp16")
         wrapped: torch.nn.Module = self.model
         if ctx.distributed:
@@ -193,12 +267,17 @@ class Run:
                 self.model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None
             )
         compiled = torch.compile(wrapped) if config.compile else wrapped
-        self.parts = TrainParts(compiled, optimizer, scheduler, scaler)  # type: ignore[arg-type]
-        self.eval_model: torch.nn.Module = torch.compile(self.model) if config.compile else self.model  # type: ignore[assignment]
+        self.ema = build_ema(self.model, config.ema) if config.ema else None
+        self.parts = TrainParts(compiled, optimizer, scheduler, scaler, self.ema)  # type: ignore[arg-type]
+        # What is evaluated, checkpointed and used afterwards: the EMA weights when there are.
+        self.evaluated: torch.nn.Module = self.ema.module if self.ema is not None else self.model
+        self.eval_model: torch.nn.Module = torch.compile(self.evaluated) if config.compile else self.evaluated  # type: ignore[assignment]
         self.test_loader = eval_loader(self.test_set, self.batch_size, config.workers, ctx)
+        self.val_loader = eval_loader(self.val_set, self.batch_size, config.workers, ctx) if self.val_set else None
         self.settings = StepSettings(
             ctx.device, len(self.classes), config.amp, config.channels_last, self.main, config.accum_steps,
-            self.global_batch, ctx.world_size, ctx.rank, config.seed,
+            self.global_batch, ctx.world_size, ctx.rank, config.seed, config.label_smoothing, config.clip_grad,
+            batch_mix(config.mixup, config.cutmix, len(self.classes)),
         )  # fmt: skip
         self.params = sum(p.numel() for p in self.model.parameters())
         self.provenance = provenance(ctx, self.batch_size, self.global_batch, config.accum_steps)
@@ -229,11 +308,12 @@ class Run:
         return {
             "step": step,
             "model": self.model.state_dict(),
+            **({"model_ema": self.ema.module.state_dict()} if self.ema is not None else {}),
             "optimizer": self.parts.optimizer.state_dict(),
             "scheduler": self.parts.scheduler.state_dict(),
             "scaler": self.parts.scaler.state_dict(),
             "epoch": epoch,
-            "best": {"top1": run.best_top1, "top5": run.best_top5, "epoch": run.best_epoch},
+            "best": {**run.best, "epoch": run.best_epoch},
             "metrics": {k: v for k, v in metrics.items() if k != "per_class_top1"},
             "config": self.recipe,
             "classes": self.classes,
@@ -252,12 +332,14 @@ class Run:
                 "shift its schedule (resume on any number of processes, with the same global batch)"
             )
         self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state.get("model_ema", state["model"]))
         self.parts.optimizer.load_state_dict(state["optimizer"])
         self.parts.scheduler.load_state_dict(state["scheduler"])
         self.parts.scaler.load_state_dict(state["scaler"])
-        best = state["best"]
+        best = dict(state["best"])
         self._keep_metrics(state["epoch"])
-        return RunState(state["epoch"], state.get("step", 0), best["top1"], best["top5"], best["epoch"])
+        return RunState(state["epoch"], state.get("step", 0), int(best.pop("epoch")), best)
 
     def _keep_metrics(self, completed: int) -> None:
         """Drop log lines of epochs past ``completed``: they will be run again."""
@@ -319,13 +401,14 @@ class Run:
                 self.training = True
                 return self._loop(run)
             finally:
-                distributed.teardown()
+                distributed.teardown(self.ctx)
 
     def _loop(self, run: RunState) -> dict[str, Any]:
         config = self.config
         writer = self._writer()
         rates: list[float] = []
         metrics: dict[str, Any] = {}
+        val: dict[str, Any] = {}
         for epoch in range(run.start_epoch, config.epochs):
             first_step = run.start_step if epoch == run.start_epoch else 0
             lr = self.parts.optimizer.param_groups[0]["lr"]
@@ -334,26 +417,36 @@ class Run:
             )
             if train.stopped and train.steps < self.steps_per_epoch:
                 self._stop(epoch, train.steps, run, metrics)
-            distributed.broadcast_buffers(self.model)  # every process evaluates what rank 0 saves
+            distributed.broadcast_buffers(self.evaluated)  # every process evaluates what rank 0 saves
+            val = (
+                evaluate(self.eval_model, self.val_loader, self.settings, f"val {epoch + 1}") if self.val_loader else {}
+            )
             metrics = evaluate(self.eval_model, self.test_loader, self.settings, f"test {epoch + 1}")
             rates.append(train.images_per_s)
-            improved = float(metrics["top1"]) > run.best_top1
+            current = {"top1": metrics["top1"], "top5": metrics["top5"]}
+            current.update({"val_top1": val["top1"], "val_top5": val["top5"]} if val else {})
+            chosen_on = "val_top1" if val else "top1"  # without a validation set, the paper's optimistic choice
+            improved = current[chosen_on] > run.best.get(chosen_on, -1.0)
             if improved:
-                run.best_top1, run.best_top5, run.best_epoch = metrics["top1"], metrics["top5"], epoch + 1
+                run.best, run.best_epoch = current, epoch + 1
             if self.main:
                 state = self._state(epoch + 1, run, metrics)  # gathered once, written once or twice
                 if improved:
                     save_checkpoint(state, self.checkpoints / "best.pt")
                 save_checkpoint(state, self.checkpoints / "last.pt")
-                self._log(writer, epoch + 1, lr, train, metrics)
+                self._log(writer, epoch + 1, lr, train, metrics, val)
             if train.stopped:
                 self._stop(epoch + 1, 0, run, metrics, saved=True)
-        summary = self._summary(run, metrics, rates)
+        summary = self._summary(run, {**metrics, **{f"val_{k}": v for k, v in val.items()}}, rates)
         if self.main:
             (self.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             if writer is not None:
                 writer.close()
         return summary
+
+    def _evaluate_val(self, epoch: int) -> dict[str, Any]:
+        assert self.val_loader is not None
+        return evaluate(self.eval_model, self.val_loader, self.settings, f"val {epoch + 1}")
 
     def _stop(self, epoch: int, step: int, run: RunState, metrics: dict[str, Any], saved: bool = False) -> None:
         """Save the state after ``step`` optimizer steps of ``epoch`` (0-based), and end the run."""
@@ -373,7 +466,7 @@ class Run:
 
         return SummaryWriter(log_dir=str(self.output / "tensorboard"))
 
-    def _log(self, writer, epoch: int, lr: float, train: EpochStats, test: dict[str, Any]) -> None:
+    def _log(self, writer, epoch: int, lr: float, train: EpochStats, test: dict[str, Any], val: dict[str, Any]) -> None:
         record = {
             "epoch": epoch,
             "lr": lr,
@@ -381,6 +474,7 @@ class Run:
             "train_top1": train.top1,
             "train_images_per_s": train.images_per_s,
             "train_time_s": train.time_s,
+            **({"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]} if val else {}),
             "test_loss": test["loss"],
             "top1": test["top1"],
             "top5": test["top5"],
@@ -389,13 +483,15 @@ class Run:
         }
         with open(self.output / "metrics.jsonl", "a", encoding="utf-8") as log:
             log.write(json.dumps(record) + "\n")
-        for key in ("lr", "train_loss", "train_top1", "train_images_per_s", "test_loss", "top1", "top5"):
-            writer.add_scalar(key, record[key], epoch)
+        for key in ("lr", "train_loss", "train_top1", "train_images_per_s", "val_top1", "test_loss", "top1", "top5"):
+            if key in record:
+                writer.add_scalar(key, record[key], epoch)
         writer.flush()
         print(
             f"epoch {epoch}/{self.config.epochs}  lr {lr:.2e}  "
             f"train loss {train.loss:.4f} top1 {train.top1:.2f}  "
-            f"test loss {test['loss']:.4f} top1 {test['top1']:.2f} top5 {test['top5']:.2f}  "
+            + (f"val top1 {val['top1']:.2f}  " if val else "")
+            + f"test loss {test['loss']:.4f} top1 {test['top1']:.2f} top5 {test['top5']:.2f}  "
             f"{train.images_per_s:.1f} img/s",
             flush=True,
         )
@@ -408,11 +504,23 @@ class Run:
             "dataset": self.config.dataset,
             "classes": len(self.classes),
             "epochs": self.config.epochs,
-            "best_top1": run.best_top1,
-            "best_top5": run.best_top5,
+            # The epoch kept as best.pt: chosen on the validation set, else on the test set (optimistic).
+            "selection": "val" if self.val_set is not None else "test (optimistic)",
             "best_epoch": run.best_epoch,
+            "best_top1": run.best.get("top1"),
+            "best_top5": run.best.get("top5"),
             "final_top1": metrics.get("top1"),
             "final_top5": metrics.get("top5"),
+            **(
+                {
+                    "best_val_top1": run.best.get("val_top1"),
+                    "best_val_top5": run.best.get("val_top5"),
+                    "final_val_top1": metrics.get("val_top1"),
+                    "final_val_top5": metrics.get("val_top5"),
+                }
+                if self.val_set is not None
+                else {}
+            ),
             "params": self.params,
             "train_images_per_s": float(np.mean(rates)) if rates else None,
             "world_size": self.ctx.world_size,
@@ -428,9 +536,18 @@ class Run:
         return summary
 
 
-def fit(config: TrainConfig) -> dict[str, Any]:
-    """Train and evaluate ``config``; returns the summary (also written to OUTPUT/summary.json).
+def fit(
+    config: TrainConfig,
+    model: torch.nn.Module | None = None,
+    train_set: Dataset | None = None,
+    test_set: Dataset | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate; returns the summary (also written to OUTPUT/summary.json).
 
+    ``model``: a module to train instead of ``create_model(config.model, ...)``;
+    ``train_set``/``test_set``: map-style datasets of ``(image tensor, label)`` (the
+    training set with a ``classes`` list) instead of ``config.data_root``. Inside a
+    process group the caller made, the run takes part in it and leaves it as it was.
     Raises ``RunInterrupted`` when SIGINT or SIGTERM ends the run (after saving, when it
     came during training)."""
-    return Run(config).fit()
+    return Run(config, model, train_set, test_set).fit()
