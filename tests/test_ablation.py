@@ -72,3 +72,25 @@ def test_a_single_seed_says_no_interval_can_be_given(tmp_path, capsys):
     assert rows[1]["diff_top1"]["low"] is None
     table = format_ablation(rows, config)
     assert "| +4.00 |" in table and "one seed, so no interval can be given" in table
+
+
+def test_the_same_ablation_twice_gives_the_same_table(tmp_path, capsys):
+    data = generate(tmp_path / "data", SynthConfig(classes=3, train_per_class=4, test_per_class=3, image_size=40))
+    tables = []
+    config = make_config({"data_root": str(data), "img_size": 32})
+    for attempt in ("first", "second"):
+        args = [
+            "ablate", "--models", "resnet18,resnet18_nl5", "--seeds", "0,1", "--data-root", str(data),
+            "--dataset", "cub", "--img-size", "32", "--epochs", "2", "--global-batch-size", "4", "--workers", "2",
+            "--device", "cpu", "--deterministic", "--output", str(tmp_path / attempt),
+        ]  # fmt: skip
+        assert main(args) == 0
+        capsys.readouterr()
+        rows = json.loads((tmp_path / attempt / "ablation.json").read_text())["rows"]
+        tables.append(format_ablation(rows, config, [0, 1], timing=False))
+        for row in rows:
+            row.pop("train_images_per_s")
+            for run in row["per_seed"]:
+                run.pop("train_images_per_s")
+        tables.append(rows)
+    assert tables[0] == tables[2] and tables[1] == tables[3]

@@ -238,4 +238,6 @@ def test_demo_quick_runs_the_whole_pipeline(tmp_path, capsys):
     for name in ("resnet18", "resnet18_nl5", "resnet18_cnl5"):
         assert f"| {name} |" in out
         assert (tmp_path / "demo" / "ablation" / name / "checkpoints" / "best.pt").is_file()
+    assert "one seed, so no interval can be given" in out and "Training images/s" in out
+    assert "speed vs first" not in out  # the table repeats exactly; speed is a line of its own
     assert (tmp_path / "demo" / "data" / "synth.json").is_file()

@@ -147,24 +147,26 @@ def selection(config: TrainConfig) -> str:
     return f"{what} the epoch with the best validation top-1 (val split {config.val_split})"
 
 
-def format_ablation(rows: list[dict[str, Any]], config: TrainConfig, seeds: list[int] | None = None) -> str:
+def format_ablation(
+    rows: list[dict[str, Any]], config: TrainConfig, seeds: list[int] | None = None, timing: bool = True
+) -> str:
     """Markdown: accuracy over seeds, the paired difference to the first model, size, cost,
-    speed relative to the first, then one verdict per model."""
+    speed relative to the first (unless ``timing`` is False: a table that repeats exactly),
+    then one verdict per model."""
     seeds = seeds or [config.seed]
-    lines = [
-        "| model | top-1 | top-5 | top-1 vs first [95% CI] | params (M) | GMACs layers | GMACs all "
-        "| train img/s | speed vs first |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    header = "| model | top-1 | top-5 | top-1 vs first [95% CI] | params (M) | GMACs layers | GMACs all |"
+    lines = [header + (" train img/s | speed vs first |" if timing else ""), "|---" * (9 if timing else 7) + "|"]
     reference = rows[0]["train_images_per_s"] if rows else None
     for row in rows:
-        speed = row["train_images_per_s"]
-        relative = f"{speed / reference:.2f}x" if reference else "-"
-        lines.append(
+        line = (
             f"| {row['model']} | {_plus_minus(row['top1'], row.get('top1_std'))} | "
             f"{_plus_minus(row['top5'], row.get('top5_std'))} | {_difference(row)} | {row['params'] / 1e6:.2f} | "
-            f"{row['macs'] / 1e9:.3f} | {row['macs_all'] / 1e9:.3f} | {speed:.1f} | {relative} |"
+            f"{row['macs'] / 1e9:.3f} | {row['macs_all'] / 1e9:.3f} |"
         )
+        if timing:
+            speed = row["train_images_per_s"]
+            line += f" {speed:.1f} | {f'{speed / reference:.2f}x' if reference else '-'} |"
+        lines.append(line)
     over = f"mean ± sd over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
     lines += [
         "",
