@@ -245,9 +245,10 @@ class Run:
         if not ctx.is_main:
             distributed.barrier()  # rank 0 fetches pretrained weights first
         seed_model_init(config.seed)
-        model = self.given_model or create_model(
-            config.model, num_classes=len(self.classes), weights=config.weights, **model_overrides(config.to_dict())
-        )
+        model = self.given_model
+        if model is None:
+            overrides = model_overrides(config.to_dict())
+            model = create_model(config.model, num_classes=len(self.classes), weights=config.weights, **overrides)
         if ctx.is_main:
             distributed.barrier()
         if config.sync_bn and ctx.distributed:
@@ -273,12 +274,24 @@ class Run:
         self.evaluated: torch.nn.Module = self.ema.module if self.ema is not None else self.model
         self.eval_model: torch.nn.Module = torch.compile(self.evaluated) if config.compile else self.evaluated  # type: ignore[assignment]
         self.test_loader = eval_loader(self.test_set, self.batch_size, config.workers, ctx)
-        self.val_loader = eval_loader(self.val_set, self.batch_size, config.workers, ctx) if self.val_set else None
+        self.val_loader = (
+            None if self.val_set is None else eval_loader(self.val_set, self.batch_size, config.workers, ctx)
+        )
         self.settings = StepSettings(
-            ctx.device, len(self.classes), config.amp, config.channels_last, self.main, config.accum_steps,
-            self.global_batch, ctx.world_size, ctx.rank, config.seed, config.label_smoothing, config.clip_grad,
-            batch_mix(config.mixup, config.cutmix, len(self.classes)),
-        )  # fmt: skip
+            ctx.device,
+            len(self.classes),
+            amp=config.amp,
+            channels_last=config.channels_last,
+            show_progress=self.main,
+            accum_steps=config.accum_steps,
+            global_batch=self.global_batch,
+            world_size=ctx.world_size,
+            rank=ctx.rank,
+            seed=config.seed,
+            label_smoothing=config.label_smoothing,
+            clip_grad=config.clip_grad,
+            mix=batch_mix(config.mixup, config.cutmix, len(self.classes)),
+        )
         self.params = sum(p.numel() for p in self.model.parameters())
         self.provenance = provenance(ctx, self.batch_size, self.global_batch, config.accum_steps)
 
