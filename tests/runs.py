@@ -35,3 +35,14 @@ def tiny_run_args(data: Path, output: Path, model: str = "resnet18", *extra: str
         "--epochs", "1", "--global-batch-size", "4", "--workers", "0", "--device", "cpu", "--output", str(output),
         *extra,
     ]  # fmt: skip
+
+
+def deterministic_run_args(data: Path, output: Path, *extra: str, epochs: int = 3, workers: int = 0, seed: int = 5):
+    """``cnl train`` of resnet18_cnl5 at 32 px, global batch 4, ``--deterministic``: runs that
+    are compared bit for bit."""
+    return [
+        "train", "--data-root", str(data), "--dataset", "cub", "--model", "resnet18_cnl5", "--img-size", "32",
+        "--epochs", str(epochs), "--warmup-epochs", "1", "--global-batch-size", "4", "--lr", "0.01",
+        "--lr-steps", "2", "--workers", str(workers), "--device", "cpu", "--seed", str(seed), "--deterministic",
+        "--output", str(output), *extra,
+    ]  # fmt: skip

@@ -23,7 +23,7 @@ from cnl.engine import make_config, read_checkpoint
 from cnl.engine.checkpoint import save_checkpoint
 from cnl.engine.config import read_yaml
 from cnl.engine.randomness import EpochSampler, SeededDataset
-from runs import assert_same_weights, wait_for, weights
+from runs import assert_same_weights, deterministic_run_args, wait_for, weights
 
 # 20 training images (5 optimizer steps of a global batch of 4), 15 test images: odd.
 DATA = SynthConfig(classes=5, train_per_class=4, test_per_class=3, image_size=40, seed=2)
@@ -40,12 +40,7 @@ def data(tmp_path_factory):
 
 
 def train_args(data, output, *extra, epochs=3):
-    return [
-        "train", "--data-root", str(data), "--dataset", "cub", "--model", "resnet18_cnl5", "--img-size", "32",
-        "--epochs", str(epochs), "--warmup-epochs", "1", "--global-batch-size", "4", "--lr", "0.01",
-        "--lr-steps", "2", "--workers", "2", "--device", "cpu", "--seed", "5", "--deterministic",
-        "--output", str(output), *extra,
-    ]  # fmt: skip
+    return deterministic_run_args(data, output, *extra, epochs=epochs, workers=2)
 
 
 def free_port() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -172,7 +173,7 @@ def flag_values(args: argparse.Namespace) -> dict:
 
 def resolve_train_config(args: argparse.Namespace):
     """Defaults < the checkpoint's config (when resuming) < --config file < flags."""
-    from cnl.engine.checkpoint import read_checkpoint
+    from cnl.engine.checkpoint import read_for_resume
     from cnl.engine.config import TrainConfig, make_config, read_yaml
     from cnl.engine.trainer import resume_checkpoint
 
@@ -184,7 +185,7 @@ def resolve_train_config(args: argparse.Namespace):
 
     previous = resume_checkpoint(latest("output", TrainConfig.output), latest("resume", None))
     if previous is not None:
-        layers.insert(0, read_checkpoint(previous)["config"])
+        layers.insert(0, read_for_resume(previous)[0]["config"])
     return make_config(*layers)
 
 
@@ -437,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # RunInterrupted says which signal and what was saved; a bare Ctrl-C elsewhere, only that.
         print(f"cnl {args.command}: {interrupt or 'interrupted'}", file=sys.stderr)
         return getattr(interrupt, "exit_code", 130)
-    except (ValueError, FileNotFoundError, TypeError) as error:
+    except (ValueError, OSError, TypeError) as error:  # OSError: also a full disk, named by the file
         print(f"cnl {args.command}: error: {error}", file=sys.stderr)
         return 2
     except FloatingPointError as error:
@@ -445,9 +446,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a training run's own handling (imports, reading the config, after it): as Ctrl-C."""
+
+    exit_code = 128 + signal.SIGTERM
+
+    def __str__(self) -> str:
+        return "SIGTERM: stopped"
+
+
+def terminate(number: int, frame: object) -> None:
+    raise Terminated
+
+
 def run() -> None:
     """The ``cnl`` command: ``main``, then exit. After a signal ended it, exit at once: unloading
     torch would take another second, and everything worth keeping is already written."""
+    signal.signal(signal.SIGTERM, terminate)
     code = main()
     if code >= 128:
         sys.stdout.flush()

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,11 +24,12 @@ from cnl.data import build_dataset, detect_layout, eval_transform, train_transfo
 from cnl.data.datasets import FineGrainedDataset
 from cnl.data.transforms import batch_mix
 from cnl.engine import distributed
-from cnl.engine.checkpoint import model_overrides, read_checkpoint, save_checkpoint
+from cnl.engine.checkpoint import model_overrides, read_for_resume, remove_temporaries, save_checkpoint
 from cnl.engine.config import TrainConfig
 from cnl.engine.loop import EpochStats, StepSettings, TrainParts, evaluate, train_one_epoch
 from cnl.engine.provenance import provenance
 from cnl.engine.randomness import EpochSampler, SeededDataset, seed_model_init, validation_indices
+from cnl.engine.runlock import RunLock
 from cnl.engine.schedule import build_scheduler
 from cnl.models import create_model
 from cnl.models.weights import HEAD_PREFIX, NEW_MODULE_PREFIXES
@@ -335,7 +337,14 @@ class Run:
         }
 
     def _resume(self, path: Path) -> RunState:
-        state = read_checkpoint(path)
+        state, used, damage = read_for_resume(path)
+        if damage is not None:
+            distributed.barrier()  # every process has read what it resumes from
+            if self.main:
+                # Kept for inspection, and out of the way: the next save must not rotate it into last-prev.pt.
+                path.rename(path.with_name(f"{path.name}.damaged"))
+                print(f"cnl train: warning: {damage}; resuming from {used} (kept it as {path.name}.damaged)",
+                      file=sys.stderr, flush=True)  # fmt: skip
         if state["model_name"] != self.config.model or list(state["classes"]) != self.classes:
             raise ValueError(f"{path} is a checkpoint of {state['model_name']} on other classes; cannot resume")
         previous = state.get("provenance", {}).get("global_batch_size", self.global_batch)
@@ -402,9 +411,16 @@ class Run:
     # --- the loop --------------------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
+        lock = RunLock(self.output)
         with self._signals():
             try:
                 self._announce()
+                if self.main:
+                    ended = lock.acquire()
+                    if ended is not None:
+                        print(f"cnl train: taking over the lock of process {ended}, which has ended",
+                              file=sys.stderr, flush=True)  # fmt: skip
+                    remove_temporaries(self.checkpoints)  # of a run killed while it wrote
                 self._build()
                 resume = resume_checkpoint(self.output, self.config.resume)
                 run = self._resume(resume) if resume else RunState()
@@ -414,6 +430,7 @@ class Run:
                 self.training = True
                 return self._loop(run)
             finally:
+                lock.release()
                 distributed.teardown(self.ctx)
 
     def _loop(self, run: RunState) -> dict[str, Any]:
@@ -446,7 +463,7 @@ class Run:
                 state = self._state(epoch + 1, run, metrics)  # gathered once, written once or twice
                 if improved:
                     save_checkpoint(state, self.checkpoints / "best.pt")
-                save_checkpoint(state, self.checkpoints / "last.pt")
+                save_checkpoint(state, self.checkpoints / "last.pt", keep_previous=True)
                 self._log(writer, epoch + 1, lr, train, metrics, val)
             if train.stopped:
                 self._stop(epoch + 1, 0, run, metrics, saved=True)
@@ -464,7 +481,9 @@ class Run:
     def _stop(self, epoch: int, step: int, run: RunState, metrics: dict[str, Any], saved: bool = False) -> None:
         """Save the state after ``step`` optimizer steps of ``epoch`` (0-based), and end the run."""
         if self.main and not saved:
-            save_checkpoint(self._state(epoch, run, metrics, step=step), self.checkpoints / "last.pt")
+            save_checkpoint(
+                self._state(epoch, run, metrics, step=step), self.checkpoints / "last.pt", keep_previous=True
+            )
         assert self.stop_signal is not None or not self.main
         where = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
         raise RunInterrupted(
