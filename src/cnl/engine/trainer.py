@@ -474,10 +474,6 @@ class Run:
                 writer.close()
         return summary
 
-    def _evaluate_val(self, epoch: int) -> dict[str, Any]:
-        assert self.val_loader is not None
-        return evaluate(self.eval_model, self.val_loader, self.settings, f"val {epoch + 1}")
-
     def _stop(self, epoch: int, step: int, run: RunState, metrics: dict[str, Any], saved: bool = False) -> None:
         """Save the state after ``step`` optimizer steps of ``epoch`` (0-based), and end the run."""
         if self.main and not saved:
