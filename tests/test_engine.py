@@ -237,7 +237,22 @@ def test_demo_quick_runs_the_whole_pipeline(tmp_path, capsys):
     out = capsys.readouterr().out
     for name in ("resnet18", "resnet18_nl5", "resnet18_cnl5"):
         assert f"| {name} |" in out
-        assert (tmp_path / "demo" / "ablation" / name / "checkpoints" / "best.pt").is_file()
-    assert "one seed, so no interval can be given" in out and "Training images/s" in out
+        for seed in (0, 1):
+            assert (tmp_path / "demo" / "ablation" / name / f"seed{seed}" / "checkpoints" / "best.pt").is_file()
+    assert "against resnet18:" in out and "Training images/s" in out  # the verdicts of two seeds
+    assert "Test top-1 over the last two epochs moved by at most" in out
     assert "speed vs first" not in out  # the table repeats exactly; speed is a line of its own
     assert (tmp_path / "demo" / "data" / "synth.json").is_file()
+
+
+def test_demo_convergence_names_the_run_that_moved_most(tmp_path):
+    from cnl.demo import convergence
+
+    for run, curve in {"a/seed0": [10.0, 30.0, 31.0], "a/seed1": [10.0, 29.0, 32.5]}.items():
+        (tmp_path / run).mkdir(parents=True)
+        lines = [json.dumps({"epoch": e, "top1": t}) for e, t in enumerate(curve, 1)]
+        (tmp_path / run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    sentence = convergence(tmp_path, [{"runs": ["a/seed0", "a/seed1"]}])
+    assert "at most 3.50 points (a/seed1): still moving" in sentence
+    (tmp_path / "a/seed1/metrics.jsonl").write_text('{"top1": 31.0}\n{"top1": 32.5}\n')
+    assert "at most 1.50 points (a/seed1): flattened" in convergence(tmp_path, [{"runs": ["a/seed0", "a/seed1"]}])

@@ -133,3 +133,21 @@ def test_head_is_pool_dropout_linear():
     torch.manual_seed(0)
     expected = model.fc(torch.nn.functional.dropout(features.mean((2, 3)), 0.5, training=True))
     torch.testing.assert_close(trained, expected)
+
+
+def test_width_scales_every_stage_keeps_the_keys_and_refuses_other_widths_weights(tmp_path):
+    wide = cnl.create_model("resnet18_cnl5", num_classes=10)
+    narrow = cnl.create_model("resnet18_cnl5", num_classes=10, width=16).eval()
+    assert set(narrow.state_dict()) == set(wide.state_dict())
+    assert narrow.conv1.out_channels == 16 and narrow.fc.in_features == 128
+    assert [narrow.block_channels(f"layer{k}.0") for k in (1, 2, 3, 4)] == [16, 32, 64, 128]
+    assert narrow.cnl.response_channels == [16, 32, 32, 64, 64]
+    x = torch.randn(2, 3, 64, 64)
+    out, attention = narrow.forward_with_attention(x)
+    assert out.shape == (2, 10) and attention["layer1.1"].shape == (2, 4, 256)
+    path = tmp_path / "wide.pth"
+    torch.save(wide.state_dict(), path)
+    with pytest.raises(ValueError, match=r"another width\?\): conv1.weight \(64, 3, 7, 7\) \(model: \(16, 3, 7, 7\)\)"):
+        cnl.create_model("resnet18", num_classes=10, width=16, weights=path)
+    with pytest.raises(ValueError, match="width must be a positive number of channels, got 0"):
+        cnl.create_model("resnet18", width=0)

@@ -2,13 +2,15 @@
 
 import csv
 import json
+import os
 
 import pytest
+import torch
 
 from cnl.analysis.bench import bench_predict
 from cnl.cli import main
 from cnl.data.synth import SynthConfig, generate
-from cnl.engine.inference import predict
+from cnl.engine.inference import predict, predict_batches
 from runs import tiny_run_args
 
 
@@ -75,3 +77,14 @@ def test_bench_predict_compares_batches_with_one_image_at_a_time():
     rows = bench_predict("resnet18", img_size=32, batch_size=8, workers=0, count=16, device="cpu")
     assert [r["mode"] for r in rows] == ["one at a time", "batch 8"]
     assert rows[0]["vs_first"] == 1.0 and rows[1]["images_per_s"] > 0
+
+
+def test_decoding_workers_and_the_model_share_the_cores_then_threads_are_restored(trained):
+    data, checkpoint = trained
+    before = torch.get_num_threads()
+    results = predict_batches(checkpoint, [data / "images"], topk=1, device="cpu", batch_size=2, workers=2)
+    first = next(results)
+    assert "predictions" in first
+    assert torch.get_num_threads() == max(1, len(os.sched_getaffinity(0)) - 2)  # while predicting
+    assert len([first, *results]) == 18
+    assert torch.get_num_threads() == before

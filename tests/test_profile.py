@@ -2,6 +2,7 @@
 
 import json
 
+import cnl
 from cnl.analysis.profile import TABLE2, profile_model
 from cnl.cli import main
 
@@ -45,3 +46,11 @@ def test_profile_table_and_other_sizes(capsys):
     assert "| resnet18_cnl5 |" in out and "224x224" in out
     assert main(["profile", "--models", "resnet5"]) == 2
     assert "unknown model 'resnet5'" in capsys.readouterr().err
+
+
+def test_overrides_reach_the_count():
+    """The ablation's MACs column follows its recipe's model settings (the demo's width 16)."""
+    wide, narrow = profile_model("resnet18", 64, 12), profile_model("resnet18", 64, 12, width=16)
+    assert narrow.params == sum(p.numel() for p in cnl.create_model("resnet18", 12, width=16).parameters())
+    # A quarter of the channels: a sixteenth of the work, but a quarter for the stem (3 input channels).
+    assert 12 < wide.macs / narrow.macs < 16

@@ -118,6 +118,7 @@ TRAIN_FLAGS: list[tuple[str, dict]] = [
     ("--responses", {"nargs": "+", "help": "CNL response layers override"}),
     ("--nl-layers", {"nargs": "+", "help": "NL block placement override"}),
     ("--inner-channels", {"type": int, "help": "width c of the NL/CNL embeddings"}),
+    ("--width", {"type": int, "help": "channels of the first ResNet stage (64; others train from scratch)"}),
     ("--val-split", {"type": fraction_or_official, "help": "FRACTION of each training class, or 'official'"}),
     ("--img-size", {"type": int, "help": "train and test crop (default 448)"}),
     ("--epochs", {"type": int, "help": "default 110"}),
@@ -306,6 +307,7 @@ def add_training(subparsers: argparse._SubParsersAction) -> None:
 
 # Defaults of cnl bench per job: (models, image size, batch size).
 BENCH_DEFAULTS = {"models": ("resnet50,resnet50_nl5,resnet50_cnl5", 448, 2), "predict": ("resnet18_cnl5", 64, 32)}
+PREDICT_WIDTH = 16  # the demo's ResNets
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -321,8 +323,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2) if args.json else bench.format_module_rows(rows))
         return 0
     if args.predict:
-        rows = bench.bench_predict(names[0], img_size, batch_size, args.workers, device=args.device)
-        print(json.dumps(rows, indent=2) if args.json else bench.format_predict_rows(rows, names[0], img_size))
+        width = args.width or PREDICT_WIDTH
+        rows = bench.bench_predict(names[0], img_size, batch_size, args.workers, device=args.device, width=width)
+        print(json.dumps(rows, indent=2) if args.json else bench.format_predict_rows(rows, names[0], img_size, width))
         return 0
     if args.input:
         rows = bench.bench_input(img_size, repeats=args.repeats)
@@ -357,6 +360,7 @@ def add_bench(subparsers: argparse._SubParsersAction) -> None:
         "--predict", action="store_true", help="cnl predict's batched pipeline against one image at a time"
     )
     parser.add_argument("--workers", type=int, default=2, help="decoding processes for --predict (default 2)")
+    parser.add_argument("--width", type=int, help=f"ResNet width for --predict (default {PREDICT_WIDTH}, the demo's)")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(func=cmd_bench)
 

@@ -1,15 +1,18 @@
 """``cnl demo``: the main job on the embedded default.
 
 Generates the synthetic benchmark, then trains ResNet-18, ResNet-18 + 5NL and ResNet-18
-+ 5CNL from scratch with one recipe and seed, and prints the comparison. Sized to finish
-within 10 minutes on 2 CPU cores. The paper's recipe (448 px, ImageNet weights, SGD,
-110 epochs) is for GPUs and pretrained backbones; from scratch on a CPU, AdamW learns in
-the few hundred steps there is time for, so the demo keeps only the recipe's shape
-(warmup, then step decay).
++ 5CNL from scratch, each with two seeds and one recipe, and prints the comparison with
+its intervals. Sized to finish within 10 minutes on 2 CPU cores: the ResNets are a
+quarter as wide as torchvision's (16 channels in the first stage), which trains about
+twice as fast on 2 cores and leaves time for 20 epochs, enough for test top-1 to flatten.
+The paper's recipe (448 px, ImageNet weights, SGD, 110 epochs) is for GPUs and pretrained
+backbones; from scratch on a CPU, AdamW learns in the few hundred steps there is time
+for, and a cosine schedule brings the rate to 0 so that the last epochs settle.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -19,23 +22,26 @@ from cnl.data.synth import SynthConfig, generate
 from cnl.engine.config import make_config
 
 MODELS = ["resnet18", "resnet18_nl5", "resnet18_cnl5"]
-SEEDS = [0]  # one seed fits the 10 minutes; cnl ablate --seeds gives intervals
+SEEDS = [0, 1]
 RECIPE = {
     "dataset": "cub",
+    "width": 16,
     "img_size": 64,
-    "epochs": 12,
+    "epochs": 20,
     "warmup_epochs": 1,
     "global_batch_size": 32,
     "optimizer": "adamw",
     "lr": 0.003,
-    "lr_steps": [8, 11],
+    "schedule": "cosine",
+    "lr_steps": [],
     "weight_decay": 0.05,
     "crop_scale": [0.6, 1.0],
     "workers": 0,
     "device": "cpu",
     "deterministic": True,
 }
-QUICK = {"img_size": 32, "epochs": 1, "global_batch_size": 8, "lr_steps": [1]}
+QUICK = {"img_size": 32, "epochs": 2, "global_batch_size": 8}
+FLAT = 2.0  # points: test top-1 of the last two epochs no further apart than this
 QUICK_DATA = SynthConfig(classes=4, train_per_class=4, test_per_class=2, image_size=48)
 
 
@@ -54,6 +60,25 @@ def run_demo(output: str | Path = "runs/demo", quick: bool = False) -> str:
     report = build_report([output / "ablation"], output / "report")
     minutes = (time.perf_counter() - started) / 60
     return (
-        f"{table}\n\nTraining images/s on this machine: {speed}.\n"
+        f"{table}\n\n{convergence(output / 'ablation', rows)}\n"
+        f"Training images/s on this machine: {speed}.\n"
         f"Demo finished in {minutes:.1f} min; results in {output}/ablation, report in {report}."
+    )
+
+
+def last_epochs_change(run: Path) -> float:
+    """How far test top-1 moved between the last two epochs of a run (points)."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    *_, before, last = (json.loads(line)["top1"] for line in lines)
+    return abs(last - before)
+
+
+def convergence(ablation: Path, rows: list[dict]) -> str:
+    """One sentence: did every run's test top-1 flatten (the largest last-epoch change)?"""
+    changes = {run: last_epochs_change(ablation / run) for row in rows for run in row["runs"]}
+    worst = max(changes, key=changes.__getitem__)
+    state = "flattened" if changes[worst] <= FLAT else "still moving"
+    return (
+        f"Test top-1 over the last two epochs moved by at most {changes[worst]:.2f} points "
+        f"({worst}): {state} (the demo asks for at most {FLAT:g})."
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cnl.analysis.profile import profile_model
+from cnl.engine.checkpoint import model_overrides
 from cnl.engine.config import TrainConfig
 from cnl.engine.trainer import RunInterrupted, fit
 
@@ -84,7 +85,7 @@ def summarise(base: TrainConfig, results: dict[str, list[dict[str, Any]]]) -> li
     for name, runs in results.items():
         top1 = mean_and_interval([r["top1"] for r in runs])
         top5 = mean_and_interval([r["top5"] for r in runs])
-        profile = profile_model(name, base.img_size, runs[0]["classes"])
+        profile = profile_model(name, base.img_size, runs[0]["classes"], **model_overrides(base.to_dict()))
         row: dict[str, Any] = {
             "model": name,
             "top1": top1["mean"],

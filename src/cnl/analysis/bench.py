@@ -275,18 +275,19 @@ def bench_predict(
     img_size: int = 64,
     batch_size: int = 32,
     workers: int = 2,
-    count: int = 96,
+    count: int = 960,
     device: str = "auto",
+    width: int = 64,
 ) -> list[dict]:
     """Images/s of ``cnl predict``'s pipeline (decode in ``workers`` processes, ``batch_size``
     images per forward) against one image at a time (batch 1, no workers), on the same
-    500x375 JPEGs and model."""
+    500x375 JPEGs and model (a ResNet of ``width`` channels in its first stage)."""
     import tempfile
 
     from cnl.engine.inference import predict_with
 
     target = pick_device(device)
-    model = create_model(model_name, num_classes=200).to(target).eval()
+    model = create_model(model_name, num_classes=200, width=width).to(target).eval()
     classes = [f"class {k}" for k in range(200)]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as folder:
@@ -303,8 +304,12 @@ def bench_predict(
     return rows
 
 
-def format_predict_rows(rows: list[dict], model_name: str, img_size: int) -> str:
+def format_predict_rows(rows: list[dict], model_name: str, img_size: int, width: int = 64) -> str:
     lines = ["| predict | workers | images/s | vs one at a time |", "|---|---|---|---|"]
     lines += [f"| {r['mode']} | {r['workers']} | {r['images_per_s']:.1f} | {r['vs_first']:.2f}x |" for r in rows]
-    lines += ["", f"{model_name} at {img_size}x{img_size}, 500x375 JPEGs decoded and resized as cnl predict does."]
+    lines += [
+        "",
+        f"{model_name} (width {width}) at {img_size}x{img_size}, 500x375 JPEGs decoded and resized "
+        "as cnl predict does.",
+    ]
     return "\n".join(lines)

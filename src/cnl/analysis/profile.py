@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -83,10 +84,10 @@ def _count(model: nn.Module, img_size: int, custom: dict | None = None) -> FlopC
     return counter
 
 
-def profile_model(name: str, img_size: int = 448, num_classes: int = 200) -> ModelProfile:
-    """Count one image's forward pass of ``name`` in eval mode."""
+def profile_model(name: str, img_size: int = 448, num_classes: int = 200, **overrides: Any) -> ModelProfile:
+    """Count one image's forward pass of ``name`` (with ``create_model``'s ``overrides``) in eval mode."""
     with torch.device("meta"):
-        model = create_model(name, num_classes=num_classes).eval()
+        model = create_model(name, num_classes=num_classes, **overrides).eval()
     fast_total = _count(model, img_size, NORM_OPS).get_total_flops()
     configure_attention(model, order="paper")
     attention_elements: list[int] = []

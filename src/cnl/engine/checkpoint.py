@@ -15,7 +15,7 @@ import torch
 from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from cnl.models import FineGrainedResNet, create_model
 
-MODEL_SETTINGS = ("query", "responses", "nl_layers", "inner_channels")
+MODEL_SETTINGS = ("query", "responses", "nl_layers", "inner_channels", "width")
 
 
 class CheckpointError(ValueError):

@@ -40,6 +40,7 @@ class TrainConfig:
     responses: list[str] | None = None
     nl_layers: list[str] | None = None
     inner_channels: int | None = None
+    width: int | None = None  # channels of a ResNet's first stage; None keeps 64
     # A validation set: a fraction of each class of the training split (seeded), "official"
     # (the dataset's own, FGVC-Aircraft) or None (the paper: best.pt is the best test epoch).
     val_split: float | str | None = None

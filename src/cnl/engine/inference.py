@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -105,8 +106,12 @@ class ImagesToPredict(Dataset):
             return index, None, str(error)
 
 
-def keep_as_is(batch: list) -> list:
-    return batch
+def stack_readable(batch: list) -> tuple[list[int], torch.Tensor | None, dict[int, str]]:
+    """Positions in order, the readable images as one tensor (one shared-memory block per
+    batch from a worker, not one per image), and the errors by position."""
+    readable = [image for _, image, _ in batch if image is not None]
+    errors = {index: error for index, _, error in batch if error is not None}
+    return [index for index, _, _ in batch], torch.stack(readable) if readable else None, errors
 
 
 @torch.no_grad()
@@ -136,28 +141,46 @@ def predict_with(
     batch_size: int = 32,
     workers: int = 0,
 ) -> Iterator[dict[str, Any]]:
-    """``predict_batches`` with a model in hand (eval mode, on its device)."""
+    """``predict_batches`` with a model in hand (eval mode, on its device).
+
+    On the CPU the decoding workers and the model share the cores: the model runs on the
+    cores the workers leave (at least one), since intra-op threads that wait by spinning
+    would otherwise take the cores from the decoders (1.5x slower on 2 cores, batch 32).
+    """
     target = next(model.parameters()).device
-    k = min(topk, len(classes))
+    threads = torch.get_num_threads()
+    if target.type == "cpu" and workers:
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - workers))
+    try:
+        yield from _predict_loop(model, classes, img_size, paths, min(topk, len(classes)), batch_size, workers)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _predict_loop(
+    model: torch.nn.Module,
+    classes: list[str],
+    img_size: int,
+    paths: list[Path],
+    k: int,
+    batch_size: int,
+    workers: int,
+) -> Iterator[dict[str, Any]]:
+    target = next(model.parameters()).device
     loader = DataLoader(
         ImagesToPredict(paths, eval_transform(img_size)),
         batch_size=batch_size,
         num_workers=workers,
-        collate_fn=keep_as_is,
+        collate_fn=stack_readable,
         pin_memory=target.type == "cuda",
     )
-    for batch in loader:
-        readable = [(index, image) for index, image, _ in batch if image is not None]
-        top = None
-        if readable:
-            stacked = torch.stack([image for _, image in readable]).to(target)
-            top = model(stacked).float().softmax(dim=1).topk(k)
-        found = {index: row for row, (index, _) in enumerate(readable)}
-        for index, _, error in batch:
-            if error is not None or top is None:
-                yield {"image": str(paths[index]), "error": error}
+    for positions, images, errors in loader:
+        top = model(images.to(target)).float().softmax(dim=1).topk(k) if images is not None else None
+        row = 0
+        for index in positions:
+            if index in errors or top is None:
+                yield {"image": str(paths[index]), "error": errors.get(index)}
                 continue
-            row = found[index]
             yield {
                 "image": str(paths[index]),
                 "predictions": [
@@ -165,6 +188,7 @@ def predict_with(
                     for p, i in zip(top.values[row].tolist(), top.indices[row].tolist())
                 ],
             }
+            row += 1
 
 
 def predict(path: str | Path, images: Iterable[str | Path], topk: int = 5, device: str = "auto", **options: Any):

@@ -35,19 +35,29 @@ def derive_seed(*keys: int) -> int:
     return int(np.random.SeedSequence([k % 2**63 for k in keys]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def seed_all(seed: int) -> None:
-    """Seed torch (CPU and CUDA), numpy's and Python's global generators."""
-    torch.manual_seed(seed)
+def seed_host(seed: int) -> None:
+    """Seed the CPU generators: torch's, numpy's and Python's."""
+    torch.random.default_generator.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
 
 
+def seed_all(seed: int) -> None:
+    """Seed the CPU generators and every CUDA device's."""
+    seed_host(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Run a block with every global generator seeded, restoring their states after it."""
+    """Run a block with the CPU generators seeded, restoring their states after it.
+
+    Only the CPU's: data transforms draw there, and seeding CUDA (which ``torch.manual_seed``
+    also does) records a traceback per call in a CUDA build, a millisecond a sample.
+    """
     python, numpy = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
-        seed_all(seed)
+        seed_host(seed)
         try:
             yield
         finally:

@@ -11,7 +11,7 @@ from cnl.models.resnet import ARCHITECTURES, FineGrainedResNet, default_query, d
 from cnl.models.weights import load_pretrained
 
 _MODELS: dict[str, Callable[..., FineGrainedResNet]] = {}
-OVERRIDES = ("nl_layers", "query", "responses", "inner_channels", "drop_rate")
+OVERRIDES = ("nl_layers", "query", "responses", "inner_channels", "drop_rate", "width")
 
 
 def _variants(arch: str) -> dict[str, dict[str, Any]]:
@@ -51,7 +51,7 @@ def create_model(
         weights: torchvision weights name ("IMAGENET1K_V1", "DEFAULT") for the backbone,
             or a local ``.pth``/``.safetensors`` file; None for random init.
         **overrides: ``query`` and ``responses`` (torchvision layer names such as
-            "layer4.2"), ``nl_layers``, ``inner_channels``, ``drop_rate``.
+            "layer4.2"), ``nl_layers``, ``inner_channels``, ``drop_rate``, ``width``.
     """
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")

@@ -99,6 +99,9 @@ class FineGrainedResNet(ResNet):
         responses: blocks whose outputs are the CNL responses, shallow to deep.
         inner_channels: width c of the NL/CNL embeddings (module defaults if None).
         drop_rate: dropout before the linear head (0.5 in the paper's code).
+        width: channels of the stem and of the first stage (64 in torchvision); every
+            stage scales with it. Another width has no pretrained weights: the demo
+            uses 32 to train from scratch on 2 CPU cores.
     """
 
     def __init__(
@@ -111,9 +114,15 @@ class FineGrainedResNet(ResNet):
         responses: Sequence[str] = (),
         inner_channels: int | None = None,
         drop_rate: float = 0.5,
+        width: int = STAGE_WIDTHS[0],
     ) -> None:
+        if width < 1:
+            raise ValueError(f"width must be a positive number of channels, got {width}")
         spec = ARCHITECTURES[arch]
+        self.width = width  # read by _make_layer during ResNet.__init__
         super().__init__(spec.block, list(spec.depths), num_classes=num_classes)
+        if width != STAGE_WIDTHS[0]:
+            self._narrow_stem_and_head(num_classes, STAGE_WIDTHS[-1] * spec.block.expansion)
         self.arch = arch
         self.layer_order = layer_names(spec.depths)
         self.nl_layers = tuple(self._check_layers(nl_layers, "nl_layers"))
@@ -133,6 +142,21 @@ class FineGrainedResNet(ResNet):
             else None
         )
 
+    def _make_layer(
+        self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int = 1, dilate: bool = False
+    ) -> nn.Sequential:
+        if planes == STAGE_WIDTHS[0]:
+            self.inplanes = self.width  # layer1 reads the stem's output
+        return super()._make_layer(block, planes * self.width // STAGE_WIDTHS[0], blocks, stride, dilate)
+
+    def _narrow_stem_and_head(self, num_classes: int, features: int) -> None:
+        """Stem and head at ``width`` (``features``: the head's input at width 64),
+        initialised as torchvision initialises them."""
+        self.conv1 = nn.Conv2d(3, self.width, kernel_size=7, stride=2, padding=3, bias=False)
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+        self.bn1 = nn.BatchNorm2d(self.width)
+        self.fc = nn.Linear(features * self.width // STAGE_WIDTHS[0], num_classes)
+
     @staticmethod
     def _key(layer: str) -> str:
         return layer.replace(".", "_")
@@ -140,7 +164,8 @@ class FineGrainedResNet(ResNet):
     def block_channels(self, layer: str) -> int:
         """Output channels of the block named ``layer`` (e.g. 2048 for ResNet-50's layer4.1)."""
         stage = layer.split(".")[0]
-        return STAGE_WIDTHS[STAGES.index(stage)] * ARCHITECTURES[self.arch].block.expansion
+        width = STAGE_WIDTHS[STAGES.index(stage)] * self.width // STAGE_WIDTHS[0]
+        return width * ARCHITECTURES[self.arch].block.expansion
 
     def _check_layers(self, names: Sequence[str], what: str) -> list[str]:
         unknown = [n for n in names if n not in self.layer_order]

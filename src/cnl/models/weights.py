@@ -11,7 +11,7 @@ from torchvision.models import get_model_weights
 
 logger = logging.getLogger(__name__)
 
-NEW_MODULE_PREFIXES = ("nl.", "cnl.")
+NEW_MODULE_PREFIXES = ("nl.", "cnl.", "plug.")
 HEAD_PREFIX = "fc."
 
 
@@ -62,19 +62,24 @@ def resolve_state_dict(arch: str, weights: str | Path) -> dict[str, Tensor]:
     return torchvision_state_dict(arch, text)
 
 
-def load_pretrained(model: nn.Module, arch: str, weights: str | Path) -> None:
+def load_pretrained(model: nn.Module, arch: str, weights: str | Path, head: str = HEAD_PREFIX) -> None:
     """Load ``weights`` into ``model``.
 
     The new NL/CNL modules may be missing (they stay at their identity init); the linear
-    head is kept new when its shape differs (a different number of classes), as the
-    paper re-initialises it. Any other missing or unexpected key is an error.
+    head (keys starting with ``head``) is kept new when its shape differs (a different
+    number of classes), as the paper re-initialises it. Any other missing or unexpected
+    key is an error.
     """
     state = resolve_state_dict(arch, weights)
     own = model.state_dict()
-    mismatched_head = [k for k in state if k.startswith(HEAD_PREFIX) and k in own and state[k].shape != own[k].shape]
+    mismatched_head = [k for k in state if k.startswith(head) and k in own and state[k].shape != own[k].shape]
     if mismatched_head:
-        logger.info("new %d-way head: not loading %s from %s", own["fc.weight"].shape[0], mismatched_head, weights)
+        logger.info("new head: not loading %s from %s", mismatched_head, weights)
         state = {k: v for k, v in state.items() if k not in mismatched_head}
+    reshaped = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if reshaped:
+        shapes = ", ".join(f"{k} {tuple(state[k].shape)} (model: {tuple(own[k].shape)})" for k in reshaped[:3])
+        raise ValueError(f"weights {weights} do not fit {arch} (another width?): {shapes}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(NEW_MODULE_PREFIXES) and k not in mismatched_head]
     if missing or unexpected:
