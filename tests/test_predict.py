@@ -88,3 +88,16 @@ def test_decoding_workers_and_the_model_share_the_cores_then_threads_are_restore
     assert torch.get_num_threads() == max(1, len(os.sched_getaffinity(0)) - 2)  # while predicting
     assert len([first, *results]) == 18
     assert torch.get_num_threads() == before
+
+
+def test_a_batch_normalised_at_once_equals_the_eval_transform_image_by_image(trained):
+    """Workers send uint8 crops; the float conversion and ImageNet statistics on the stacked
+    batch give exactly the tensors that cnl eval's transform gives one image at a time."""
+    from cnl.data import eval_transform, load_image
+    from cnl.data.transforms import eval_geometry, normalise
+
+    data, _ = trained
+    images = [load_image(p) for p in sorted((data / "images").rglob("*.jpg"))[:5]]
+    batched = normalise()(torch.stack([eval_geometry(48)(image) for image in images]))
+    assert batched.dtype == torch.float32
+    assert torch.equal(batched, torch.stack([eval_transform(48)(image) for image in images]))

@@ -44,7 +44,18 @@ def batch_mix(mixup: float, cutmix: float, num_classes: int) -> v2.Transform | N
     return mixes[0] if mixes else None
 
 
-def eval_transform(size: int = 448, resize: int | None = None) -> v2.Compose:
-    """Shorter side to ``resize`` (``size * 512 / 448`` by default), then the central ``size`` square."""
+def eval_geometry(size: int = 448, resize: int | None = None) -> v2.Compose:
+    """Shorter side to ``resize`` (``size * 512 / 448`` by default), then the central ``size``
+    square, still uint8."""
     resize = resize or round(size * RESIZE_RATIO)
-    return v2.Compose([v2.ToImage(), v2.Resize(resize, antialias=True), v2.CenterCrop(size), *_to_normalised_tensor()])
+    return v2.Compose([v2.ToImage(), v2.Resize(resize, antialias=True), v2.CenterCrop(size)])
+
+
+def normalise() -> v2.Compose:
+    """uint8 to float in 0..1, then ImageNet mean/std: per image or on a whole batch alike."""
+    return v2.Compose(_to_normalised_tensor())
+
+
+def eval_transform(size: int = 448, resize: int | None = None) -> v2.Compose:
+    """``eval_geometry`` then ``normalise``."""
+    return v2.Compose([*eval_geometry(size, resize).transforms, *normalise().transforms])
