@@ -13,3 +13,8 @@ for size in 224 448 672; do
 done
 $cnl bench --module --img-size 448 --batch-size 2 --repeats 5 | tee "$out/module_448.md"
 $cnl bench --input --img-size 448 --repeats 3 | tee "$out/input_448.md"
+# Any backbone (issue 13): each family's CNL against its plain backbone.
+for family in timm:convnext_tiny timm:efficientnet_b0 tv:convnext_tiny tv:efficientnet_b0; do
+    $cnl bench --models "$family,${family}_cnl5" --img-size 448 --batch-size 2 | tee "$out/backbone_${family/:/_}.md"
+done
+$cnl bench --predict | tee "$out/predict.md"

@@ -19,6 +19,11 @@ def split_names(values: Sequence[str]) -> list[str]:
 def cmd_profile(args: argparse.Namespace) -> int:
     from cnl.analysis.profile import format_table, profile_model
 
+    if args.placements:
+        from cnl.analysis.profile import format_placements
+
+        print("\n\n".join(format_placements(n, args.img_size, args.num_classes) for n in split_names(args.models)))
+        return 0
     if args.receptive_fields:
         from cnl.analysis.receptive_field import format_fields
         from cnl.models import create_model
@@ -52,7 +57,28 @@ def add_profile(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--receptive-fields", action="store_true", help="theoretical receptive field and stride of query and responses"
     )
+    parser.add_argument(
+        "--placements", action="store_true", help="the modules NL/CNL sit at, with their output shapes (any backbone)"
+    )
     parser.set_defaults(func=cmd_profile)
+
+
+def cmd_list_models(args: argparse.Namespace) -> int:
+    from cnl.models import list_models
+
+    print("\n".join(list_models(args.pattern)))
+    print(
+        "\nAny torchvision or timm classifier works too: tv:NAME or timm:NAME, plain or with _nl5 "
+        "(five NL blocks) or _cnl5 (one CNL module), placed by the paper's rule on its stages, e.g. "
+        "timm:convnext_tiny_cnl5, tv:efficientnet_b0_nl5; see cnl profile --placements MODEL."
+    )
+    return 0
+
+
+def add_list_models(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("list-models", help="our model names, and how to name any other")
+    parser.add_argument("pattern", nargs="?", default="*", help="a shell-style pattern (default *)")
+    parser.set_defaults(func=cmd_list_models)
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
@@ -426,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_profile(subparsers)
+    add_list_models(subparsers)
     add_data(subparsers)
     add_training(subparsers)
     add_bench(subparsers)

@@ -1,19 +1,38 @@
 """Registration of the NL and CNL models in timm, so that ``timm.create_model("resnet50_cnl5")``
 works. Imported by ``import cnl`` when timm is installed (``pip install 'cnl[timm]'``).
 
-Only the ``_nl5`` and ``_cnl5`` names are registered: timm keeps its own plain ResNets.
+Only the ``_nl5`` and ``_cnl5`` names are registered: timm keeps its own plain models. Our
+ResNets, and the timm families this project tests with modules placed by module name
+(``timm.create_model("convnext_tiny_cnl5")`` is ``cnl.create_model("timm:convnext_tiny_cnl5")``;
+any other timm model is reached through ``cnl.create_model("timm:NAME_cnl5")``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
 
 from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RESIZE_RATIO
 from cnl.models import FineGrainedResNet, create_model, list_models
 
 NAMES = [name for name in list_models() if name.endswith(("_nl5", "_cnl5"))]
+TIMM_FAMILIES = (
+    "resnet50d",
+    "convnext_tiny",
+    "efficientnet_b0",
+    "regnety_016",
+    "swin_tiny_patch4_window7_224",
+    "vit_small_patch16_224",
+)
+FOREIGN = {f"{family}{variant}": family for family in TIMM_FAMILIES for variant in ("_nl5", "_cnl5")}
+
+
+def _foreign_cfg(name: str) -> dict[str, Any]:
+    """timm's configuration of the backbone, with no weights of its own to fetch (the
+    backbone's come through timm when pretrained=True)."""
+    cfg = get_pretrained_cfg(FOREIGN[name])
+    return {**(cfg.to_dict() if cfg is not None else {}), "url": "", "hf_hub_id": None, "architecture": name}
 
 
 def _cfg(name: str) -> dict[str, Any]:
@@ -33,7 +52,9 @@ def _cfg(name: str) -> dict[str, Any]:
     }
 
 
-default_cfgs = generate_default_cfgs({name: _cfg(name) for name in NAMES})
+default_cfgs = generate_default_cfgs(
+    {**{name: _cfg(name) for name in NAMES}, **{name: _foreign_cfg(name) for name in FOREIGN}}
+)
 
 
 def _entrypoint(name: str):
@@ -54,5 +75,20 @@ def _entrypoint(name: str):
     return entrypoint
 
 
+def _foreign_entrypoint(name: str):
+    def entrypoint(pretrained: bool = False, num_classes: int = 1000, **kwargs: Any) -> Any:
+        for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+            kwargs.pop(key, None)
+        weights = kwargs.pop("weights", "pretrained" if pretrained else None)
+        return create_model(f"timm:{name}", num_classes=num_classes, weights=weights, **kwargs)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = f"timm's {FOREIGN[name]} with cnl's modules (timm's weights when pretrained=True)."
+    return entrypoint
+
+
 for _name in NAMES:
     globals()[_name] = register_model(_entrypoint(_name))
+for _name in FOREIGN:
+    globals()[_name] = register_model(_foreign_entrypoint(_name))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +18,6 @@ import torch.nn.functional as F
 from cnl.analysis.receptive_field import receptive_fields
 from cnl.data import eval_transform, load_image
 from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from cnl.models import FineGrainedResNet
 
 Cell = tuple[int, int]  # (row, column) in the query grid
 
@@ -45,21 +45,39 @@ class AttentionRows:
     rows: list[list[Panel]]
 
 
-def _layer_shapes(model: FineGrainedResNet, layers: list[str]) -> tuple[dict[str, tuple[int, int]], list]:
-    """Hooks that record the spatial size of each named block's output."""
-    shapes: dict[str, tuple[int, int]] = {}
+def as_map(model: torch.nn.Module, layer: str, output: torch.Tensor) -> torch.Tensor:
+    """A block's output as ``[B, C, H, W]``: as is in our ResNets, through its site's layout in
+    a plugged backbone (channels-last maps, ViT tokens)."""
+    plug = getattr(model, "plug", None)
+    return plug.sites[layer].to_map(output) if plug is not None else output
+
+
+def grid_layer(model: Any) -> str:
+    """The layer whose grid the query cells are drawn on: our ResNets' last block (stride
+    32); in a plugged backbone the CNL query, else its deepest NL block."""
+    if getattr(model, "plug", None) is None:
+        return f"layer4.{len(model.layer4) - 1}"
+    return model.query if model.query is not None else model.nl_layers[-1]
+
+
+def _record_maps(model: torch.nn.Module, layers: list[str]) -> tuple[dict[str, torch.Tensor], list]:
+    """Hooks that keep each named block's output map (first image, ``[C, H, W]``)."""
+    maps: dict[str, torch.Tensor] = {}
 
     def recorder(layer: str):
         def record(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            shapes[layer] = (int(output.shape[-2]), int(output.shape[-1]))
+            maps[layer] = as_map(model, layer, output)[0]
 
         return record
 
-    hooks = []
-    for layer in layers:
-        stage, index = layer.split(".")
-        hooks.append(getattr(model, stage)[int(index)].register_forward_hook(recorder(layer)))
-    return shapes, hooks
+    return maps, [model.get_submodule(layer).register_forward_hook(recorder(layer)) for layer in dict.fromkeys(layers)]
+
+
+def describe(model: Any, layer: str, width: int, img_size: int) -> str:
+    """A panel's title: the layer with its receptive field (our ResNets) or its stride."""
+    if getattr(model, "plug", None) is None:
+        return f"{layer}\n{receptive_fields(model)[layer].describe()}"
+    return f"{layer}\nstride {img_size / width:g} px"
 
 
 def strongest_cells(features: torch.Tensor, count: int) -> list[Cell]:
@@ -78,40 +96,40 @@ def map_cell(cell: Cell, grid: tuple[int, int], target: tuple[int, int]) -> int:
 
 @torch.no_grad()
 def attention_rows(
-    model: FineGrainedResNet, image_path: str | Path, img_size: int, queries: list[Cell] | None = None, count: int = 3
+    model: Any, image_path: str | Path, img_size: int, queries: list[Cell] | None = None, count: int = 3
 ) -> AttentionRows:
     """The attention of each query cell over every response (CNL) or NL block's map.
 
-    ``queries`` are cells of the stride-32 grid of the last stage; None picks the
-    ``count`` cells where the final features are strongest.
+    ``queries`` are cells of the grid of ``grid_layer`` (our ResNets: the stride-32 grid of
+    the last stage); None picks the ``count`` cells where its features are strongest.
     """
     layers = list(model.responses) + list(model.nl_layers)
     if not layers:
         raise NothingToShow(f"{model.arch} without NL or CNL modules has no attention to show")
     model.eval()
     x = eval_transform(img_size)(load_image(image_path)).unsqueeze(0)
-    last = f"layer4.{len(model.layer4) - 1}"
-    shapes, hooks = _layer_shapes(model, [*layers, last, *([model.query] if model.query else [])])
+    last = grid_layer(model)
+    maps, hooks = _record_maps(model, [*layers, last, *([model.query] if model.query else [])])
     try:
-        features, attention = model.forward_features(x, return_attention=True)
+        _, attention = model.forward_with_attention(x)
     finally:
         for hook in hooks:
             hook.remove()
-    grid = (int(features.shape[-2]), int(features.shape[-1]))
+    shapes = {layer: (int(m.shape[-2]), int(m.shape[-1])) for layer, m in maps.items()}
+    grid = shapes[last]
     if queries is None:
-        queries = strongest_cells(features[0], count)
+        queries = strongest_cells(maps[last], count)
     for cell in queries:
         if not (0 <= cell[0] < grid[0] and 0 <= cell[1] < grid[1]):
             raise ValueError(f"query cell {cell[0]},{cell[1]} is outside the {grid[0]}x{grid[1]} query grid")
-    fields = receptive_fields(model)
     query_grid = shapes[model.query] if model.query is not None else grid
     rows = []
     for cell in queries:
         panels = []
-        for layer in sorted(layers, key=model.layer_order.index):
+        for layer in layers:
             position = map_cell(cell, grid, query_grid if model.query is not None else shapes[layer])
             heatmap = attention[layer][0, position].float().reshape(shapes[layer]).numpy()
-            panels.append(Panel(layer, f"{layer}\n{fields[layer].describe()}", heatmap))
+            panels.append(Panel(layer, describe(model, layer, shapes[layer][1], img_size), heatmap))
         rows.append(panels)
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     image = (x[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()

@@ -20,6 +20,7 @@ from torch import nn
 from cnl.engine.distributed import pick_device
 from cnl.engine.loop import AMP_DTYPES
 from cnl.models import create_model
+from cnl.models.backbones import SOURCES
 from cnl.nn import CrossLayerNonLocal, NonLocal2d, configure_attention
 
 KERNELS = {"sdpa": True, "bmm": False, "auto": None}
@@ -39,8 +40,12 @@ class BenchResult:
 
 
 def parse_spec(spec: str) -> tuple[str, str, bool | None]:
-    """``"name[:order[:kernel]]"`` -> (name, order, use_sdpa); defaults ``auto``."""
-    name, *rest = spec.split(":")
+    """``"name[:order[:kernel]]"`` -> (name, order, use_sdpa); defaults ``auto``. A name may
+    carry its source (``timm:convnext_tiny_cnl5:paper``)."""
+    parts = spec.split(":")
+    source = parts.pop(0) + ":" if parts[0] in SOURCES and len(parts) > 1 else ""
+    name, *rest = parts
+    name = source + name
     order = rest[0] if rest else "auto"
     kernel = rest[1] if len(rest) > 1 else "auto"
     if kernel not in KERNELS:

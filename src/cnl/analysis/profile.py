@@ -108,6 +108,7 @@ def profile_model(name: str, img_size: int = 448, num_classes: int = 200, **over
     theta = sum(sum(ops.values()) for key, ops in by_module.items() if key.endswith(".cnl.theta")) // 2
     macs = (total - attention_flops) // 2
     paper = TABLE2.get(name, (None, None))
+    cross_layer = model.plug.cnl if hasattr(model, "plug") else model.cnl  # a plugged backbone's, or ours
     return ModelProfile(
         model=name,
         params=sum(p.numel() for p in model.parameters()),
@@ -119,7 +120,7 @@ def profile_model(name: str, img_size: int = 448, num_classes: int = 200, **over
         num_classes=num_classes,
         paper_params=paper[0],
         paper_flops=paper[1],
-        authors_macs=macs + (len(model.cnl.phi) - 1) * theta if model.cnl is not None else None,
+        authors_macs=macs + (len(cross_layer.phi) - 1) * theta if cross_layer is not None else None,
     )
 
 
@@ -154,4 +155,32 @@ def format_table(profiles: list[ModelProfile]) -> str:
                 f"{p.model}: theta is shared, so it runs once; the authors' code runs it once per response, "
                 f"which counts {p.authors_macs / 1e10:.3f}e10 (paper: {_cell(p.paper_flops)})."
             )
+    return "\n".join(lines)
+
+
+def format_placements(name: str, img_size: int = 448, num_classes: int = 200) -> str:
+    """The modules a model's NL blocks and CNL module sit at, in forward order, with the
+    shape each outputs for one ``img_size`` image and the map the module sees."""
+    from cnl.analysis.attention import as_map
+    from cnl.models.plug import record_outputs
+
+    model = create_model(name, num_classes=num_classes)
+    fixed = getattr(model, "pretrained_cfg", {}).get("fixed_input_size")
+    size = getattr(model, "pretrained_cfg", {}).get("input_size", (3, img_size, img_size))
+    if fixed and size[-1] != img_size:
+        raise ValueError(f"{name} takes {size[-1]}x{size[-1]} images only: use --img-size {size[-1]}")
+    roles = {layer: "NL" for layer in model.nl_layers}
+    roles.update({layer: "response" for layer in model.responses})
+    if model.query is not None:
+        roles[model.query] = "query"
+    if not roles:
+        return f"{name}: no NL or CNL module"
+    order = [n for n, _ in model.named_modules()]
+    names = sorted(roles, key=order.index)
+    outputs = record_outputs(model, names, torch.zeros(1, 3, img_size, img_size))
+    lines = [f"{name} at {img_size}x{img_size}:", "| module | role | output | map [C, H, W] |", "|---|---|---|---|"]
+    for layer in names:
+        shape = tuple(outputs[layer].shape)
+        map_shape = list(as_map(model, layer, outputs[layer]).shape[1:])
+        lines.append(f"| {layer} | {roles[layer]} | {list(shape)} | {map_shape} |")
     return "\n".join(lines)

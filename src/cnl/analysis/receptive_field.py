@@ -39,6 +39,12 @@ def _main_branch(block: nn.Module) -> list[nn.Conv2d]:
 
 def receptive_fields(model: FineGrainedResNet) -> dict[str, Field]:
     """Receptive field and stride of every block's output, keyed by torchvision layer name."""
+    if not isinstance(model, FineGrainedResNet):
+        name = getattr(model, "arch", type(model).__name__)
+        raise ValueError(
+            f"receptive fields are worked out for our ResNets only, not {name}: "
+            "cnl profile --placements gives any model's modules with their output shapes"
+        )
     field = _grow(_grow(Field(1, 1), model.conv1), model.maxpool)
     fields = {}
     for stage in STAGES:

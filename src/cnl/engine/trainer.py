@@ -32,7 +32,8 @@ from cnl.engine.randomness import EpochSampler, SeededDataset, seed_model_init, 
 from cnl.engine.runlock import RunLock
 from cnl.engine.schedule import build_scheduler
 from cnl.models import create_model
-from cnl.models.weights import HEAD_PREFIX, NEW_MODULE_PREFIXES
+from cnl.models.backbones import head_name
+from cnl.models.weights import NEW_MODULE_PREFIXES
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -142,8 +143,9 @@ def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[s
     ``no_wd_norm_bias`` no weight decay on norms and biases (the 1-d parameters). One group
     when neither is asked for, as in the paper."""
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    head = head_name(model) + "."
     for name, parameter in model.named_parameters():
-        new = config.head_lr_mult != 1 and name.startswith((*NEW_MODULE_PREFIXES, HEAD_PREFIX))
+        new = config.head_lr_mult != 1 and name.startswith((*NEW_MODULE_PREFIXES, head))
         decay = not (config.no_wd_norm_bias and parameter.ndim <= 1)
         groups.setdefault((new, decay), []).append(parameter)
     return [

@@ -7,11 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cnl.models.backbones import create_foreign, is_foreign
 from cnl.models.resnet import ARCHITECTURES, FineGrainedResNet, default_query, default_responses
 from cnl.models.weights import load_pretrained
 
 _MODELS: dict[str, Callable[..., FineGrainedResNet]] = {}
 OVERRIDES = ("nl_layers", "query", "responses", "inner_channels", "drop_rate", "width")
+FOREIGN_OVERRIDES = ("nl_layers", "query", "responses", "inner_channels")
 
 
 def _variants(arch: str) -> dict[str, dict[str, Any]]:
@@ -40,21 +42,30 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
 
 
-def create_model(
-    name: str, num_classes: int = 1000, weights: str | Path | None = None, **overrides: Any
-) -> FineGrainedResNet:
-    """Build a registered model.
+def create_model(name: str, num_classes: int = 1000, weights: str | Path | None = None, **overrides: Any) -> Any:
+    """Build a model: one of ours, or any torchvision or timm classifier with NL/CNL modules.
 
     Args:
-        name: e.g. ``"resnet50"``, ``"resnet50_nl5"``, ``"resnet50_cnl5"`` (see ``list_models``).
-        num_classes: outputs of the new linear head.
+        name: ours (``"resnet50"``, ``"resnet50_nl5"``, ``"resnet50_cnl5"``, see
+            ``list_models``), ``"tv:MODEL"`` (torchvision) or ``"timm:MODEL"``, each
+            optionally with ``_nl5`` or ``_cnl5``: e.g. ``"timm:convnext_tiny_cnl5"``.
+        num_classes: outputs of the new classifier.
         weights: torchvision weights name ("IMAGENET1K_V1", "DEFAULT") for the backbone,
-            or a local ``.pth``/``.safetensors`` file; None for random init.
-        **overrides: ``query`` and ``responses`` (torchvision layer names such as
-            "layer4.2"), ``nl_layers``, ``inner_channels``, ``drop_rate``, ``width``.
+            ``"pretrained"`` for timm's own, or a local ``.pth``/``.safetensors`` file;
+            None for random init.
+        **overrides: ``query`` and ``responses`` (module names such as "layer4.2"),
+            ``nl_layers``, ``inner_channels``; ours also ``drop_rate`` and ``width``.
     """
+    if is_foreign(name):
+        unknown = sorted(set(overrides) - set(FOREIGN_OVERRIDES))
+        if unknown:
+            raise TypeError(f"unknown arguments {unknown} for {name}; valid: {', '.join(FOREIGN_OVERRIDES)}")
+        return create_foreign(name, num_classes, weights, **overrides)
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
+        raise ValueError(
+            f"unknown model {name!r}; valid models: {', '.join(list_models())}, "
+            "or any torchvision or timm classifier as tv:NAME or timm:NAME (with _nl5 or _cnl5)"
+        )
     unknown = sorted(set(overrides) - set(OVERRIDES))
     if unknown:
         raise TypeError(f"unknown arguments {unknown} for {name}; valid overrides: {', '.join(OVERRIDES)}")

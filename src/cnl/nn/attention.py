@@ -66,7 +66,9 @@ class DotProductAttention(nn.Module):
         scale = query.shape[-1] ** -0.5 if scale is None else scale
         fused = self.use_sdpa if self.use_sdpa is not None else query.shape[1] > query.shape[2]
         if fused and not return_attention:
-            out = F.scaled_dot_product_attention(query, key.transpose(1, 2), value.transpose(1, 2), scale=scale)
+            # One head as a dimension of its own: ONNX's attention op takes 4-D inputs only.
+            heads = (query.unsqueeze(1), key.transpose(1, 2).unsqueeze(1), value.transpose(1, 2).unsqueeze(1))
+            out = F.scaled_dot_product_attention(*heads, scale=scale).squeeze(1)
             return out.transpose(1, 2), None
         logits = torch.bmm(query, key) * scale
         # The softmax runs in at least float32 so that bf16/fp16 rows still sum to one.

@@ -1,0 +1,256 @@
+"""Any torchvision or timm classifier as a backbone: names, stages, layouts, placements.
+
+``"tv:convnext_tiny"`` is torchvision's model, ``"timm:efficientnet_b0"`` timm's; a suffix
+``_nl5`` or ``_cnl5`` places five NL blocks or one CNL module by the paper's rule,
+generalised to a backbone's stages (``default_placement``); ``query``, ``responses`` and
+``nl_layers`` name modules to place them by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnl.models.plug import Site, plug_into, record_outputs, site_channels
+from cnl.models.resnet import spaced_blocks
+from cnl.models.weights import load_pretrained
+
+SOURCES = ("tv", "timm")
+VARIANTS = ("_cnl5", "_nl5")
+CONTAINERS = ("features", "encoder.layers", "trunk_output")  # torchvision's stage containers
+PROBE_SIZE = 224  # torchvision's classifiers; timm's take their pretrained_cfg input size
+RESPONSES_PER_STAGE = (3, 2)  # second-to-last stage, the one before it (the paper's ResNet-50)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A name split: source, backbone, variant ("", "_nl5" or "_cnl5")."""
+
+    source: str
+    backbone: str
+    variant: str
+
+    @classmethod
+    def parse(cls, name: str) -> Spec:
+        source, _, rest = name.partition(":")
+        if source not in SOURCES or not rest:
+            raise ValueError(f"{name!r}: expected tv:MODEL or timm:MODEL, with an optional _nl5 or _cnl5 suffix")
+        variant = next((v for v in VARIANTS if rest.endswith(v)), "")
+        return cls(source, rest[: len(rest) - len(variant)], variant)
+
+
+def is_foreign(name: str) -> bool:
+    return name.partition(":")[0] in SOURCES and ":" in name
+
+
+def _torchvision(backbone: str, num_classes: int, weights: str | Path | None) -> nn.Module:
+    import torchvision
+
+    if backbone not in torchvision.models.list_models(torchvision.models):
+        raise ValueError(f"unknown torchvision classifier {backbone!r}; see torchvision.models.list_models()")
+    model = torchvision.models.get_model(backbone, num_classes=num_classes)
+    if weights is not None:
+        load_pretrained(model, backbone, weights, head=head_name(model) + ".")
+    return model
+
+
+def _timm(backbone: str, num_classes: int, weights: str | Path | None) -> nn.Module:
+    try:
+        import timm
+    except ImportError as error:
+        raise ImportError("timm: models need timm (pip install 'cnl[timm]')") from error
+    if not timm.list_models(backbone) and backbone not in timm.list_models():
+        raise ValueError(f"unknown timm model {backbone!r}; see timm.list_models()")
+    model = timm.create_model(backbone, pretrained=weights == "pretrained", num_classes=num_classes)
+    if weights not in (None, "pretrained"):
+        load_pretrained(model, backbone, weights, head=head_name(model) + ".")
+    return model
+
+
+def head_name(model: nn.Module) -> str:
+    """The classifier: timm's ``pretrained_cfg["classifier"]``, else the last linear layer."""
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier")
+    if isinstance(classifier, str):
+        return classifier
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+
+
+def layout(spec: Spec, model: nn.Module) -> tuple[str, int]:
+    """The layout of the backbone's block outputs and its prefix tokens, declared per family."""
+    if spec.source == "timm":
+        if hasattr(model, "num_prefix_tokens") and hasattr(model, "patch_embed"):
+            prefix: int = model.num_prefix_tokens  # type: ignore[assignment]  # timm sets an int
+            return "tokens", prefix
+        return ("NHWC", 0) if getattr(model, "output_fmt", "NCHW") == "NHWC" else ("NCHW", 0)
+    family = type(model).__name__
+    if family == "VisionTransformer":
+        return "tokens", 1  # the class token
+    return ("NHWC", 0) if family == "SwinTransformer" else ("NCHW", 0)
+
+
+def probe_input(spec: Spec, model: nn.Module) -> torch.Tensor:
+    size = getattr(model, "pretrained_cfg", {}).get("input_size", (3, PROBE_SIZE, PROBE_SIZE))
+    return torch.zeros(1, *size)
+
+
+def blocks_of(model: nn.Module, name: str) -> list[str]:
+    """The blocks inside a stage module: its ``blocks`` container's children, or its children
+    when they are all of one type (a stack of blocks); else the module itself."""
+    module = model.get_submodule(name)
+    inner = getattr(module, "blocks", None)
+    if isinstance(inner, (nn.Sequential, nn.ModuleList)) and len(inner):
+        return [f"{name}.blocks.{child}" for child, _ in inner.named_children()]
+    children = list(module.named_children())
+    # One child is a block's body (torchvision's InvertedResidual.block), not a stack:
+    # its output comes before the residual sum.
+    stack = isinstance(module, (nn.Sequential, nn.ModuleList)) or len(children) > 1
+    if children and stack and len({type(child) for _, child in children}) == 1:
+        return [f"{name}.{child}" for child, _ in children]
+    return [name]
+
+
+def is_transition(model: nn.Module, name: str) -> bool:
+    """A container of different layers (a stem, a downsampling norm + conv): not a block."""
+    module = model.get_submodule(name)
+    return isinstance(module, nn.Sequential) and blocks_of(model, name) == [name]
+
+
+def stage_entries(spec: Spec, model: nn.Module) -> list[str]:
+    """The modules that end stages (timm's ``feature_info``), or the children of torchvision's
+    ``features`` (a ViT's encoder layers, a RegNet's trunk), else of the model itself."""
+    if spec.source == "timm":
+        info = getattr(model, "feature_info", None)
+        if not info:
+            raise ValueError(f"{spec.source}:{spec.backbone} has no feature_info: place modules by name")
+        return with_siblings_between([entry["module"] for entry in info])
+    for container in CONTAINERS:
+        try:
+            module = model.get_submodule(container)
+        except AttributeError:
+            continue
+        return [f"{container}.{child}" for child, _ in module.named_children()]
+    return [name for name, _ in model.named_children()]  # ResNets: layer1 .. layer4
+
+
+def with_siblings_between(entries: list[str]) -> list[str]:
+    """timm's feature points with the stages between them: ``blocks.2, blocks.4`` (points at
+    strides 8 and 16) gain ``blocks.3``, which belongs to the stage ending at ``blocks.4``."""
+    filled: list[str] = []
+    for entry in entries:
+        parent, _, index = entry.rpartition(".")
+        if filled and index.isdigit():
+            last_parent, _, last_index = filled[-1].rpartition(".")
+            if last_parent == parent and last_index.isdigit():
+                filled += [f"{parent}.{k}" for k in range(int(last_index) + 1, int(index))]
+        filled.append(entry)
+    return filled
+
+
+def reduction(output: torch.Tensor, size: int, layout_name: str) -> int:
+    if layout_name == "tokens":
+        return 0  # one scale
+    height = output.shape[2] if layout_name == "NCHW" else output.shape[1]
+    return round(size / height)
+
+
+def stages(spec: Spec, model: nn.Module, outputs: dict[str, Any], size: int, layout_name: str) -> list[list[str]]:
+    """Blocks grouped by stage: consecutive stage entries of one reduction form a stage;
+    each entry gives its blocks (``blocks_of``); transitions are left out."""
+    grouped: list[tuple[int, list[str]]] = []
+    for entry, output in outputs.items():
+        if not isinstance(output, torch.Tensor) or output.dim() != (3 if layout_name == "tokens" else 4):
+            continue  # the stem's activation, a pooled head
+        if is_transition(model, entry) or not any(True for _ in model.get_submodule(entry).children()):
+            continue  # a stem, a downsampling pair, a lone conv, norm or pooling layer
+        scale = reduction(output, size, layout_name)
+        if grouped and grouped[-1][0] == scale:
+            grouped[-1][1].extend(blocks_of(model, entry))
+        else:
+            grouped.append((scale, blocks_of(model, entry)))
+    return [blocks for _, blocks in grouped]
+
+
+def regular(count: int, depth: int) -> list[int]:
+    """``count`` indices spread evenly over ``0 .. depth - 1``, both ends included."""
+    if count == 1:
+        return [depth - 1]
+    return [round(k * (depth - 1) / (count - 1)) for k in range(count)]
+
+
+def default_placement(stage_blocks: list[list[str]]) -> tuple[str, tuple[str, ...]]:
+    """(query, responses) by the paper's rule on a backbone's stages.
+
+    Several stages: 3 responses in the second-to-last stage and 2 in the one before, at
+    ``spaced_blocks`` (a short stage hands its surplus to the stage before it); the query
+    is the second-to-last block of the last stage. One stage (ViT): five blocks evenly
+    spread over its first three quarters, the query its second-to-last block.
+    """
+    if not stage_blocks:
+        raise ValueError("no stages found: place modules by name")
+    last = stage_blocks[-1]
+    query = last[-2] if len(last) > 1 else last[-1]
+    if len(stage_blocks) == 1:
+        early = last[: max(5, 3 * len(last) // 4)]
+        if len(early) < 5 or len(last) < 7:
+            raise ValueError(f"a single stage of {len(last)} blocks is too short for five responses and a query")
+        return query, tuple(early[i] for i in regular(5, len(early)))
+    chosen: list[str] = []
+    carried = 0
+    shares = list(RESPONSES_PER_STAGE) + [0] * (len(stage_blocks) - 1 - len(RESPONSES_PER_STAGE))
+    for blocks, share in zip(reversed(stage_blocks[:-1]), shares):
+        count = min(share + carried, len(blocks))
+        carried = share + carried - count
+        chosen = [blocks[i] for i in spaced_blocks(len(blocks), count)] + chosen
+    if carried:
+        raise ValueError("too few blocks before the last stage for five responses: place modules by name")
+    return query, tuple(chosen)
+
+
+def create_foreign(
+    name: str,
+    num_classes: int = 1000,
+    weights: str | Path | None = None,
+    *,
+    query: str | None = None,
+    responses: Sequence[str] | None = None,
+    nl_layers: Sequence[str] | None = None,
+    inner_channels: int | None = None,
+) -> nn.Module:
+    """A torchvision or timm classifier with NL/CNL modules (see the module docstring)."""
+    spec = Spec.parse(name)
+    build = _timm if spec.source == "timm" else _torchvision
+    model = build(spec.backbone, num_classes, weights)
+    layout_name, prefix = layout(spec, model)
+    if spec.variant and responses is None and nl_layers is None:
+        entries = stage_entries(spec, model)
+        probe = probe_input(spec, model)
+        found = stages(spec, model, record_outputs(model, entries, probe), probe.shape[-1], layout_name)
+        rule_query, rule_responses = default_placement(found)
+        if spec.variant == "_cnl5":
+            query, responses = query or rule_query, rule_responses
+        else:
+            nl_layers = rule_responses
+    if (query is None) != (not responses):
+        raise ValueError(f"{name}: a CNL module needs both a query and at least one response")
+    names = [*(nl_layers or ()), *(responses or ()), *([query] if query else [])]
+    known = dict(model.named_modules())
+    unknown = [n for n in names if n not in known or not n]
+    if unknown:
+        raise ValueError(f"{name} has no modules {unknown}; module names are as model.named_modules() gives them")
+    outputs = record_outputs(model, sorted(set(names), key=list(known).index), probe_input(spec, model))
+    sites = {n: Site(n, layout_name, site_channels(n, outputs[n], layout_name), prefix) for n in outputs}
+    order = list(known)
+    return plug_into(
+        model,
+        sites,
+        name,
+        query,
+        sorted(responses or (), key=order.index),
+        sorted(nl_layers or (), key=order.index),
+        inner_channels,
+    )
