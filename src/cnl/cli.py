@@ -395,10 +395,20 @@ def cmd_attention(args: argparse.Namespace) -> int:
     from cnl.analysis.attention import NothingToShow, attention_rows, parse_queries, render
     from cnl.engine.checkpoint import load_model_with_info
 
-    model, _, info = load_model_with_info(args.checkpoint)
+    model, classes, info = load_model_with_info(args.checkpoint)
     img_size = args.img_size or info["img_size"]
+    images = [*([args.image] if args.image else []), *args.images]
+    if not images:
+        raise ValueError("no image: give IMAGE... (or --image)")
     try:
-        rows = attention_rows(model, args.image, img_size, parse_queries(args.query), args.count)
+        if args.html:
+            from cnl.analysis.explorer import write_explorer
+
+            title = f"{info['model']} ({args.checkpoint}): what the modules attend to"
+            page = write_explorer(model, classes, images, img_size, args.html, title)
+            print(f"wrote {page}: {len(images)} images, {page.stat().st_size / 2**20:.1f} MB")
+            return 0
+        rows = attention_rows(model, images[0], img_size, parse_queries(args.query), args.count)
     except NothingToShow as reason:
         print(f"nothing to show: {reason}")
         return 1
@@ -416,7 +426,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def add_figures(subparsers: argparse._SubParsersAction) -> None:
     attention = subparsers.add_parser("attention", help="the paper's Fig. 3: attention maps of query positions")
     attention.add_argument("--checkpoint", required=True)
-    attention.add_argument("--image", required=True)
+    attention.add_argument("images", nargs="*", metavar="IMAGE", help="images (the figure takes the first)")
+    attention.add_argument("--image", help="an image (as IMAGE)")
+    attention.add_argument("--html", help="write an interactive, self-contained explorer page of every IMAGE here")
     attention.add_argument("--query", nargs="+", default=["auto"], help="'auto' or ROW,COLUMN cells of the query grid")
     attention.add_argument("--count", type=int, default=3, help="query cells that 'auto' picks")
     attention.add_argument("--img-size", type=int, help="default: the checkpoint's")

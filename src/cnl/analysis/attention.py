@@ -60,7 +60,7 @@ def grid_layer(model: Any) -> str:
     return model.query if model.query is not None else model.nl_layers[-1]
 
 
-def _record_maps(model: torch.nn.Module, layers: list[str]) -> tuple[dict[str, torch.Tensor], list]:
+def record_maps(model: torch.nn.Module, layers: list[str]) -> tuple[dict[str, torch.Tensor], list]:
     """Hooks that keep each named block's output map (first image, ``[C, H, W]``)."""
     maps: dict[str, torch.Tensor] = {}
 
@@ -94,6 +94,50 @@ def map_cell(cell: Cell, grid: tuple[int, int], target: tuple[int, int]) -> int:
     return row * target[1] + column
 
 
+@dataclass
+class Seen:
+    """One image through a model: its input, logits, attention maps and each layer's grid."""
+
+    x: torch.Tensor  # [1, 3, S, S], normalised
+    logits: torch.Tensor
+    attention: dict[str, torch.Tensor]  # per response (CNL) or NL block: [1, queries, positions]
+    maps: dict[str, torch.Tensor]  # each recorded layer's output as [C, H, W]
+    layers: list[str]  # the responses or NL blocks, shallow to deep
+    query: str | None
+    grid_layer: str  # whose grid the query cells are drawn on (see ``grid_layer``)
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, int]]:
+        return {layer: (int(m.shape[-2]), int(m.shape[-1])) for layer, m in self.maps.items()}
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.shapes[self.grid_layer]
+
+    def row(self, cell: Cell, layer: str) -> torch.Tensor:
+        """The attention of the query cell over ``layer``'s positions (float, flat)."""
+        target = self.shapes[self.query] if self.query is not None else self.shapes[layer]
+        return self.attention[layer][0, map_cell(cell, self.grid, target)].float()
+
+
+@torch.no_grad()
+def look(model: Any, image_path: str | Path, img_size: int) -> Seen:
+    """Run ``image_path`` through ``model`` (eval mode) keeping what a figure needs."""
+    layers = list(model.responses) + list(model.nl_layers)
+    if not layers:
+        raise NothingToShow(f"{model.arch} without NL or CNL modules has no attention to show")
+    model.eval()
+    x = eval_transform(img_size)(load_image(image_path)).unsqueeze(0)
+    last = grid_layer(model)
+    maps, hooks = record_maps(model, [*layers, last, *([model.query] if model.query else [])])
+    try:
+        logits, attention = model.forward_with_attention(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return Seen(x, logits, attention, maps, layers, model.query, last)
+
+
 @torch.no_grad()
 def attention_rows(
     model: Any, image_path: str | Path, img_size: int, queries: list[Cell] | None = None, count: int = 3
@@ -103,36 +147,22 @@ def attention_rows(
     ``queries`` are cells of the grid of ``grid_layer`` (our ResNets: the stride-32 grid of
     the last stage); None picks the ``count`` cells where its features are strongest.
     """
-    layers = list(model.responses) + list(model.nl_layers)
-    if not layers:
-        raise NothingToShow(f"{model.arch} without NL or CNL modules has no attention to show")
-    model.eval()
-    x = eval_transform(img_size)(load_image(image_path)).unsqueeze(0)
-    last = grid_layer(model)
-    maps, hooks = _record_maps(model, [*layers, last, *([model.query] if model.query else [])])
-    try:
-        _, attention = model.forward_with_attention(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    shapes = {layer: (int(m.shape[-2]), int(m.shape[-1])) for layer, m in maps.items()}
-    grid = shapes[last]
+    seen = look(model, image_path, img_size)
+    grid = seen.grid
     if queries is None:
-        queries = strongest_cells(maps[last], count)
+        queries = strongest_cells(seen.maps[seen.grid_layer], count)
     for cell in queries:
         if not (0 <= cell[0] < grid[0] and 0 <= cell[1] < grid[1]):
             raise ValueError(f"query cell {cell[0]},{cell[1]} is outside the {grid[0]}x{grid[1]} query grid")
-    query_grid = shapes[model.query] if model.query is not None else grid
     rows = []
     for cell in queries:
         panels = []
-        for layer in layers:
-            position = map_cell(cell, grid, query_grid if model.query is not None else shapes[layer])
-            heatmap = attention[layer][0, position].float().reshape(shapes[layer]).numpy()
-            panels.append(Panel(layer, describe(model, layer, shapes[layer][1], img_size), heatmap))
+        for layer in seen.layers:
+            heatmap = seen.row(cell, layer).reshape(seen.shapes[layer]).numpy()
+            panels.append(Panel(layer, describe(model, layer, seen.shapes[layer][1], img_size), heatmap))
         rows.append(panels)
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
-    image = (x[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+    image = (seen.x[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
     return AttentionRows(image, grid, list(queries), rows)
 
 

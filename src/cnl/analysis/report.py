@@ -82,24 +82,29 @@ def plot_bars(rows: list[dict[str, Any]], out: Path) -> Path:
 
 
 def attention_figures(label: str, run: Path, out_dir: Path, images: int) -> list[Path]:
-    """Fig. 3 for the first ``images`` test images of a run with NL or CNL modules."""
+    """Fig. 3 for the first ``images`` test images of a run with NL or CNL modules, and the
+    interactive explorer page of the same images."""
     from cnl.analysis.attention import attention_rows, render
+    from cnl.analysis.explorer import write_explorer
     from cnl.data import build_dataset
 
     checkpoint = run / "checkpoints" / "best.pt"
     if not checkpoint.exists():
         return []
-    model, _, info = load_model_with_info(checkpoint)
+    model, classes, info = load_model_with_info(checkpoint)
     config = TrainConfig(**info["config"])
     if not (model.responses or model.nl_layers):
         return []
     test = build_dataset(config.dataset, config.data_root, "test")
     step = max(1, len(test) // images)
+    chosen = [test.samples[k][0] for k in range(0, step * images, step)]
+    name = label.replace("/", "_")
     paths = []
-    for k in range(0, step * images, step):
-        image_path = test.samples[k][0]
+    for k, image_path in zip(range(0, step * images, step), chosen):
         rows = attention_rows(model, image_path, config.img_size, count=2)
-        paths.append(render(rows, out_dir / f"attention_{label.replace('/', '_')}_{k}.png"))
+        paths.append(render(rows, out_dir / f"attention_{name}_{k}.png"))
+    title = f"{label} ({info['model']}): what the modules attend to"
+    paths.append(write_explorer(model, classes, chosen, config.img_size, out_dir / f"explorer_{name}.html", title))
     return paths
 
 
@@ -156,8 +161,21 @@ def build_report(paths: list[str | Path], out: str | Path, images: int = 2) -> P
 def _markdown(sections: list[tuple[str, str, list[Path]]]) -> str:
     parts = ["# cnl report", ""]
     for title, text, figures in sections:
-        parts += [f"## {title}", "", text, ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]
+        parts += [f"## {title}", "", text, ""] + [_markdown_item(f) for f in figures] + [""]
     return "\n".join(parts)
+
+
+def _markdown_item(figure: Path) -> str:
+    if figure.suffix == ".html":
+        return f"[Attention explorer (interactive, works offline)]({figure.name})"
+    return f"![{figure.stem}]({figure.name})"
+
+
+def _html_item(figure: Path) -> str:
+    if figure.suffix == ".html":
+        link = f"<a href='{html.escape(figure.name)}'>Attention explorer</a>"
+        return f"<p>{link}: click any query cell of the test images</p>"
+    return f"<img src='{html.escape(figure.name)}' alt='{html.escape(figure.stem)}'>"
 
 
 def _table_html(text: str) -> str:
@@ -172,19 +190,22 @@ def _table_html(text: str) -> str:
     ]
     head = "".join(f"<th>{c}</th>" for c in cells[0])
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[1:])
-    return f"<table><tr>{head}</tr>{body}</table>" + "".join(f"<p>{html.escape(line)}</p>" for line in rest)
+    table_html = f"<div class='wide'><table><tr>{head}</tr>{body}</table></div>"
+    return table_html + "".join(f"<p>{html.escape(line)}</p>" for line in rest)
 
 
 def _html(sections: list[tuple[str, str, list[Path]]]) -> str:
     style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:100%}"
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 12px}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:100%}p,h2{overflow-wrap:anywhere}"
+        ".wide{overflow-x:auto;max-width:100%}"  # a wide table scrolls inside its box on a phone
     )
-    head = f"<head><meta charset='utf-8'><title>cnl report</title><style>{style}</style></head>"
+    viewport = "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+    head = f"<head><meta charset='utf-8'>{viewport}<title>cnl report</title><style>{style}</style></head>"
     parts = [f"<!doctype html><html>{head}<body>",
              "<h1>cnl report</h1>"]  # fmt: skip
     for title, text, figures in sections:
         parts += [f"<h2>{html.escape(title)}</h2>", _table_html(text)]
-        parts += [f"<img src='{html.escape(f.name)}' alt='{html.escape(f.stem)}'>" for f in figures]
+        parts += [_html_item(f) for f in figures]
     parts.append("</body></html>")
     return "\n".join(parts)
