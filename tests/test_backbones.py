@@ -228,6 +228,9 @@ def test_downstream_train_eval_predict_attention_export_on_a_torchvision_backbon
     assert str(image) in capsys.readouterr().out
     assert main(["attention", "--checkpoint", str(best), "--image", str(image), "--out", str(tmp_path / "a.png")]) == 0
     assert (tmp_path / "a.png").stat().st_size > 1000
+    assert main(["attention", "--checkpoint", str(best), str(image), "--html", str(tmp_path / "a.html")]) == 0
+    page = (tmp_path / "a.html").read_text()
+    assert all(f'"name":"{layer}"' in page for layer in model.responses)  # one map per response
     assert main(["export", "--checkpoint", str(best), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
     assert (tmp_path / "m.onnx").stat().st_size > 100_000
 
