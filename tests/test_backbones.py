@@ -12,7 +12,7 @@ import torch
 
 import cnl
 from cnl.models.backbones import Spec, default_placement, regular
-from cnl.models.plug import Site
+from cnl.models.plug import Site, record_outputs
 
 pytest.importorskip("timm")
 
@@ -61,16 +61,7 @@ def grid(site: Site, output: torch.Tensor) -> int:
 
 
 def site_outputs(model, x):
-    outputs = {}
-    handles = [
-        model.get_submodule(name).register_forward_hook(lambda m, a, out, name=name: outputs.setdefault(name, out))
-        for name in model.plug.sites
-    ]
-    with torch.no_grad():
-        model(x)
-    for handle in handles:
-        handle.remove()
-    return outputs
+    return record_outputs(model, list(model.plug.sites), x)
 
 
 @pytest.mark.parametrize("backbone", FAMILIES)

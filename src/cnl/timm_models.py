@@ -14,7 +14,7 @@ from typing import Any
 from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
 
 from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RESIZE_RATIO
-from cnl.models import FineGrainedResNet, create_model, list_models
+from cnl.models import create_model, list_models
 
 NAMES = [name for name in list_models() if name.endswith(("_nl5", "_cnl5"))]
 TIMM_FAMILIES = (
@@ -57,38 +57,31 @@ default_cfgs = generate_default_cfgs(
 )
 
 
-def _entrypoint(name: str):
-    def entrypoint(pretrained: bool = False, num_classes: int = 1000, **kwargs: Any) -> FineGrainedResNet:
+def _entrypoint(name: str, target: str, pretrained_weights: str, doc: str, cfg: dict[str, Any] | None = None):
+    """timm's entry point ``name``: ``cnl.create_model(target)``, with ``pretrained_weights``
+    when pretrained=True; ``cfg`` replaces the model's pretrained_cfg (ours), None keeps
+    timm's (a timm backbone's own)."""
+
+    def entrypoint(pretrained: bool = False, num_classes: int = 1000, **kwargs: Any) -> Any:
         for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
             kwargs.pop(key, None)
         if kwargs.get("drop_rate") is None:
             kwargs.pop("drop_rate", None)
-        weights = kwargs.pop("weights", "DEFAULT" if pretrained else None)
-        model = create_model(name, num_classes=num_classes, weights=weights, **kwargs)
-        model.pretrained_cfg = model.default_cfg = _cfg(name)
+        weights = kwargs.pop("weights", pretrained_weights if pretrained else None)
+        model = create_model(target, num_classes=num_classes, weights=weights, **kwargs)
+        if cfg is not None:
+            model.pretrained_cfg = model.default_cfg = cfg
         return model
-
-    entrypoint.__name__ = name
-    entrypoint.__qualname__ = name
-    entrypoint.__module__ = __name__
-    entrypoint.__doc__ = f"cnl's {name} (ImageNet backbone weights when pretrained=True)."
-    return entrypoint
-
-
-def _foreign_entrypoint(name: str):
-    def entrypoint(pretrained: bool = False, num_classes: int = 1000, **kwargs: Any) -> Any:
-        for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-            kwargs.pop(key, None)
-        weights = kwargs.pop("weights", "pretrained" if pretrained else None)
-        return create_model(f"timm:{name}", num_classes=num_classes, weights=weights, **kwargs)
 
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__module__ = __name__
-    entrypoint.__doc__ = f"timm's {FOREIGN[name]} with cnl's modules (timm's weights when pretrained=True)."
+    entrypoint.__doc__ = doc
     return entrypoint
 
 
 for _name in NAMES:
-    globals()[_name] = register_model(_entrypoint(_name))
+    _doc = f"cnl's {_name} (ImageNet backbone weights when pretrained=True)."
+    globals()[_name] = register_model(_entrypoint(_name, _name, "DEFAULT", _doc, _cfg(_name)))
 for _name in FOREIGN:
-    globals()[_name] = register_model(_foreign_entrypoint(_name))
+    _doc = f"timm's {FOREIGN[_name]} with cnl's modules (timm's weights when pretrained=True)."
+    globals()[_name] = register_model(_entrypoint(_name, f"timm:{_name}", "pretrained", _doc))

@@ -8,6 +8,7 @@ titled with the layer's name and its receptive field.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +74,12 @@ def record_maps(model: torch.nn.Module, layers: list[str]) -> tuple[dict[str, to
     return maps, [model.get_submodule(layer).register_forward_hook(recorder(layer)) for layer in dict.fromkeys(layers)]
 
 
-def describe(model: Any, layer: str, width: int, img_size: int) -> str:
-    """A panel's title: the layer with its receptive field (our ResNets) or its stride."""
+def layer_facts(model: Any, layer: str, width: int, img_size: int) -> str:
+    """A layer's receptive field and stride (our ResNets), or its stride (``width``: its map's
+    width at ``img_size``)."""
     if getattr(model, "plug", None) is None:
-        return f"{layer}\n{receptive_fields(model)[layer].describe()}"
-    return f"{layer}\nstride {img_size / width:g} px"
+        return receptive_fields(model)[layer].describe()
+    return f"stride {img_size / width:g} px"
 
 
 def strongest_cells(features: torch.Tensor, count: int) -> list[Cell]:
@@ -106,7 +108,7 @@ class Seen:
     query: str | None
     grid_layer: str  # whose grid the query cells are drawn on (see ``grid_layer``)
 
-    @property
+    @cached_property
     def shapes(self) -> dict[str, tuple[int, int]]:
         return {layer: (int(m.shape[-2]), int(m.shape[-1])) for layer, m in self.maps.items()}
 
@@ -159,7 +161,8 @@ def attention_rows(
         panels = []
         for layer in seen.layers:
             heatmap = seen.row(cell, layer).reshape(seen.shapes[layer]).numpy()
-            panels.append(Panel(layer, describe(model, layer, seen.shapes[layer][1], img_size), heatmap))
+            facts = layer_facts(model, layer, seen.shapes[layer][1], img_size)
+            panels.append(Panel(layer, f"{layer}\n{facts}", heatmap))
         rows.append(panels)
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     image = (seen.x[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()

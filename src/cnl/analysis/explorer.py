@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnl.analysis.attention import describe, look
+from cnl.analysis.attention import layer_facts, look
 from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 TOPK = 5
@@ -63,11 +63,10 @@ def explore_image(model: Any, classes: list[str], path: str | Path, img_size: in
     entries = []
     for layer in seen.layers:
         values, scales = quantise(torch.stack([seen.row(cell, layer) for cell in cells]))
-        title = describe(model, layer, seen.shapes[layer][1], img_size)
         entries.append(
             {
                 "name": layer,
-                "detail": title.split("\n", 1)[1],
+                "detail": layer_facts(model, layer, seen.shapes[layer][1], img_size),
                 "shape": list(seen.shapes[layer]),
                 "values": _b64(values.tobytes()),
                 "scales": _b64(scales.astype("<f4").tobytes()),
@@ -94,17 +93,10 @@ def colormap() -> list[list[int]]:
 def write_explorer(
     model: Any, classes: list[str], images: Sequence[str | Path], img_size: int, out: str | Path, title: str = ""
 ) -> Path:
-    """Write the page for ``images`` to ``out``; returns its path."""
-    layers = list(model.responses) + list(model.nl_layers)
-    if not layers:
-        from cnl.analysis.attention import NothingToShow
-
-        raise NothingToShow(f"{model.arch} without NL or CNL modules has no attention to show")
-    model.eval()
+    """Write the page for ``images`` to ``out``; returns its path. A model without NL or CNL
+    modules raises ``NothingToShow`` (from ``look``)."""
     data = {
         "model": model.arch,
-        "kind": "CNL" if model.query is not None else "NL",
-        "query": model.query,
         "img_size": img_size,
         "lut": colormap(),
         "images": [explore_image(model, classes, path, img_size) for path in images],

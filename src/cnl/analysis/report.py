@@ -97,10 +97,11 @@ def attention_figures(label: str, run: Path, out_dir: Path, images: int) -> list
         return []
     test = build_dataset(config.dataset, config.data_root, "test")
     step = max(1, len(test) // images)
-    chosen = [test.samples[k][0] for k in range(0, step * images, step)]
+    positions = range(0, step * images, step)
+    chosen = [test.samples[k][0] for k in positions]
     name = label.replace("/", "_")
     paths = []
-    for k, image_path in zip(range(0, step * images, step), chosen):
+    for k, image_path in zip(positions, chosen):
         rows = attention_rows(model, image_path, config.img_size, count=2)
         paths.append(render(rows, out_dir / f"attention_{name}_{k}.png"))
     title = f"{label} ({info['model']}): what the modules attend to"

@@ -158,11 +158,15 @@ def reduction(output: torch.Tensor, size: int, layout_name: str) -> int:
     return round(size / height)
 
 
-def stages(spec: Spec, model: nn.Module, outputs: dict[str, Any], size: int, layout_name: str) -> list[list[str]]:
-    """Blocks grouped by stage: consecutive stage entries of one reduction form a stage;
-    each entry gives its blocks (``blocks_of``); transitions are left out."""
+def stages(
+    model: nn.Module, entries: list[str], outputs: dict[str, Any], size: int, layout_name: str
+) -> list[list[str]]:
+    """Blocks grouped by stage: consecutive stage entries of one reduction (seen in
+    ``outputs``, the entries' outputs on a ``size`` probe) form a stage; each entry gives its
+    blocks (``blocks_of``); transitions are left out."""
     grouped: list[tuple[int, list[str]]] = []
-    for entry, output in outputs.items():
+    for entry in entries:
+        output = outputs.get(entry)
         if not isinstance(output, torch.Tensor) or output.dim() != (3 if layout_name == "tokens" else 4):
             continue  # the stem's activation, a pooled head
         if is_transition(model, entry) or not any(True for _ in model.get_submodule(entry).children()):
@@ -226,25 +230,27 @@ def create_foreign(
     build = _timm if spec.source == "timm" else _torchvision
     model = build(spec.backbone, num_classes, weights)
     layout_name, prefix = layout(spec, model)
-    if spec.variant and responses is None and nl_layers is None:
-        entries = stage_entries(spec, model)
-        probe = probe_input(spec, model)
-        found = stages(spec, model, record_outputs(model, entries, probe), probe.shape[-1], layout_name)
-        rule_query, rule_responses = default_placement(found)
+    by_rule = bool(spec.variant) and responses is None and nl_layers is None
+    entries = stage_entries(spec, model) if by_rule else []
+    by_hand = [*(nl_layers or ()), *(responses or ()), *([query] if query else [])]
+    order = [n for n, _ in model.named_modules()]
+    unknown = [n for n in by_hand if n not in order or not n]
+    if unknown:
+        raise ValueError(f"{name} has no modules {unknown}; module names are as model.named_modules() gives them")
+    # One probe forward gives the stages' strides and every candidate site's channels.
+    candidates = [block for entry in entries for block in blocks_of(model, entry)]
+    probe = probe_input(spec, model)
+    outputs = record_outputs(model, list(dict.fromkeys([*entries, *candidates, *by_hand])), probe)
+    if by_rule:
+        rule_query, rule_responses = default_placement(stages(model, entries, outputs, probe.shape[-1], layout_name))
         if spec.variant == "_cnl5":
             query, responses = query or rule_query, rule_responses
         else:
             nl_layers = rule_responses
     if (query is None) != (not responses):
         raise ValueError(f"{name}: a CNL module needs both a query and at least one response")
-    names = [*(nl_layers or ()), *(responses or ()), *([query] if query else [])]
-    known = dict(model.named_modules())
-    unknown = [n for n in names if n not in known or not n]
-    if unknown:
-        raise ValueError(f"{name} has no modules {unknown}; module names are as model.named_modules() gives them")
-    outputs = record_outputs(model, sorted(set(names), key=list(known).index), probe_input(spec, model))
-    sites = {n: Site(n, layout_name, site_channels(n, outputs[n], layout_name), prefix) for n in outputs}
-    order = list(known)
+    names = dict.fromkeys([*(nl_layers or ()), *(responses or ()), *([query] if query else [])])
+    sites = {n: Site(n, layout_name, site_channels(n, outputs[n], layout_name), prefix) for n in names}
     return plug_into(
         model,
         sites,

@@ -31,7 +31,6 @@ from torch import Tensor, nn
 
 from cnl.nn import CrossLayerNonLocal, NonLocal2d
 
-LAYOUTS = ("NCHW", "NHWC", "tokens")
 ATTRIBUTES = ("query", "responses", "nl_layers", "arch", "forward_with_attention")
 
 
@@ -190,9 +189,7 @@ def plug_into(
 ) -> nn.Module:
     """Insert the modules into ``backbone`` in place and return it, with ``query``,
     ``responses``, ``nl_layers``, ``arch`` and ``forward_with_attention`` as our ResNets have."""
-    taken = [
-        a for a in ("plug", "query", "responses", "nl_layers", "arch", "forward_with_attention") if hasattr(backbone, a)
-    ]
+    taken = [a for a in ("plug", *ATTRIBUTES) if hasattr(backbone, a)]
     if taken:
         raise ValueError(f"{name} already has attributes {taken}; cnl cannot plug into it")
     plug = Plug(sites, query, responses, nl_layers, inner_channels)
