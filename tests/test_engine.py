@@ -1,5 +1,6 @@
 """Training, resuming, evaluating and predicting on generated data; the schedule; configs."""
 
+import csv
 import json
 import os
 import subprocess
@@ -224,12 +225,23 @@ def test_two_cpu_processes_train_in_sync_and_evaluate_exactly(data, tmp_path, ca
     # 12 test images over 2 processes: every one counted once.
     assert metrics_lines(output)[0]["test_count"] == 12
     checkpoint = output / "checkpoints" / "last.pt"
-    done = torchrun("eval", "--checkpoint", str(checkpoint), "--json", "--batch-size", "5", port=29532)
+    done = torchrun(
+        "eval", "--checkpoint", str(checkpoint), "--json", "--batch-size", "5", "--report", str(tmp_path / "two"),
+        port=29532,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     two = json.loads(done.stdout.strip().splitlines()[-1])
-    one = eval_json(capsys, checkpoint)
+    one = eval_json(capsys, checkpoint, "--report", str(tmp_path / "one"))
     assert (two["top1"], two["top5"], two["count"]) == (one["top1"], one["top5"], one["count"])
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    # Per-image predictions gathered from both processes: every image once, in dataset order, as one process gives.
+    rows = {n: list(csv.DictReader((tmp_path / n / "predictions.csv").open())) for n in ("one", "two")}
+    rows["trained"] = list(csv.DictReader((output / "predictions.csv").open()))  # one epoch: best.pt is last.pt
+    assert [r["correct"] for r in rows["trained"]] == [r["correct"] for r in rows["one"]]
+    assert [r["index"] for r in rows["two"]] == [str(k) for k in range(12)]
+    for key in ("image", "label", "predicted", "correct", "top5"):
+        assert [r[key] for r in rows["two"]] == [r[key] for r in rows["one"]], key
+    assert [float(r["p_label"]) for r in rows["two"]] == pytest.approx([float(r["p_label"]) for r in rows["one"]])
 
 
 def test_demo_quick_runs_the_whole_pipeline(tmp_path, capsys):
@@ -239,7 +251,7 @@ def test_demo_quick_runs_the_whole_pipeline(tmp_path, capsys):
         assert f"| {name} |" in out
         for seed in (0, 1):
             assert (tmp_path / "demo" / "ablation" / name / f"seed{seed}" / "checkpoints" / "best.pt").is_file()
-    assert "against resnet18:" in out and "Training images/s" in out  # the verdicts of two seeds
+    assert "against resnet18; " in out and "McNemar, 8 images)" in out and "Training images/s" in out
     assert "Test top-1 over the last two epochs moved by at most" in out
     assert "speed vs first" not in out  # the table repeats exactly; speed is a line of its own
     assert (tmp_path / "demo" / "data" / "synth.json").is_file()

@@ -38,6 +38,15 @@ def test_eval_report_agrees_with_eval_and_appears_in_cnl_report(tmp_path, capsys
     assert 100 * sum(int(r["correct"]) for r in rows) / 12 == result["top1"]
     logged = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["per_class_top1"]
     assert [float(r["top1"]) for r in rows] == [round(v, 2) for v in logged]
+    # predictions.csv: training wrote the best epoch's, eval --report the same of best.pt, image by image.
+    trained, evaluated = (list(csv.DictReader((folder / "predictions.csv").open())) for folder in (run, run / "eval"))
+    assert trained == evaluated and [r["split"] for r in trained] == ["test"] * 12
+    assert list(trained[0]) == ["split", "index", "image", "label", "label_name", "predicted", "predicted_name",
+                                "correct", "top5", "p_label"]  # fmt: skip
+    assert 100 * sum(r["correct"] == "1" for r in trained) / 12 == result["top1"]
+    top5 = [list(map(int, r["top5"].split())) for r in trained]
+    assert all(len(t) == 4 and t[0] == int(r["predicted"]) for t, r in zip(top5, trained))  # 4 classes: top-4
+    assert all(r["image"].endswith(".jpg") and 0 < float(r["p_label"]) < 1 for r in trained)
     page = build_report([run], tmp_path / "report", images=1).read_text()
     assert "least accurate classes" in page and "confusion_run.png" in page
     assert (tmp_path / "report" / "confusion_run.png").is_file()

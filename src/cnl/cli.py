@@ -303,7 +303,9 @@ def add_training(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--workers", type=int)
     evaluate.add_argument("--device", help="auto (default: the run's), cpu or cuda")
     evaluate.add_argument("--json", action="store_true", help="print an object with top1, top5, loss, count")
-    evaluate.add_argument("--report", help="a folder for per_class.csv and confusion.png (cnl report shows RUN/eval)")
+    evaluate.add_argument(
+        "--report", help="a folder for per_class.csv, confusion.png and predictions.csv (cnl report shows RUN/eval)"
+    )
     evaluate.set_defaults(func=cmd_eval)
 
     pred = subparsers.add_parser("predict", help="class names and probabilities for images")

@@ -1,22 +1,31 @@
 """Table 2 as an experiment: the same recipe for each model, over one or more seeds.
 
-With several seeds each model gets mean and standard deviation over seeds, and every model
-after the first its paired difference to the first (same seed, same data order and crops)
-with a 95 % Student-t confidence interval over seeds.
+Each model gets mean and standard deviation over seeds, and every model after the first
+its comparison with the first, paired twice: by seed (the same seed gives the same initial
+head, data order and crops) and, within a seed, image by image on the test split, read
+from each run's ``predictions.csv`` (the tests are in ``cnl.analysis.paired``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import statistics
 from pathlib import Path
 from typing import Any
 
+from cnl.analysis.paired import (
+    SEEDS_FOR_INTERVAL,
+    compare_over_seeds,
+    compare_seed,
+    mean_and_interval,
+    p_number,
+    verdict,
+)
 from cnl.analysis.profile import profile_model
 from cnl.engine.checkpoint import model_overrides
 from cnl.engine.config import TrainConfig
+from cnl.engine.predictions import PREDICTIONS, read_correct
 from cnl.engine.trainer import RunInterrupted, fit
 
 PER_SEED = ("top1", "top5", "best_epoch", "final_top1", "train_images_per_s")
@@ -57,6 +66,7 @@ def run_ablation(
                     "train_images_per_s": summary["train_images_per_s"],
                     "params": summary["params"],
                     "classes": summary["classes"],
+                    "predictions": output / folder / PREDICTIONS,
                 }
             )
     rows = summarise(base, results)
@@ -64,22 +74,29 @@ def run_ablation(
     return rows
 
 
-def mean_and_interval(values: list[float], confidence: float = 0.95) -> dict[str, float | None]:
-    """Mean, sample standard deviation and the Student-t interval of the mean (None for one value)."""
-    from scipy import stats
-
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return {"mean": mean, "std": None, "low": None, "high": None}
-    std = statistics.stdev(values)
-    half = stats.t.ppf((1 + confidence) / 2, len(values) - 1) * std / math.sqrt(len(values))
-    return {"mean": mean, "std": std, "low": mean - half, "high": mean + half}
+def paired_with(runs: list[dict[str, Any]], reference: list[dict[str, Any]]) -> dict[str, Any]:
+    """``compare_over_seeds`` of ``runs`` against the first model's runs of the same seeds,
+    image by image on the test split of each run's predictions.csv."""
+    first_by_seed = {run["seed"]: run for run in reference}
+    per_seed = []
+    for run in runs:
+        if run["seed"] not in first_by_seed:
+            continue  # an interrupted ablation: the first model's run of this seed never finished
+        first = first_by_seed[run["seed"]]
+        first_images, first_correct = read_correct(first["predictions"])
+        images, correct = read_correct(run["predictions"])
+        if images != first_images:
+            raise ValueError(
+                f"{run['predictions']} and {first['predictions']} are of different test images: cannot pair them"
+            )
+        per_seed.append(compare_seed(first_correct, correct, run["seed"]))
+    return compare_over_seeds(per_seed)
 
 
 def summarise(base: TrainConfig, results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Per model: ``top1``/``top5`` (means over seeds), their ``*_std``, the per-seed values,
-    size and cost, and for every model after the first ``diff_top1``: the paired difference
-    to the first model with its 95 % interval."""
+    size and cost, and for every model after the first ``diff_top1``: its comparison with the
+    first model (see ``paired_with``)."""
     rows = []
     reference = next(iter(results.values()), [])
     for name, runs in results.items():
@@ -102,8 +119,9 @@ def summarise(base: TrainConfig, results: dict[str, list[dict[str, Any]]]) -> li
             "runs": [r["run"] for r in runs],
         }
         if runs is not reference:
-            paired = [r["top1"] - first["top1"] for r, first in zip(runs, reference)]
-            row["diff_top1"] = mean_and_interval(paired)
+            comparison = paired_with(runs, reference)
+            if comparison["per_seed"]:
+                row["diff_top1"] = comparison
         rows.append(row)
     return rows
 
@@ -123,21 +141,34 @@ def _difference(row: dict[str, Any]) -> str:
     diff = row.get("diff_top1")
     if diff is None:
         return "-"
-    if diff["low"] is None:
-        return f"{diff['mean']:+.2f}"
-    return f"{diff['mean']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}]"
+    text = f"{diff['mean']:+.2f}" if diff["std"] is None else f"{diff['mean']:+.2f} ± {diff['std']:.2f}"
+    return text if diff["low"] is None else f"{text} [{diff['low']:+.2f}, {diff['high']:+.2f}]"
 
 
-def verdict(row: dict[str, Any], first: str) -> str:
-    """One sentence: does ``row`` differ from the first model beyond its interval?"""
-    diff = row["diff_top1"]
-    if diff["low"] is None:
-        return f"{row['model']}: {diff['mean']:+.2f} points against {first}; one seed, so no interval can be given."
-    interval = f"{diff['mean']:+.2f} points [{diff['low']:+.2f}, {diff['high']:+.2f}]"
-    if diff["low"] > 0 or diff["high"] < 0:
-        side = "better" if diff["low"] > 0 else "worse"
-        return f"{row['model']}: {interval} against {first}: {side}, beyond the 95 % interval."
-    return f"{row['model']}: {interval} against {first}: the interval includes 0, no difference shown."
+def format_paired(rows: list[dict[str, Any]]) -> str:
+    """Markdown: per model and seed, the per-image comparison with the first model; per model
+    over seeds, the stratified test."""
+    first = rows[0]["model"]
+    lines = [
+        f"| model | seed | top-1 vs {first} | paired bootstrap 95% | only this right | only {first} right "
+        "| McNemar p |",
+        "|---" * 7 + "|",
+    ]
+    for row in rows[1:]:
+        diff = row.get("diff_top1")
+        if diff is None:
+            continue
+        for seed in diff["per_seed"]:
+            lines.append(
+                f"| {row['model']} | {seed['seed']} | {seed['diff']:+.2f} | [{seed['low']:+.2f}, {seed['high']:+.2f}] "
+                f"| {seed['only_other']} | {seed['only_first']} | {p_number(seed['p'])} |"
+            )
+        if len(diff["per_seed"]) > 1:
+            lines.append(
+                f"| {row['model']} | all: better in {diff['better']}, worse in {diff['worse']} | {diff['mean']:+.2f} | "
+                f"| {diff['only_other']} | {diff['only_first']} | {p_number(diff['stratified_p'])} (stratified) |"
+            )
+    return "\n".join(lines)
 
 
 def selection(config: TrainConfig) -> str:
@@ -155,7 +186,7 @@ def format_ablation(
     speed relative to the first (unless ``timing`` is False: a table that repeats exactly),
     then one verdict per model."""
     seeds = seeds or [config.seed]
-    header = "| model | top-1 | top-5 | top-1 vs first [95% CI] | params (M) | GMACs layers | GMACs all |"
+    header = "| model | top-1 | top-5 | top-1 vs first | params (M) | GMACs layers | GMACs all |"
     lines = [header + (" train img/s | speed vs first |" if timing else ""), "|---" * (9 if timing else 7) + "|"]
     reference = rows[0]["train_images_per_s"] if rows else None
     for row in rows:
@@ -172,10 +203,13 @@ def format_ablation(
     lines += [
         "",
         f"{config.dataset} at {config.data_root}, {config.img_size}x{config.img_size}, {config.epochs} epochs, "
-        f"{config.batch_description()}, lr {config.lr}; {over}. {selection(config)}; the difference to the "
-        "first model is paired by seed, with a Student-t interval. GMACs per image ('layers' leaves out the "
-        "attention products, as the paper's table).",
+        f"{config.batch_description()}, lr {config.lr}; {over}. {selection(config)}. The difference to the "
+        f"first model is paired by seed (mean ± sd, with a Student-t 95 % interval from {SEEDS_FOR_INTERVAL} "
+        "seeds on) and, within each seed, image by image on the test split (below). GMACs per image ('layers' "
+        "leaves out the attention products, as the paper's table).",
     ]
-    if len(rows) > 1:
-        lines += [""] + [verdict(row, rows[0]["model"]) for row in rows[1:]]
+    compared = [row for row in rows[1:] if row.get("diff_top1")]
+    if compared:
+        lines += ["", format_paired(rows), ""]
+        lines += [verdict(row["model"], rows[0]["model"], row["diff_top1"]) for row in compared]
     return "\n".join(lines)

@@ -72,8 +72,14 @@ def plot_bars(rows: list[dict[str, Any]], out: Path) -> Path:
     colours = ["#888888", "#4c72b0", "#dd8452", "#55a868"][: len(rows)] or None
     axis.bar(names, [r["top1"] for r in rows], yerr=errors, capsize=4, color=colours)
     for k, row in enumerate(rows):
+        seeds = [run["top1"] for run in row.get("per_seed", [])]
+        if len(seeds) > 1:  # each seed's run, beside the mean it makes
+            label = "each seed" if k == 0 else None
+            axis.plot([k + 0.25] * len(seeds), seeds, "o", color="black", markersize=4, label=label)
         axis.text(k, row["top1"] + errors[k], f"{row['top1']:.1f}", ha="center", va="bottom", fontsize=8)
-    spread = " (mean ± sd over seeds)" if any(errors) else ""
+    if any(len(row.get("per_seed", [])) > 1 for row in rows):
+        axis.legend(fontsize=7, loc="lower right")
+    spread = " (mean ± sd over seeds, and each seed)" if any(errors) else ""
     axis.set(ylabel="top-1 (%)", title=f"ablation: best test top-1{spread}")
     figure.tight_layout()
     figure.savefig(out, dpi=100)
@@ -180,19 +186,28 @@ def _html_item(figure: Path) -> str:
 
 
 def _table_html(text: str) -> str:
-    """A Markdown table (and the lines after it) as HTML."""
-    lines = text.splitlines()
-    table = [line for line in lines if line.startswith("|")]
-    rest = [line for line in lines if not line.startswith("|") and line.strip()]
-    if not table:
-        return f"<p>{html.escape(text)}</p>"
+    """Markdown text of tables and paragraphs as HTML, in order (a table: consecutive ``|`` lines)."""
+    parts: list[str] = []
+    table: list[str] = []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        if table:
+            parts.append(_one_table(table))
+            table = []
+        if line.strip():
+            parts.append(f"<p>{html.escape(line)}</p>")
+    return "".join(parts)
+
+
+def _one_table(lines: list[str]) -> str:
     cells = [
-        [html.escape(c.strip()) for c in line.strip("|").split("|")] for line in table if not line.startswith("|---")
+        [html.escape(c.strip()) for c in line.strip("|").split("|")] for line in lines if not line.startswith("|---")
     ]
     head = "".join(f"<th>{c}</th>" for c in cells[0])
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[1:])
-    table_html = f"<div class='wide'><table><tr>{head}</tr>{body}</table></div>"
-    return table_html + "".join(f"<p>{html.escape(line)}</p>" for line in rest)
+    return f"<div class='wide'><table><tr>{head}</tr>{body}</table></div>"
 
 
 def _html(sections: list[tuple[str, str, list[Path]]]) -> str:

@@ -22,6 +22,7 @@ from cnl.engine import distributed
 from cnl.engine.checkpoint import load_model_with_info
 from cnl.engine.config import make_config
 from cnl.engine.loop import StepSettings, evaluate
+from cnl.engine.predictions import PREDICTIONS, write_image_predictions
 from cnl.engine.trainer import eval_loader
 
 
@@ -31,7 +32,8 @@ def evaluate_checkpoint(
     """Top-1/top-5 (percent) of a checkpoint on its test split, exactly as training measured it.
 
     ``batch_size``: per process (default: the run's). ``report``: a folder for per-class
-    accuracy (CSV) and the most confused classes (PNG). ``overrides`` of the run's config:
+    accuracy (CSV), the most confused classes (PNG) and each image's prediction
+    (``predictions.csv``, as training writes it). ``overrides`` of the run's config:
     ``data_root``, ``workers``, ``device``, ``amp``. Under torchrun the test set is
     sharded and the sums reduced, so the result is the same.
     """
@@ -53,11 +55,14 @@ def evaluate_checkpoint(
         batch_size = batch_size or config.batch_size or max(1, (config.global_batch_size or 1) // ctx.world_size)
         runnable: torch.nn.Module = torch.compile(model) if config.compile else model  # type: ignore[assignment]
         loader = eval_loader(test, batch_size, config.workers, ctx)
-        metrics = evaluate(runnable, loader, settings, confusion=report is not None)  # as training did
+        metrics = evaluate(runnable, loader, settings, confusion=report is not None, per_image=report is not None)
         if report is not None:
-            confusion = metrics.pop("confusion")
+            confusion, per_image = metrics.pop("confusion"), metrics.pop("per_image")
             if ctx.is_main:
-                metrics["report"] = [str(p) for p in write_evidence(confusion, classes, report)]
+                written = write_evidence(confusion, classes, report)
+                splits = {"test": (test, per_image)}
+                written.append(write_image_predictions(Path(report) / PREDICTIONS, splits, classes))
+                metrics["report"] = [str(p) for p in written]
         return {"checkpoint": str(path), "model": config.model, **metrics, "is_main": ctx.is_main}
     finally:
         distributed.teardown(ctx)

@@ -14,7 +14,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cnl.engine.metrics import Accumulator
+from cnl.engine.metrics import Accumulator, ImageRecord
 from cnl.engine.randomness import seed_step
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -148,16 +148,33 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, settings: StepSettings, desc: str = "eval", confusion: bool = False
+    model: nn.Module,
+    loader: DataLoader,
+    settings: StepSettings,
+    desc: str = "eval",
+    confusion: bool = False,
+    per_image: bool = False,
 ) -> dict[str, Any]:
     """Loss, top-1, top-5 and per-class top-1 (percent) over every sample of every process's
-    shard; with ``confusion`` also the confusion matrix (counts, [true][predicted])."""
+    shard; with ``confusion`` also the confusion matrix (counts, [true][predicted]); with
+    ``per_image`` also ``per_image``: each image's label, top-k and label probability, in
+    dataset order (see ``ImageRecord``)."""
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     meter = Accumulator(settings.num_classes, settings.device, confusion)
+    record = (
+        ImageRecord(list(loader.sampler), len(loader.dataset), settings.num_classes, settings.device)  # type: ignore[arg-type]
+        if per_image
+        else None
+    )
     for images, labels in tqdm(loader, desc=desc, disable=not settings.show_progress, leave=False, dynamic_ncols=True):
         images, labels = settings.to_device(images, labels)
         with settings.autocast():
             logits = model(images)
         meter.update(logits.float(), labels, criterion(logits.float(), labels))
-    return meter.compute()
+        if record is not None:
+            record.update(logits.float(), labels)
+    results = meter.compute()
+    if record is not None:
+        results["per_image"] = record.compute()
+    return results

@@ -1,4 +1,4 @@
-"""Top-k and per-class accuracy, summed exactly across processes."""
+"""Top-k and per-class accuracy, summed exactly across processes; what the model said of each image."""
 
 from __future__ import annotations
 
@@ -60,4 +60,39 @@ class Accumulator:
             "top5": 100.0 * totals[2].item() / n,
             "count": int(totals[3].item()),
             "per_class_top1": per_class,
+        }
+
+
+class ImageRecord:
+    """Per image of a dataset: its label, the model's top-k classes and the probability it gave
+    the label, gathered from every process into one table in dataset order.
+
+    ``order`` is the dataset index of each sample this process sees, in the order its loader
+    yields them; every index belongs to exactly one process, so a sum of the per-process
+    tables, zero elsewhere, is the whole table.
+    """
+
+    def __init__(self, order: list[int], size: int, num_classes: int, device: torch.device) -> None:
+        self.order = torch.tensor(order, dtype=torch.long, device=device)
+        self.size, self.topk, self.device = size, min(5, num_classes), device
+        self.rows: list[Tensor] = []
+
+    @torch.no_grad()
+    def update(self, logits: Tensor, labels: Tensor) -> None:
+        ranked = logits.topk(self.topk, dim=1).indices
+        p_label = logits.softmax(dim=1).gather(1, labels[:, None])
+        self.rows.append(torch.cat([labels[:, None].double(), ranked.double(), p_label.double()], dim=1))
+
+    def compute(self) -> dict[str, Any]:
+        """``label`` [N], ``topk`` [N, k] (class indices, best first), ``p_label`` [N] as numpy
+        arrays, N the dataset's size."""
+        table = torch.zeros(self.size, self.topk + 2, dtype=torch.float64, device=self.device)
+        if self.rows:
+            seen = torch.cat(self.rows)
+            table[self.order[: len(seen)]] = seen
+        values = all_reduce_sum(table).cpu().numpy()
+        return {
+            "label": values[:, 0].astype("int64"),
+            "topk": values[:, 1:-1].astype("int64"),
+            "p_label": values[:, -1],
         }

@@ -27,6 +27,7 @@ from cnl.engine import distributed
 from cnl.engine.checkpoint import model_overrides, read_for_resume, remove_temporaries, save_checkpoint
 from cnl.engine.config import TrainConfig
 from cnl.engine.loop import EpochStats, StepSettings, TrainParts, evaluate, train_one_epoch
+from cnl.engine.predictions import PREDICTIONS, write_image_predictions
 from cnl.engine.provenance import provenance
 from cnl.engine.randomness import EpochSampler, SeededDataset, seed_model_init, validation_indices
 from cnl.engine.runlock import RunLock
@@ -331,7 +332,7 @@ class Run:
             "scaler": self.parts.scaler.state_dict(),
             "epoch": epoch,
             "best": {**run.best, "epoch": run.best_epoch},
-            "metrics": {k: v for k, v in metrics.items() if k != "per_class_top1"},
+            "metrics": {k: v for k, v in metrics.items() if k not in ("per_class_top1", "per_image")},
             "config": self.recipe,
             "classes": self.classes,
             "model_name": self.config.model,
@@ -450,10 +451,10 @@ class Run:
             if train.stopped and train.steps < self.steps_per_epoch:
                 self._stop(epoch, train.steps, run, metrics)
             distributed.broadcast_buffers(self.evaluated)  # every process evaluates what rank 0 saves
-            val = (
-                evaluate(self.eval_model, self.val_loader, self.settings, f"val {epoch + 1}") if self.val_loader else {}
-            )
-            metrics = evaluate(self.eval_model, self.test_loader, self.settings, f"test {epoch + 1}")
+            val = {}
+            if self.val_loader is not None:
+                val = evaluate(self.eval_model, self.val_loader, self.settings, f"val {epoch + 1}", per_image=True)
+            metrics = evaluate(self.eval_model, self.test_loader, self.settings, f"test {epoch + 1}", per_image=True)
             rates.append(train.images_per_s)
             current = {"top1": metrics["top1"], "top5": metrics["top5"]}
             current.update({"val_top1": val["top1"], "val_top5": val["top5"]} if val else {})
@@ -465,6 +466,7 @@ class Run:
                 state = self._state(epoch + 1, run, metrics)  # gathered once, written once or twice
                 if improved:
                     save_checkpoint(state, self.checkpoints / "best.pt")
+                    self._write_predictions(metrics, val)
                 save_checkpoint(state, self.checkpoints / "last.pt", keep_previous=True)
                 self._log(writer, epoch + 1, lr, train, metrics, val)
             if train.stopped:
@@ -475,6 +477,13 @@ class Run:
             if writer is not None:
                 writer.close()
         return summary
+
+    def _write_predictions(self, test: dict[str, Any], val: dict[str, Any]) -> None:
+        """predictions.csv of the epoch kept as best.pt: the test split, and the validation split when there is one."""
+        splits = {"test": (self.test_set, test["per_image"])}
+        if val:
+            splits["val"] = (self.val_set, val["per_image"])
+        write_image_predictions(self.output / PREDICTIONS, splits, self.classes)
 
     def _stop(self, epoch: int, step: int, run: RunState, metrics: dict[str, Any], saved: bool = False) -> None:
         """Save the state after ``step`` optimizer steps of ``epoch`` (0-based), and end the run."""
