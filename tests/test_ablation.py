@@ -228,6 +228,7 @@ def test_ablate_over_two_seeds_keeps_every_run_and_reports_error_bars(tmp_path, 
     report = build_report([output], tmp_path / "report", images=1)
     page = report.read_text()
     assert "mean ± sd over seeds" in page and "resnet18_cnl5/seed1" in page
+    assert page.count("<table>") == 2 and "<th>McNemar p</th>" in page  # the seed-level table, then the per-image one
     assert (tmp_path / "report" / "ablation.png").is_file()
 
 
