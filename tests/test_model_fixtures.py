@@ -1,0 +1,71 @@
+"""The paper's models and old checkpoints against fixtures written by the code before the
+one-model-path redesign (tests/fixtures/make_fixtures.py): same logits, same attention,
+same accuracy, whatever builds the models now."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import cnl
+from cnl.cli import main
+from cnl.engine import read_checkpoint
+from cnl.engine.inference import predict
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MODELS = ("resnet50", "resnet50_nl5", "resnet50_cnl5", "resnet101", "resnet101_nl5", "resnet101_cnl5")
+SIZES = (64, 96)
+OLD = FIXTURES / "checkpoint_v0"
+
+
+@pytest.fixture(scope="module")
+def recorded():
+    return load_file(str(FIXTURES / "paper_models.safetensors"))
+
+
+def part(tensors, prefix):
+    return {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_logits_and_every_attention_map_equal_the_recorded_ones(recorded, name):
+    model = cnl.create_model(name, num_classes=10, width=4).eval()
+    model.load_state_dict(part(recorded, f"{name}/state/"))
+    for size in SIZES:
+        with torch.no_grad():
+            logits, attention = model.forward_with_attention(recorded[f"input/{size}"])
+        torch.testing.assert_close(logits, recorded[f"{name}/logits/{size}"], rtol=1e-5, atol=1e-6)
+        maps = part(recorded, f"{name}/attention/{size}/")
+        assert sorted(attention) == sorted(maps) and (maps or name in ("resnet50", "resnet101"))
+        for layer, weights in maps.items():
+            torch.testing.assert_close(attention[layer], weights, rtol=1e-5, atol=1e-6)
+
+
+def test_an_old_checkpoint_evaluates_and_predicts_as_it_did(capsys):
+    expected = json.loads((OLD / "expected.json").read_text())
+    assert main(["eval", "--checkpoint", str(OLD / "last.pt"), "--data-root", str(OLD / "data"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (result["top1"], result["top5"], result["count"]) == (expected["top1"], expected["top5"], expected["count"])
+    assert result["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    images = [OLD / "data" / relative for relative in expected["predict"]]
+    for got, (_, wanted) in zip(predict(OLD / "last.pt", images, topk=3, device="cpu"), expected["predict"].items()):
+        assert [p["index"] for p in got["predictions"]] == [p["index"] for p in wanted]
+        assert [p["probability"] for p in got["predictions"]] == pytest.approx([p["probability"] for p in wanted])
+
+
+def test_an_old_checkpoint_shows_attention_exports_and_resumes(tmp_path, capsys):
+    image = next((OLD / "data" / "images").rglob("*.jpg"))
+    assert main(["attention", "--checkpoint", str(OLD / "last.pt"), "--image", str(image),
+                 "--out", str(tmp_path / "a.png")]) == 0  # fmt: skip
+    assert (tmp_path / "a.png").stat().st_size > 1000
+    assert main(["export", "--checkpoint", str(OLD / "last.pt"), "--format", "onnx",
+                 "--out", str(tmp_path / "m.onnx")]) == 0  # fmt: skip
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copyfile(OLD / "last.pt", run / "checkpoints" / "last.pt")
+    args = ["train", "--resume", "--output", str(run), "--data-root", str(OLD / "data"), "--epochs", "2"]
+    assert main(args) == 0
+    assert read_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
