@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import cnl
-from cnl.models.backbones import Spec, default_placement, regular
+from cnl.models.backbones import Spec
+from cnl.models.placement import default_placement, regular
 from cnl.models.plug import Site, record_outputs
 
 pytest.importorskip("timm")
@@ -273,7 +274,10 @@ def test_profile_counts_a_plugged_backbone_and_receptive_fields_say_where_they_a
     responses = 2 * 28 * 28 + 14 * 14 + 2 * 14 * 14
     assert plugged.macs_all - plugged.macs == 2 * 49 * responses * 24
     assert main(["profile", "--receptive-fields", "--models", "tv:efficientnet_b0_cnl5"]) == 2
-    assert "our ResNets only, not tv:efficientnet_b0_cnl5" in capsys.readouterr().err
+    assert "torchvision's ResNets only, not tv:efficientnet_b0_cnl5" in capsys.readouterr().err
+    # torchvision's own ResNet, plugged, has them too: its blocks are ours.
+    assert main(["profile", "--receptive-fields", "--models", "tv:resnet50_cnl5"]) == 0
+    assert "| layer4.1 | query | 363 | 32 |" in capsys.readouterr().out
 
 
 def test_torchvision_weights_name_for_a_plugged_backbone_uses_the_hub_cache(tmp_path, monkeypatch):

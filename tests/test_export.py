@@ -79,8 +79,8 @@ def test_timm_creates_the_models_when_installed():
     timm = pytest.importorskip("timm")
 
     model = timm.create_model("resnet50_cnl5", num_classes=200)
-    assert isinstance(model, cnl.models.FineGrainedResNet) and model.fc.out_features == 200
+    assert isinstance(model, cnl.models.ResNet) and model.fc.out_features == 200
     assert model.pretrained_cfg["mean"] == (0.485, 0.456, 0.406) and model.pretrained_cfg["input_size"] == (3, 448, 448)
     assert "resnet50_cnl5" in timm.list_models("*_cnl5")
     # timm's own resnet50 stays timm's.
-    assert not isinstance(timm.create_model("resnet50"), cnl.models.FineGrainedResNet)
+    assert not isinstance(timm.create_model("resnet50"), cnl.models.ResNet)

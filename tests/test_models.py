@@ -8,7 +8,9 @@ import torchvision
 from safetensors.torch import save_file
 
 import cnl
-from cnl.models.resnet import default_responses, spaced_blocks
+from cnl.models.placement import spaced_blocks
+from cnl.models.resnet import block_channels, paper_placement
+from cnl.models.weights import current_keys
 
 
 def tv_resnet(name, num_classes):
@@ -30,15 +32,15 @@ def test_paper_placements():
     r101 = cnl.create_model("resnet101_cnl5", num_classes=200)
     assert r101.responses == ("layer2.1", "layer2.3", "layer3.5", "layer3.12", "layer3.19")
     nl = cnl.create_model("resnet101_nl5", num_classes=200)
-    assert nl.nl_layers == r101.responses and nl.cnl is None
-    assert sorted(nl.nl) == ["layer2_1", "layer2_3", "layer3_12", "layer3_19", "layer3_5"]
+    assert nl.nl_layers == r101.responses and nl.plug.cnl is None
+    assert sorted(nl.plug.nl) == ["layer2_1", "layer2_3", "layer3_12", "layer3_19", "layer3_5"]
 
 
 def test_placement_rule_for_other_depths():
     assert spaced_blocks(4, 2) == [1, 3] and spaced_blocks(6, 3) == [1, 3, 5] and spaced_blocks(5, 0) == []
-    assert default_responses("resnet34") == ("layer2.1", "layer2.3", "layer3.1", "layer3.3", "layer3.5")
-    assert default_responses("resnet152") == ("layer2.3", "layer2.7", "layer3.11", "layer3.23", "layer3.35")
-    assert default_responses("resnet18") == ("layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1")
+    assert paper_placement("resnet34") == ("layer4.1", ("layer2.1", "layer2.3", "layer3.1", "layer3.3", "layer3.5"))
+    assert paper_placement("resnet152")[1] == ("layer2.3", "layer2.7", "layer3.11", "layer3.23", "layer3.35")
+    assert paper_placement("resnet18")[1] == ("layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1")
     assert cnl.create_model("resnet18_cnl5", num_classes=3).query == "layer4.0"
 
 
@@ -47,7 +49,7 @@ def test_new_module_keys_have_their_own_prefix_and_backbone_keys_are_torchvision
     for name in ("resnet50", "resnet50_nl5", "resnet50_cnl5"):
         keys = set(cnl.create_model(name, num_classes=200).state_dict())
         assert tv_keys <= keys
-        assert all(k.startswith(("nl.", "cnl.")) for k in keys - tv_keys)
+        assert all(k.startswith(("plug.nl.", "plug.cnl.")) for k in keys - tv_keys)
 
 
 @pytest.mark.parametrize("name", ["resnet50_cnl5", "resnet50_nl5"])
@@ -56,7 +58,7 @@ def test_torchvision_state_dict_loads_and_output_is_unchanged(name):
     model = cnl.create_model(name, num_classes=200).eval()
     missing, unexpected = model.load_state_dict(reference.state_dict(), strict=False)
     assert unexpected == []
-    assert missing and all(k.startswith(("cnl.", "nl.")) for k in missing)
+    assert missing and all(k.startswith("plug.") for k in missing)
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x))
@@ -105,7 +107,7 @@ def test_missing_or_foreign_weights_are_clear_errors(tmp_path):
 def test_query_and_responses_can_be_overridden_by_layer_name():
     model = cnl.create_model("resnet50_cnl5", num_classes=10, query="layer4.2", responses=["layer3.5", "layer2.0"])
     assert model.query == "layer4.2" and model.responses == ("layer2.0", "layer3.5")
-    assert model.cnl.response_channels == [512, 1024]
+    assert model.plug.cnl.response_channels == [512, 1024]
     out, attention = model.eval().forward_with_attention(torch.randn(1, 3, 64, 64))
     assert out.shape == (1, 10)
     assert {k: tuple(v.shape) for k, v in attention.items()} == {"layer2.0": (1, 4, 64), "layer3.5": (1, 4, 16)}
@@ -124,15 +126,25 @@ def test_unknown_layer_lists_valid_names():
 
 def test_head_is_pool_dropout_linear():
     model = cnl.create_model("resnet18_cnl5", num_classes=5, drop_rate=0.5)
-    assert model.dropout.p == 0.5 and model.fc.out_features == 5
+    assert model.fc.dropout.p == 0.5 and model.fc.out_features == 5
+    assert {k for k in model.state_dict() if k.startswith("fc.")} == {"fc.weight", "fc.bias"}  # torchvision's keys
+    features = []
+    model.layer4.register_forward_hook(lambda module, args, output: features.append(output))
     x = torch.randn(2, 3, 64, 64)
     model.train()
-    features, _ = model.forward_features(x)
     torch.manual_seed(0)
-    trained = model.forward_head(features)
+    trained = model(x)  # the head's dropout is the forward's only draw
     torch.manual_seed(0)
-    expected = model.fc(torch.nn.functional.dropout(features.mean((2, 3)), 0.5, training=True))
+    expected = torch.nn.functional.linear(
+        torch.nn.functional.dropout(features[0].mean((2, 3)), 0.5, training=True), model.fc.weight, model.fc.bias
+    )
     torch.testing.assert_close(trained, expected)
+
+
+def test_keys_of_the_paper_models_before_plug_are_renamed_in_one_place():
+    old = {"conv1.weight": torch.ones(1), "nl.layer3_5.theta.weight": torch.ones(2), "cnl.norms.0.bias": torch.ones(3)}
+    assert list(current_keys(old)) == ["conv1.weight", "plug.nl.layer3_5.theta.weight", "plug.cnl.norms.0.bias"]
+    assert current_keys(current_keys(old)).keys() == current_keys(old).keys()
 
 
 def test_width_scales_every_stage_keeps_the_keys_and_refuses_other_widths_weights(tmp_path):
@@ -140,8 +152,8 @@ def test_width_scales_every_stage_keeps_the_keys_and_refuses_other_widths_weight
     narrow = cnl.create_model("resnet18_cnl5", num_classes=10, width=16).eval()
     assert set(narrow.state_dict()) == set(wide.state_dict())
     assert narrow.conv1.out_channels == 16 and narrow.fc.in_features == 128
-    assert [narrow.block_channels(f"layer{k}.0") for k in (1, 2, 3, 4)] == [16, 32, 64, 128]
-    assert narrow.cnl.response_channels == [16, 32, 32, 64, 64]
+    assert [block_channels("resnet18", f"layer{k}.0", 16) for k in (1, 2, 3, 4)] == [16, 32, 64, 128]
+    assert narrow.plug.cnl.response_channels == [16, 32, 32, 64, 64]
     x = torch.randn(2, 3, 64, 64)
     out, attention = narrow.forward_with_attention(x)
     assert out.shape == (2, 10) and attention["layer1.1"].shape == (2, 4, 256)

@@ -112,7 +112,7 @@ def test_parameter_groups_for_head_lr_and_no_decay_on_norms_and_biases():
     for group in groups:
         for parameter in group["params"]:
             name = names[id(parameter)]
-            new = name.startswith(("nl.", "cnl.", "fc."))
+            new = name.startswith(("plug.", "fc."))
             assert group["lr"] == pytest.approx(0.1 if new else 0.01), name
             assert group["weight_decay"] == (0.0 if parameter.ndim == 1 else 1e-4), name
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnl.analysis.receptive_field import receptive_fields
+from cnl.analysis.receptive_field import has_receptive_fields, receptive_fields
 from cnl.data import eval_transform, load_image
 from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -46,19 +46,15 @@ class AttentionRows:
     rows: list[list[Panel]]
 
 
-def as_map(model: torch.nn.Module, layer: str, output: torch.Tensor) -> torch.Tensor:
-    """A block's output as ``[B, C, H, W]``: as is in our ResNets, through its site's layout in
-    a plugged backbone (channels-last maps, ViT tokens)."""
-    plug = getattr(model, "plug", None)
-    return plug.sites[layer].to_map(output) if plug is not None else output
+def as_map(model: Any, layer: str, output: torch.Tensor) -> torch.Tensor:
+    """A site's output as ``[B, C, H, W]``, through its layout (channels-last maps, ViT tokens)."""
+    return model.plug.sites[layer].to_map(output)
 
 
 def grid_layer(model: Any) -> str:
-    """The layer whose grid the query cells are drawn on: our ResNets' last block (stride
-    32); in a plugged backbone the CNL query, else its deepest NL block."""
-    if getattr(model, "plug", None) is None:
-        return f"layer4.{len(model.layer4) - 1}"
-    return model.query if model.query is not None else model.nl_layers[-1]
+    """The layer whose grid the query cells are drawn on (our ResNets: the last block, stride
+    32; another backbone: the CNL query, else its deepest NL block)."""
+    return model.plug.grid
 
 
 def record_maps(model: torch.nn.Module, layers: list[str]) -> tuple[dict[str, torch.Tensor], list]:
@@ -75,9 +71,9 @@ def record_maps(model: torch.nn.Module, layers: list[str]) -> tuple[dict[str, to
 
 
 def layer_facts(model: Any, layer: str, width: int, img_size: int) -> str:
-    """A layer's receptive field and stride (our ResNets), or its stride (``width``: its map's
-    width at ``img_size``)."""
-    if getattr(model, "plug", None) is None:
+    """A layer's receptive field and stride (torchvision's ResNets), or its stride (``width``:
+    its map's width at ``img_size``)."""
+    if has_receptive_fields(model):
         return receptive_fields(model)[layer].describe()
     return f"stride {img_size / width:g} px"
 

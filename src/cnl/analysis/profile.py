@@ -108,7 +108,7 @@ def profile_model(name: str, img_size: int = 448, num_classes: int = 200, **over
     theta = sum(sum(ops.values()) for key, ops in by_module.items() if key.endswith(".cnl.theta")) // 2
     macs = (total - attention_flops) // 2
     paper = TABLE2.get(name, (None, None))
-    cross_layer = model.plug.cnl if hasattr(model, "plug") else model.cnl  # a plugged backbone's, or ours
+    cross_layer = model.plug.cnl
     return ModelProfile(
         model=name,
         params=sum(p.numel() for p in model.parameters()),

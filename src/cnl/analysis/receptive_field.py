@@ -8,10 +8,12 @@ and multiplies the jump (the stride in input pixels) by s.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
+from torchvision.models import ResNet
 
-from cnl.models.resnet import STAGES, FineGrainedResNet
+from cnl.models.resnet import STAGES
 
 
 @dataclass(frozen=True)
@@ -37,12 +39,18 @@ def _main_branch(block: nn.Module) -> list[nn.Conv2d]:
     return [m for name, m in block.named_children() if name.startswith("conv") and isinstance(m, nn.Conv2d)]
 
 
-def receptive_fields(model: FineGrainedResNet) -> dict[str, Field]:
-    """Receptive field and stride of every block's output, keyed by torchvision layer name."""
-    if not isinstance(model, FineGrainedResNet):
+def has_receptive_fields(model: nn.Module) -> bool:
+    """Whether ``receptive_fields`` can work them out: torchvision's ResNets (ours are)."""
+    return isinstance(model, ResNet)
+
+
+def receptive_fields(model: Any) -> dict[str, Field]:
+    """Receptive field and stride of every block's output, keyed by torchvision layer name,
+    in forward order."""
+    if not has_receptive_fields(model):
         name = getattr(model, "arch", type(model).__name__)
         raise ValueError(
-            f"receptive fields are worked out for our ResNets only, not {name}: "
+            f"receptive fields are worked out for torchvision's ResNets only, not {name}: "
             "cnl profile --placements gives any model's modules with their output shapes"
         )
     field = _grow(_grow(Field(1, 1), model.conv1), model.maxpool)
@@ -55,13 +63,14 @@ def receptive_fields(model: FineGrainedResNet) -> dict[str, Field]:
     return fields
 
 
-def format_fields(name: str, model: FineGrainedResNet) -> str:
+def format_fields(name: str, model: Any) -> str:
     """The query's and each response's (or NL block's) field, shallow to deep."""
     fields = receptive_fields(model)
     roles = [(layer, "response") for layer in model.responses] + [(layer, "NL") for layer in model.nl_layers]
     if model.query is not None:
         roles.append((model.query, "query"))
-    roles.sort(key=lambda item: model.layer_order.index(item[0]))
+    order = list(fields)
+    roles.sort(key=lambda item: order.index(item[0]))
     lines = [f"{name}:", "| layer | role | receptive field (px) | stride (px) |", "|---|---|---|---|"]
     lines += [f"| {layer} | {role} | {fields[layer].size} | {fields[layer].stride} |" for layer, role in roles]
     if len(roles) == 0:

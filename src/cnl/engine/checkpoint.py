@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from cnl.models import FineGrainedResNet, create_model
+from cnl.models import create_model
+from cnl.models.weights import current_keys
 
 MODEL_SETTINGS = ("query", "responses", "nl_layers", "inner_channels", "width")
 
@@ -136,6 +137,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     stored = state.pop("checksum", None)  # absent in checkpoints written before checksums
     if stored is not None and stored != content_digest(state):
         raise CheckpointError(f"{path} is damaged: its contents do not match the checksum stored in it")
+    for weights in ("model", "model_ema"):
+        if weights in state:
+            state[weights] = current_keys(state[weights])
     return state
 
 
@@ -182,7 +186,7 @@ def _describe(state: dict[str, Any]) -> dict[str, Any]:
 
 def load_model_with_info(
     path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[FineGrainedResNet, list[str], dict[str, Any]]:
+) -> tuple[torch.nn.Module, list[str], dict[str, Any]]:
     """``load_model`` plus what describes the model: name, classes, image size, placement
     overrides, mean/std, and (for training checkpoints) the run's ``config``. The file is
     read once."""
@@ -193,7 +197,7 @@ def load_model_with_info(
         if not card.is_file():
             raise FileNotFoundError(f"{path} has no model card {card} beside it (written by cnl export)")
         info = json.loads(card.read_text(encoding="utf-8"))
-        weights = load_file(str(path))
+        weights = current_keys(load_file(str(path)))
     else:
         state = read_checkpoint(path)
         info, weights = _describe(state), state.get("model_ema", state["model"])  # EMA weights when trained with
@@ -206,7 +210,7 @@ def load_model_with_info(
     return model.to(device).eval(), classes, info
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[FineGrainedResNet, list[str]]:
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, list[str]]:
     """The trained model of a checkpoint (or of exported ``.safetensors`` weights with their
     model card), in eval mode, and its class names."""
     model, classes, _ = load_model_with_info(path, device)

@@ -16,15 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnl.models.placement import default_placement
 from cnl.models.plug import Site, plug_into, record_outputs, site_channels
-from cnl.models.resnet import spaced_blocks
 from cnl.models.weights import load_pretrained
 
 SOURCES = ("tv", "timm")
 VARIANTS = ("_cnl5", "_nl5")
 CONTAINERS = ("features", "encoder.layers", "trunk_output")  # torchvision's stage containers
 PROBE_SIZE = 224  # torchvision's classifiers; timm's take their pretrained_cfg input size
-RESPONSES_PER_STAGE = (3, 2)  # second-to-last stage, the one before it (the paper's ResNet-50)
 
 
 @dataclass(frozen=True)
@@ -179,42 +178,6 @@ def stages(
     return [blocks for _, blocks in grouped]
 
 
-def regular(count: int, depth: int) -> list[int]:
-    """``count`` indices spread evenly over ``0 .. depth - 1``, both ends included."""
-    if count == 1:
-        return [depth - 1]
-    return [round(k * (depth - 1) / (count - 1)) for k in range(count)]
-
-
-def default_placement(stage_blocks: list[list[str]]) -> tuple[str, tuple[str, ...]]:
-    """(query, responses) by the paper's rule on a backbone's stages.
-
-    Several stages: 3 responses in the second-to-last stage and 2 in the one before, at
-    ``spaced_blocks`` (a short stage hands its surplus to the stage before it); the query
-    is the second-to-last block of the last stage. One stage (ViT): five blocks evenly
-    spread over its first three quarters, the query its second-to-last block.
-    """
-    if not stage_blocks:
-        raise ValueError("no stages found: place modules by name")
-    last = stage_blocks[-1]
-    query = last[-2] if len(last) > 1 else last[-1]
-    if len(stage_blocks) == 1:
-        early = last[: max(5, 3 * len(last) // 4)]
-        if len(early) < 5 or len(last) < 7:
-            raise ValueError(f"a single stage of {len(last)} blocks is too short for five responses and a query")
-        return query, tuple(early[i] for i in regular(5, len(early)))
-    chosen: list[str] = []
-    carried = 0
-    shares = list(RESPONSES_PER_STAGE) + [0] * (len(stage_blocks) - 1 - len(RESPONSES_PER_STAGE))
-    for blocks, share in zip(reversed(stage_blocks[:-1]), shares):
-        count = min(share + carried, len(blocks))
-        carried = share + carried - count
-        chosen = [blocks[i] for i in spaced_blocks(len(blocks), count)] + chosen
-    if carried:
-        raise ValueError("too few blocks before the last stage for five responses: place modules by name")
-    return query, tuple(chosen)
-
-
 def create_foreign(
     name: str,
     num_classes: int = 1000,
@@ -247,8 +210,6 @@ def create_foreign(
             query, responses = query or rule_query, rule_responses
         else:
             nl_layers = rule_responses
-    if (query is None) != (not responses):
-        raise ValueError(f"{name}: a CNL module needs both a query and at least one response")
     names = dict.fromkeys([*(nl_layers or ()), *(responses or ()), *([query] if query else [])])
     sites = {n: Site(n, layout_name, site_channels(n, outputs[n], layout_name), prefix) for n in names}
     return plug_into(

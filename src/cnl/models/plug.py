@@ -104,6 +104,8 @@ class Plug(nn.Module):
         responses: the CNL response sites, in forward order.
         nl_layers: sites followed by a ``NonLocal2d``.
         inner_channels: width c of the NL/CNL embeddings (module defaults if None).
+        grid: the site whose map a figure's query cells are drawn on (default: the CNL
+            query, else the deepest NL block).
     """
 
     def __init__(
@@ -113,9 +115,11 @@ class Plug(nn.Module):
         responses: Sequence[str],
         nl_layers: Sequence[str],
         inner_channels: int | None = None,
+        grid: str | None = None,
     ) -> None:
         super().__init__()
         self.sites, self.query = sites, query
+        self.grid = grid or query or (nl_layers[-1] if nl_layers else None)
         self.responses, self.nl_layers = tuple(responses), tuple(nl_layers)
         self.nl = nn.ModuleDict({key(n): NonLocal2d(sites[n].channels, inner_channels) for n in self.nl_layers})
         self.cnl = (
@@ -169,7 +173,7 @@ class Plug(nn.Module):
 
 def forward_with_attention(model: nn.Module, x: Tensor) -> tuple[Any, dict[str, Tensor]]:
     """The backbone's output and every attention map: per CNL response ``[B, HqWq, HrWr]``,
-    per NL block ``[B, HW, HW]``, keyed by site name (as our ResNets key them)."""
+    per NL block ``[B, HW, HW]``, keyed by site name."""
     plug: Plug = model.plug  # type: ignore[assignment]
     plug.attention = {}
     try:
@@ -186,18 +190,22 @@ def plug_into(
     responses: Sequence[str] = (),
     nl_layers: Sequence[str] = (),
     inner_channels: int | None = None,
+    grid: str | None = None,
 ) -> nn.Module:
-    """Insert the modules into ``backbone`` in place and return it, with ``query``,
-    ``responses``, ``nl_layers``, ``arch`` and ``forward_with_attention`` as our ResNets have."""
+    """Insert the modules into ``backbone`` in place and return it, with the attributes
+    ``query``, ``responses``, ``nl_layers``, ``arch`` (``name``) and ``forward_with_attention``.
+    ``grid``: see ``Plug`` (its site must be in ``sites``)."""
     taken = [a for a in ("plug", *ATTRIBUTES) if hasattr(backbone, a)]
     if taken:
         raise ValueError(f"{name} already has attributes {taken}; cnl cannot plug into it")
-    plug = Plug(sites, query, responses, nl_layers, inner_channels)
+    if (query is None) != (not responses):
+        raise ValueError(f"{name}: a CNL module needs both a query and at least one response")
+    plug = Plug(sites, query, responses, nl_layers, inner_channels, grid)
     backbone.add_module("plug", plug)
     plug.attach(backbone)
     values = (plug.query, plug.responses, plug.nl_layers, name, MethodType(forward_with_attention, backbone))
     for attribute, value in zip(ATTRIBUTES, values):
-        object.__setattr__(backbone, attribute, value)  # plain attributes, as our ResNets have them
+        object.__setattr__(backbone, attribute, value)  # plain attributes, not modules
     return backbone
 
 

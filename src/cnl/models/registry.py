@@ -7,27 +7,30 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from cnl.models.backbones import create_foreign, is_foreign
-from cnl.models.resnet import ARCHITECTURES, FineGrainedResNet, default_query, default_responses
+from cnl.models.resnet import ARCHITECTURES, create_resnet, paper_placement
 from cnl.models.weights import load_pretrained
 
-_MODELS: dict[str, Callable[..., FineGrainedResNet]] = {}
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
 OVERRIDES = ("nl_layers", "query", "responses", "inner_channels", "drop_rate", "width")
 FOREIGN_OVERRIDES = ("nl_layers", "query", "responses", "inner_channels")
 
 
 def _variants(arch: str) -> dict[str, dict[str, Any]]:
     """The three models of Table 2 for one backbone: plain, five NL blocks, one CNL with five responses."""
+    query, responses = paper_placement(arch)
     return {
         arch: {},
-        f"{arch}_nl5": {"nl_layers": default_responses(arch)},
-        f"{arch}_cnl5": {"query": default_query(arch), "responses": default_responses(arch)},
+        f"{arch}_nl5": {"nl_layers": responses},
+        f"{arch}_cnl5": {"query": query, "responses": responses},
     }
 
 
-def _builder(arch: str, defaults: dict[str, Any]) -> Callable[..., FineGrainedResNet]:
-    def build(num_classes: int, **overrides: Any) -> FineGrainedResNet:
-        return FineGrainedResNet(arch, num_classes, **{**defaults, **overrides})
+def _builder(arch: str, defaults: dict[str, Any]) -> Callable[..., nn.Module]:
+    def build(num_classes: int, **overrides: Any) -> nn.Module:
+        return create_resnet(arch, num_classes, **{**defaults, **overrides})
 
     return build
 
@@ -69,7 +72,7 @@ def create_model(name: str, num_classes: int = 1000, weights: str | Path | None 
     unknown = sorted(set(overrides) - set(OVERRIDES))
     if unknown:
         raise TypeError(f"unknown arguments {unknown} for {name}; valid overrides: {', '.join(OVERRIDES)}")
-    model = _MODELS[name](num_classes, **overrides)
+    model: Any = _MODELS[name](num_classes, **overrides)
     if weights is not None:
         load_pretrained(model, model.arch, weights)
     return model

@@ -1,8 +1,10 @@
-"""torchvision ResNets with the paper's NL and CNL placements.
+"""The paper's ResNets: torchvision's ``ResNet``, optionally narrower, with the NL blocks and
+the CNL module plugged in at torchvision's block names (``layer3.5``) as into any backbone.
 
-The backbone is torchvision's own ``ResNet``: every one of its state-dict keys is
-unchanged, so torchvision's ImageNet weights load as they are. The NL blocks live under
-``nl.<layer>`` and the CNL module under ``cnl.``.
+The forward is torchvision's own and every backbone key is torchvision's, so its ImageNet
+weights load as they are; the new modules live under ``plug.`` (``models/plug.py``). The
+placement is the rule every backbone gets (``models/placement.py``), except where the
+authors' release chose other blocks (ResNet-101's res4).
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+from torchvision.models import resnet as tv_resnet
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from cnl.nn import CrossLayerNonLocal, NonLocal2d
+from cnl.models.placement import default_placement
+from cnl.models.plug import Site, plug_into
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 STAGE_WIDTHS = (64, 128, 256, 512)
@@ -37,85 +41,60 @@ ARCHITECTURES = {
     "resnet152": Architecture(Bottleneck, (3, 8, 36, 3), "ResNet152_Weights"),
 }
 
-# The authors' release (REFERENCE-FACTS.md): two blocks of res3 and three of res4 for
-# ResNet-50 and -101; the query is layer4.1, whose CNL output feeds layer4.2.
-PAPER_RESPONSES = {
-    "resnet50": ("layer2.1", "layer2.3", "layer3.1", "layer3.3", "layer3.5"),
-    "resnet101": ("layer2.1", "layer2.3", "layer3.5", "layer3.12", "layer3.19"),
-}
-MODULES_PER_STAGE = {"layer3": 3, "layer2": 2, "layer1": 0}
+# The authors' release: ResNet-101's res4 responses are blocks 5, 12 and 19 of 23 where the
+# rule's spacing gives 8, 15 and 22. (ResNet-50's are the rule's: layer2.1, 2.3, 3.1, 3.3, 3.5.)
+PAPER_RESPONSES = {"resnet101": ("layer2.1", "layer2.3", "layer3.5", "layer3.12", "layer3.19")}
 
 
-def layer_names(depths: Sequence[int]) -> list[str]:
-    """Every residual block in forward order, named as torchvision's state dict names it."""
-    return [f"{stage}.{index}" for stage, depth in zip(STAGES, depths) for index in range(depth)]
+def stage_blocks(arch: str) -> list[list[str]]:
+    """Every residual block, stage by stage, named as torchvision's state dict names it."""
+    depths = ARCHITECTURES[arch].depths
+    return [[f"{stage}.{index}" for index in range(depth)] for stage, depth in zip(STAGES, depths)]
 
 
-def spaced_blocks(depth: int, count: int) -> list[int]:
-    """The last block of each of ``count`` equal chunks, counted from the stage's end.
-
-    4 blocks, 2 modules -> 1, 3; 6 blocks, 3 modules -> 1, 3, 5 (the paper's ResNet-50).
-    """
-    if count == 0:
-        return []
-    step = depth // count
-    return [depth - 1 - step * (count - 1 - k) for k in range(count)]
+def layer_names(arch: str) -> list[str]:
+    return [name for stage in stage_blocks(arch) for name in stage]
 
 
-def default_responses(arch: str) -> tuple[str, ...]:
-    """Five response (or NL) layers: the paper's for ResNet-50/101, else a rule.
-
-    The rule puts 3 modules in res4 (layer3) and 2 in res3 (layer2) with
-    ``spaced_blocks``; a stage with fewer blocks than its share takes one module per
-    block and hands the rest to the stage before it (ResNet-18: layer1.1, layer2.0,
-    layer2.1, layer3.0, layer3.1).
-    """
-    if arch in PAPER_RESPONSES:
-        return PAPER_RESPONSES[arch]
-    depths = dict(zip(STAGES, ARCHITECTURES[arch].depths))
-    names: list[str] = []
-    carried = 0
-    for stage, share in MODULES_PER_STAGE.items():
-        count = min(share + carried, depths[stage])
-        carried = share + carried - count
-        names = [f"{stage}.{index}" for index in spaced_blocks(depths[stage], count)] + names
-    return tuple(names)
+def paper_placement(arch: str) -> tuple[str, tuple[str, ...]]:
+    """(query, five responses): the rule on the four stages, or the authors' blocks. The
+    query is the second-to-last block of res5 (layer4.1), as in their code."""
+    query, responses = default_placement(stage_blocks(arch))
+    return query, PAPER_RESPONSES.get(arch, responses)
 
 
-def default_query(arch: str) -> str:
-    """The second-to-last block of res5 (layer4.1 of a 3-block layer4), as the authors' code."""
-    return f"layer4.{ARCHITECTURES[arch].depths[3] - 2}"
-
-
-class FineGrainedResNet(ResNet):
-    """A torchvision ResNet with optional NL blocks and one optional CNL module.
-
-    Args:
-        arch: a key of ``ARCHITECTURES``.
-        num_classes: outputs of the new linear head.
-        nl_layers: blocks after which a ``NonLocal2d`` is inserted (its output feeds
-            the next block).
-        query: block whose output is the CNL query; the CNL result feeds the next block.
-        responses: blocks whose outputs are the CNL responses, shallow to deep.
-        inner_channels: width c of the NL/CNL embeddings (module defaults if None).
-        drop_rate: dropout before the linear head (0.5 in the paper's code).
-        width: channels of the stem and of the first stage (64 in torchvision); every
-            stage scales with it. Another width has no pretrained weights: the demo
-            uses 32 to train from scratch on 2 CPU cores.
-    """
+class ClassifierHead(nn.Linear):
+    """Dropout, then the linear classifier: the paper's head after global average pooling.
+    A ``Linear`` itself, so its keys are torchvision's ``fc.weight`` and ``fc.bias``."""
 
     def __init__(
-        self,
-        arch: str,
-        num_classes: int = 1000,
-        *,
-        nl_layers: Sequence[str] = (),
-        query: str | None = None,
-        responses: Sequence[str] = (),
-        inner_channels: int | None = None,
-        drop_rate: float = 0.5,
-        width: int = STAGE_WIDTHS[0],
+        self, in_features: int, out_features: int, drop_rate: float = 0.5, device: torch.device | None = None
     ) -> None:
+        super().__init__(in_features, out_features, device=device)
+        self.dropout = nn.Dropout(drop_rate)
+
+    @classmethod
+    def around(cls, linear: nn.Linear, drop_rate: float) -> ClassifierHead:
+        """A head with ``linear``'s parameters (and so its initialisation), drawing nothing."""
+        head = nn.utils.skip_init(cls, linear.in_features, linear.out_features, drop_rate)
+        head.weight, head.bias = linear.weight, linear.bias
+        return head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(self.dropout(x))
+
+
+class ResNet(tv_resnet.ResNet):
+    """torchvision's ResNet with ``width`` channels in the stem and first stage (64 in
+    torchvision; every stage scales with it) and dropout before its classifier.
+
+    Only the construction differs: the forward and the state-dict keys are torchvision's.
+    Another width has no pretrained weights (the demo trains width 16 from scratch).
+    """
+
+    fc: nn.Linear  # a ClassifierHead once built
+
+    def __init__(self, arch: str, num_classes: int = 1000, drop_rate: float = 0.5, width: int = STAGE_WIDTHS[0]):
         if width < 1:
             raise ValueError(f"width must be a positive number of channels, got {width}")
         spec = ARCHITECTURES[arch]
@@ -123,24 +102,7 @@ class FineGrainedResNet(ResNet):
         super().__init__(spec.block, list(spec.depths), num_classes=num_classes)
         if width != STAGE_WIDTHS[0]:
             self._narrow_stem_and_head(num_classes, STAGE_WIDTHS[-1] * spec.block.expansion)
-        self.arch = arch
-        self.layer_order = layer_names(spec.depths)
-        self.nl_layers = tuple(self._check_layers(nl_layers, "nl_layers"))
-        self.responses = tuple(self._check_layers(responses, "responses"))
-        self.query = self._check_layers([query], "query")[0] if query is not None else None
-        self._check_cross_layer_order()
-        self.dropout = nn.Dropout(drop_rate)
-
-        self.nl = nn.ModuleDict(
-            {self._key(name): NonLocal2d(self.block_channels(name), inner_channels) for name in self.nl_layers}
-        )
-        self.cnl = (
-            CrossLayerNonLocal(
-                self.block_channels(self.query), [self.block_channels(r) for r in self.responses], inner_channels
-            )
-            if self.query is not None
-            else None
-        )
+        self.fc = ClassifierHead.around(self.fc, drop_rate)
 
     def _make_layer(
         self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int = 1, dilate: bool = False
@@ -157,80 +119,57 @@ class FineGrainedResNet(ResNet):
         self.bn1 = nn.BatchNorm2d(self.width)
         self.fc = nn.Linear(features * self.width // STAGE_WIDTHS[0], num_classes)
 
-    @staticmethod
-    def _key(layer: str) -> str:
-        return layer.replace(".", "_")
 
-    def block_channels(self, layer: str) -> int:
-        """Output channels of the block named ``layer`` (e.g. 2048 for ResNet-50's layer4.1)."""
-        stage = layer.split(".")[0]
-        width = STAGE_WIDTHS[STAGES.index(stage)] * self.width // STAGE_WIDTHS[0]
-        return width * ARCHITECTURES[self.arch].block.expansion
+def block_channels(arch: str, layer: str, width: int = STAGE_WIDTHS[0]) -> int:
+    """Output channels of the block named ``layer`` (e.g. 2048 for ResNet-50's layer4.1)."""
+    stage = STAGES.index(layer.split(".")[0])
+    return STAGE_WIDTHS[stage] * width // STAGE_WIDTHS[0] * ARCHITECTURES[arch].block.expansion
 
-    def _check_layers(self, names: Sequence[str], what: str) -> list[str]:
-        unknown = [n for n in names if n not in self.layer_order]
-        if unknown:
-            raise ValueError(
-                f"unknown {what} {unknown} for {self.arch}; valid layer names are: {', '.join(self.layer_order)}"
-            )
-        if len(set(names)) != len(names):
-            raise ValueError(f"{what} names a layer twice: {list(names)}")
-        return sorted(names, key=self.layer_order.index)
 
-    def _check_cross_layer_order(self) -> None:
-        if (self.query is None) != (not self.responses):
-            raise ValueError("a CNL module needs both a query layer and at least one response layer")
-        if self.query is not None:
-            late = [r for r in self.responses if self.layer_order.index(r) > self.layer_order.index(self.query)]
-            if late:
-                raise ValueError(f"response layers {late} come after the query layer {self.query}")
+def _ordered(arch: str, names: Sequence[str], what: str) -> list[str]:
+    order = layer_names(arch)
+    unknown = [n for n in names if n not in order]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown} for {arch}; valid layer names are: {', '.join(order)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} names a layer twice: {list(names)}")
+    return sorted(names, key=order.index)
 
-    def forward_features(self, x: Tensor, return_attention: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
-        """Pooled-before feature map and, with ``return_attention``, every attention map.
 
-        Attention maps are keyed by layer: the NL block's name for NL, the response
-        layer's name for CNL (``[B, HqWq, HrWr]``).
-        """
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        responses: list[Tensor] = []
-        attention: dict[str, Tensor] = {}
-        for stage in STAGES:
-            for index, block in enumerate(getattr(self, stage)):
-                name = f"{stage}.{index}"
-                x = block(x)
-                if name in self.nl_layers:
-                    x = self._apply_nl(name, x, return_attention, attention)
-                if name in self.responses:
-                    responses.append(x)
-                if name == self.query:
-                    x = self._apply_cnl(x, responses, return_attention, attention)
-        return x, attention
+def create_resnet(
+    arch: str,
+    num_classes: int = 1000,
+    *,
+    nl_layers: Sequence[str] = (),
+    query: str | None = None,
+    responses: Sequence[str] = (),
+    inner_channels: int | None = None,
+    drop_rate: float = 0.5,
+    width: int = STAGE_WIDTHS[0],
+) -> nn.Module:
+    """A ``ResNet`` with NL blocks after ``nl_layers`` and one CNL module whose query is
+    ``query``'s output and whose responses are those of ``responses`` (block names).
 
-    def _apply_nl(self, name: str, x: Tensor, return_attention: bool, attention: dict[str, Tensor]) -> Tensor:
-        block = self.nl[self._key(name)]
-        if not return_attention:
-            return block(x)
-        x, attention[name] = block(x, return_attention=True)
-        return x
-
-    def _apply_cnl(
-        self, x: Tensor, responses: list[Tensor], return_attention: bool, attention: dict[str, Tensor]
-    ) -> Tensor:
-        assert self.cnl is not None
-        if not return_attention:
-            return self.cnl(x, responses)
-        x, maps = self.cnl(x, responses, return_attention=True)
-        attention.update(zip(self.responses, maps))
-        return x
-
-    def forward_head(self, features: Tensor) -> Tensor:
-        return self.fc(self.dropout(torch.flatten(self.avgpool(features), 1)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        features, _ = self.forward_features(x)
-        return self.forward_head(features)
-
-    def forward_with_attention(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Logits and the attention maps of every NL/CNL module (see ``forward_features``)."""
-        features, attention = self.forward_features(x, return_attention=True)
-        return self.forward_head(features), attention
+    Args:
+        arch: a key of ``ARCHITECTURES``.
+        num_classes: outputs of the new linear head.
+        nl_layers: blocks after which a ``NonLocal2d`` runs (its output feeds the next block).
+        query: block whose output is the CNL query; the CNL result feeds the next block.
+        responses: blocks whose outputs are the CNL responses.
+        inner_channels: width c of the NL/CNL embeddings (module defaults if None).
+        drop_rate: dropout before the linear head (0.5 in the paper's code).
+        width: channels of the stem and first stage (see ``ResNet``).
+    """
+    model = ResNet(arch, num_classes, drop_rate, width)
+    nl = _ordered(arch, nl_layers, "nl_layers")
+    chosen = _ordered(arch, responses, "responses")
+    if query is not None:
+        query = _ordered(arch, [query], "query")[0]
+    order = layer_names(arch)
+    late = [r for r in chosen if query is not None and order.index(r) > order.index(query)]
+    if late:
+        raise ValueError(f"response layers {late} come after the query layer {query}")
+    last = order[-1]  # the map before pooling: a figure's query cells are drawn on its grid
+    names = dict.fromkeys([*nl, *chosen, *([query] if query else []), last])
+    sites = {n: Site(n, "NCHW", block_channels(arch, n, width)) for n in names}
+    return plug_into(model, sites, arch, query, chosen, nl, inner_channels, grid=last)

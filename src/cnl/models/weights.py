@@ -11,8 +11,20 @@ from torchvision.models import get_model_weights
 
 logger = logging.getLogger(__name__)
 
-NEW_MODULE_PREFIXES = ("nl.", "cnl.", "plug.")
+NEW_MODULE_PREFIXES = ("plug.",)
 HEAD_PREFIX = "fc."
+# Before the paper's ResNets were plugged like every backbone, their modules had keys of their own.
+LEGACY_PREFIXES = {"nl.": "plug.nl.", "cnl.": "plug.cnl."}
+
+
+def current_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` with the keys of checkpoints and weights written before ``plug.`` (``nl.*``,
+    ``cnl.*``) renamed to today's: the one place that knows the old names."""
+    renamed = {}
+    for key, value in state.items():
+        old = next((prefix for prefix in LEGACY_PREFIXES if key.startswith(prefix)), None)
+        renamed[LEGACY_PREFIXES[old] + key[len(old) :] if old else key] = value
+    return renamed
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -27,7 +39,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        return current_keys(load_file(str(path)))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError...
@@ -37,7 +49,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
-    return state
+    return current_keys(state)
 
 
 def torchvision_state_dict(arch: str, name: str) -> dict[str, Tensor]:
