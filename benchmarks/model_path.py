@@ -30,6 +30,7 @@ def old_resnets(revision: str) -> types.ModuleType:
         ["git", "show", f"{revision}:src/cnl/models/resnet.py"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
     module = types.ModuleType("old_resnet")
+    sys.modules[module.__name__] = module  # dataclasses look their module up
     exec(compile(source, f"{revision}:src/cnl/models/resnet.py", "exec"), module.__dict__)
     return module
 

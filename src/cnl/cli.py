@@ -43,7 +43,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def add_profile(subparsers: argparse._SubParsersAction) -> None:
-    from cnl.analysis.profile import TABLE2
+    from cnl.analysis.table2 import TABLE2
 
     parser = subparsers.add_parser(
         "profile",
@@ -227,14 +227,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from cnl.engine.inference import evaluate_checkpoint
 
-    result = evaluate_checkpoint(
-        args.checkpoint,
-        args.batch_size,
-        args.report,
-        data_root=args.data_root,
-        workers=args.workers,
-        device=args.device,
-    )
+    options = {"data_root": args.data_root, "workers": args.workers, "device": args.device}
+    result = evaluate_checkpoint(args.checkpoint, args.batch_size, details=args.report is not None, **options)
+    if args.report is not None:
+        from cnl.analysis.evidence import write_report
+
+        written = write_report(result, args.report) if result["is_main"] else []
+        for detail in ("confusion", "per_image", "images", "classes"):
+            result.pop(detail)
+        result["report"] = [str(path) for path in written]
     if result.pop("is_main"):
         if args.json:
             print(json.dumps(result))

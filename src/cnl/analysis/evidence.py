@@ -1,11 +1,15 @@
-"""Per-class evidence of an evaluation: accuracy of every class, the most confused classes."""
+"""Per-class evidence of an evaluation: accuracy of every class, the most confused classes,
+each image's answer (``cnl eval --report``)."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from cnl.engine.predictions import PREDICTIONS, write_image_predictions
 
 PER_CLASS = "per_class.csv"
 CONFUSION = "confusion.png"
@@ -72,3 +76,11 @@ def write_evidence(confusion: list[list[int]], classes: list[str], out: str | Pa
     out.mkdir(parents=True, exist_ok=True)
     matrix = np.asarray(confusion, dtype=np.int64)
     return [write_per_class(matrix, classes, out / PER_CLASS), plot_confusion(matrix, classes, out / CONFUSION)]
+
+
+def write_report(result: dict[str, Any], out: str | Path) -> list[Path]:
+    """``cnl eval --report``: ``write_evidence`` of an ``evaluate_checkpoint(details=True)``
+    result and ``out/predictions.csv`` of its test images."""
+    written = write_evidence(result["confusion"], result["classes"], out)
+    splits = {"test": (result["images"], result["per_image"])}
+    return [*written, write_image_predictions(Path(out) / PREDICTIONS, splits, result["classes"])]

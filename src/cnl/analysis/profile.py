@@ -25,18 +25,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from cnl.analysis.table2 import TABLE2
 from cnl.models import create_model
 from cnl.nn import DotProductAttention, configure_attention
 
-# Table 2 of the paper: (params x10^7, printed "Flops (x10^9)", i.e. MACs x10^10 at 448).
-TABLE2 = {
-    "resnet50": (2.39, 1.64),
-    "resnet50_nl5": (3.13, 2.48),
-    "resnet50_cnl5": (2.71, 2.03),
-    "resnet101": (4.29, 3.15),
-    "resnet101_nl5": (5.03, 3.96),
-    "resnet101_cnl5": (4.61, 3.52),
-}
 ATTENTION_BYTES_PER_ELEMENT = 4  # float32 maps
 
 

@@ -1,16 +1,21 @@
-"""Datasets in their official layouts, the synthetic benchmark, the paper's transforms."""
+"""Datasets in their official layouts, the synthetic benchmark, the paper's transforms.
 
-from cnl.data.datasets import FineGrainedDataset, LayoutError, build_dataset, detect_layout
-from cnl.data.images import ImageError, load_image
-from cnl.data.transforms import eval_transform, train_transform
+The names below are imported on first use (``cnl.lazy``).
+"""
 
-__all__ = [
-    "FineGrainedDataset",
-    "ImageError",
-    "LayoutError",
-    "build_dataset",
-    "detect_layout",
-    "eval_transform",
-    "load_image",
-    "train_transform",
-]
+from __future__ import annotations
+
+from cnl.lazy import lazy_attributes
+
+_LAZY = {
+    "FineGrainedDataset": "cnl.data.datasets",
+    "LayoutError": "cnl.data.datasets",
+    "build_dataset": "cnl.data.datasets",
+    "detect_layout": "cnl.data.datasets",
+    "ImageError": "cnl.data.images",
+    "load_image": "cnl.data.images",
+    "eval_transform": "cnl.data.transforms",
+    "train_transform": "cnl.data.transforms",
+}
+__all__ = sorted(_LAZY)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -1,7 +1,22 @@
-"""Training and evaluation: config, schedule, loops, checkpoints, distributed."""
+"""Training and evaluation: config, schedule, loops, checkpoints, distributed.
 
-from cnl.engine.checkpoint import CheckpointError, load_model, read_checkpoint
-from cnl.engine.config import TrainConfig, make_config
-from cnl.engine.trainer import fit
+The names below are imported on first use: ``import cnl.engine.config`` does not load the
+trainer.
+"""
 
-__all__ = ["CheckpointError", "TrainConfig", "fit", "load_model", "make_config", "read_checkpoint"]
+from __future__ import annotations
+
+from cnl.lazy import lazy_attributes
+
+_LAZY = {
+    "CheckpointError": "cnl.engine.checkpoint",
+    "load_model": "cnl.engine.checkpoint",
+    "read_checkpoint": "cnl.engine.checkpoint",
+    "TrainConfig": "cnl.engine.config",
+    "make_config": "cnl.engine.config",
+    "fit": "cnl.engine.trainer",
+}
+__all__ = sorted(_LAZY)
+
+
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cnl.analysis.evidence import write_evidence
 from cnl.data import build_dataset, eval_transform
 from cnl.data.datasets import IMAGE_SUFFIXES
 from cnl.data.images import ImageError, load_tensor
@@ -21,21 +20,21 @@ from cnl.data.transforms import eval_geometry, normalise
 from cnl.engine import distributed
 from cnl.engine.checkpoint import load_model_with_info
 from cnl.engine.config import make_config
+from cnl.engine.loaders import eval_loader
 from cnl.engine.loop import StepSettings, evaluate
-from cnl.engine.predictions import PREDICTIONS, write_image_predictions
-from cnl.engine.trainer import eval_loader
+from cnl.engine.predictions import image_names
 
 
 def evaluate_checkpoint(
-    path: str | Path, batch_size: int | None = None, report: str | Path | None = None, **overrides: Any
+    path: str | Path, batch_size: int | None = None, details: bool = False, **overrides: Any
 ) -> dict[str, Any]:
     """Top-1/top-5 (percent) of a checkpoint on its test split, exactly as training measured it.
 
-    ``batch_size``: per process (default: the run's). ``report``: a folder for per-class
-    accuracy (CSV), the most confused classes (PNG) and each image's prediction
-    (``predictions.csv``, as training writes it). ``overrides`` of the run's config:
-    ``data_root``, ``workers``, ``device``, ``amp``. Under torchrun the test set is
-    sharded and the sums reduced, so the result is the same.
+    ``batch_size``: per process (default: the run's). ``details``: also the confusion matrix
+    (``confusion``), each image's answer (``per_image``, as ``evaluate`` gives it), the test
+    images (``images``) and ``classes``: what ``cnl eval --report`` writes. ``overrides`` of
+    the run's config: ``data_root``, ``workers``, ``device``, ``amp``. Under torchrun the test
+    set is sharded and the sums reduced, so the result is the same.
     """
     model, classes, info = load_model_with_info(path)
     if "config" not in info:
@@ -55,14 +54,9 @@ def evaluate_checkpoint(
         batch_size = batch_size or config.batch_size or max(1, (config.global_batch_size or 1) // ctx.world_size)
         runnable: torch.nn.Module = torch.compile(model) if config.compile else model  # type: ignore[assignment]
         loader = eval_loader(test, batch_size, config.workers, ctx)
-        metrics = evaluate(runnable, loader, settings, confusion=report is not None, per_image=report is not None)
-        if report is not None:
-            confusion, per_image = metrics.pop("confusion"), metrics.pop("per_image")
-            if ctx.is_main:
-                written = write_evidence(confusion, classes, report)
-                splits = {"test": (test, per_image)}
-                written.append(write_image_predictions(Path(report) / PREDICTIONS, splits, classes))
-                metrics["report"] = [str(p) for p in written]
+        metrics = evaluate(runnable, loader, settings, confusion=details, per_image=details)  # as training did
+        if details:
+            metrics.update(images=image_names(test), classes=classes)
         return {"checkpoint": str(path), "model": config.model, **metrics, "is_main": ctx.is_main}
     finally:
         distributed.teardown(ctx)

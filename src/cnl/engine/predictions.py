@@ -24,18 +24,18 @@ COLUMNS = (
 )  # fmt: skip
 
 
-def image_names(dataset: Any, count: int) -> list[str]:
+def image_names(dataset: Any) -> list[str]:
     """Each image's path where the dataset has ``samples`` (ours do), else its index."""
     samples = getattr(dataset, "samples", None)
-    if samples is not None and len(samples) == count:
+    if samples is not None and len(samples) == len(dataset):
         return [str(sample[0]) for sample in samples]
-    return [str(index) for index in range(count)]
+    return [str(index) for index in range(len(dataset))]
 
 
 def write_image_predictions(
-    path: str | Path, splits: Mapping[str, tuple[Any, dict[str, np.ndarray]]], classes: list[str]
+    path: str | Path, splits: Mapping[str, tuple[list[str], dict[str, np.ndarray]]], classes: list[str]
 ) -> Path:
-    """Write ``path`` from ``{split: (dataset, per_image)}`` (``per_image`` as ``evaluate``
+    """Write ``path`` from ``{split: (image names, per_image)}`` (``per_image`` as ``evaluate``
     returns it), through a temporary file renamed into place: a reader sees the whole old
     file or the whole new one."""
     path = Path(path)
@@ -43,9 +43,8 @@ def write_image_predictions(
     with open(temporary, "w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(COLUMNS)
-        for split, (dataset, record) in splits.items():
+        for split, (names, record) in splits.items():
             labels, ranked, p_label = record["label"], record["topk"], record["p_label"]
-            names = image_names(dataset, len(labels))
             for index, (image, label, top, p) in enumerate(zip(names, labels, ranked, p_label)):
                 label, predicted = int(label), int(top[0])
                 writer.writerow(

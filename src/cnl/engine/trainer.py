@@ -18,7 +18,7 @@ import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from cnl.data import build_dataset, detect_layout, eval_transform, train_transform
 from cnl.data.datasets import FineGrainedDataset
@@ -26,10 +26,11 @@ from cnl.data.transforms import batch_mix
 from cnl.engine import distributed
 from cnl.engine.checkpoint import model_overrides, read_for_resume, remove_temporaries, save_checkpoint
 from cnl.engine.config import TrainConfig
+from cnl.engine.loaders import eval_loader, train_loader
 from cnl.engine.loop import EpochStats, StepSettings, TrainParts, evaluate, train_one_epoch
-from cnl.engine.predictions import PREDICTIONS, write_image_predictions
+from cnl.engine.predictions import PREDICTIONS, image_names, write_image_predictions
 from cnl.engine.provenance import provenance
-from cnl.engine.randomness import EpochSampler, SeededDataset, seed_model_init, validation_indices
+from cnl.engine.randomness import seed_model_init, validation_indices
 from cnl.engine.runlock import RunLock
 from cnl.engine.schedule import build_scheduler
 from cnl.models import create_model
@@ -107,24 +108,6 @@ def preflight(dataset: FineGrainedDataset, split: str, root: str) -> None:
         empty = [dataset.classes[k] for k in np.flatnonzero(counts == 0)]
         if empty:
             raise ValueError(f"classes without training images in {root}: {', '.join(empty[:10])}")
-
-
-def eval_loader(dataset: FineGrainedDataset, batch_size: int, workers: int, ctx: distributed.Context) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=distributed.ShardSampler(len(dataset), ctx.rank, ctx.world_size),
-        num_workers=workers,
-        pin_memory=ctx.device.type == "cuda",
-    )
-
-
-def ignore_interrupts(worker_id: int) -> None:
-    """Loader workers leave SIGINT and SIGTERM, which a terminal or torchrun sends to the whole
-    process group, to the training process: it stops cleanly and then ends them. (They
-    still exit by themselves when that process dies.)"""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def resume_checkpoint(output: str | Path, resume: str | None) -> Path | None:
@@ -300,22 +283,6 @@ class Run:
         self.params = sum(p.numel() for p in self.model.parameters())
         self.provenance = provenance(ctx, self.batch_size, self.global_batch, config.accum_steps)
 
-    def _train_loader(self, epoch: int, first_step: int) -> DataLoader:
-        """This process's batches of ``epoch`` from optimizer step ``first_step`` on."""
-        ctx = self.ctx
-        sampler = EpochSampler(
-            len(self.train_set), self.config.seed, epoch, self.global_batch, ctx.rank, ctx.world_size,
-            start=first_step * self.global_batch,
-        )  # fmt: skip
-        return DataLoader(
-            SeededDataset(self.train_set),
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.config.workers,
-            pin_memory=ctx.device.type == "cuda",
-            worker_init_fn=ignore_interrupts,
-        )
-
     # --- checkpoints ---------------------------------------------------------------------
 
     @property
@@ -445,9 +412,11 @@ class Run:
         for epoch in range(run.start_epoch, config.epochs):
             first_step = run.start_step if epoch == run.start_epoch else 0
             lr = self.parts.optimizer.param_groups[0]["lr"]
-            train = train_one_epoch(
-                self.parts, self._train_loader(epoch, first_step), self.settings, epoch, first_step, self._should_stop
-            )
+            loader = train_loader(
+                self.train_set, config.seed, epoch, first_step, self.global_batch, self.batch_size, config.workers,
+                self.ctx,
+            )  # fmt: skip
+            train = train_one_epoch(self.parts, loader, self.settings, epoch, first_step, self._should_stop)
             if train.stopped and train.steps < self.steps_per_epoch:
                 self._stop(epoch, train.steps, run, metrics)
             distributed.broadcast_buffers(self.evaluated)  # every process evaluates what rank 0 saves
@@ -480,9 +449,9 @@ class Run:
 
     def _write_predictions(self, test: dict[str, Any], val: dict[str, Any]) -> None:
         """predictions.csv of the epoch kept as best.pt: the test split, and the validation split when there is one."""
-        splits = {"test": (self.test_set, test["per_image"])}
+        splits = {"test": (image_names(self.test_set), test["per_image"])}
         if val:
-            splits["val"] = (self.val_set, val["per_image"])
+            splits["val"] = (image_names(self.val_set), val["per_image"])
         write_image_predictions(self.output / PREDICTIONS, splits, self.classes)
 
     def _stop(self, epoch: int, step: int, run: RunState, metrics: dict[str, Any], saved: bool = False) -> None:

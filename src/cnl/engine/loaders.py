@@ -1,0 +1,61 @@
+"""The data loaders of training and evaluation, taken by the trainer and by inference alike."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from cnl.engine import distributed
+from cnl.engine.randomness import EpochSampler, SeededDataset
+
+
+def eval_loader(dataset: Any, batch_size: int, workers: int, ctx: distributed.Context) -> DataLoader:
+    """Every sample once over the processes, in dataset order within each shard."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=distributed.ShardSampler(len(dataset), ctx.rank, ctx.world_size),
+        num_workers=workers,
+        pin_memory=ctx.device.type == "cuda",
+    )
+
+
+def ignore_interrupts(worker_id: int) -> None:
+    """Loader workers leave SIGINT and SIGTERM, which a terminal or torchrun sends to the whole
+    process group, to the training process: it stops cleanly and then ends them. (They
+    still exit by themselves when that process dies.)"""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def train_loader(
+    dataset: Any,
+    seed: int,
+    epoch: int,
+    first_step: int,
+    global_batch: int,
+    batch_size: int,
+    workers: int,
+    ctx: distributed.Context,
+) -> DataLoader:
+    """This process's batches of ``epoch`` from optimizer step ``first_step`` on: the order and
+    each sample's augmentation follow from (seed, epoch, position) (``engine/randomness.py``)."""
+    sampler = EpochSampler(
+        len(dataset),
+        seed,
+        epoch,
+        global_batch,
+        ctx.rank,
+        ctx.world_size,
+        start=first_step * global_batch,  # type: ignore[arg-type]
+    )
+    return DataLoader(
+        SeededDataset(dataset),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=ctx.device.type == "cuda",
+        worker_init_fn=ignore_interrupts,
+    )

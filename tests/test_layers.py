@@ -1,0 +1,82 @@
+"""Layers point one way (docs/architecture.md), and the command's help loads no torch."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+SOURCE = Path(__file__).resolve().parents[1] / "src" / "cnl"
+# Each package may import its own modules and those of lower layers, never of a higher one.
+LAYERS = {
+    "cnl.lazy": 0,
+    "cnl.nn": 1,
+    "cnl.data": 1,
+    "cnl.models": 2,
+    "cnl.engine": 3,
+    "cnl.analysis": 4,
+    "cnl.demo": 5,
+    "cnl.export": 5,
+    "cnl.timm_models": 5,
+    "cnl.cli": 6,
+    "cnl.__main__": 7,
+    "cnl": 0,  # __version__; the package's other names are imported on first use (cnl.lazy)
+}
+
+
+def layer(module: str) -> int:
+    while module not in LAYERS:
+        module = module.rpartition(".")[0]
+    return LAYERS[module]
+
+
+def imports_of(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):  # function-level imports count too
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+        elif isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+    return [name for name in names if name == "cnl" or name.startswith("cnl.")]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SOURCE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_module_imports_from_a_higher_layer():
+    upward = []
+    for path in sorted(SOURCE.rglob("*.py")):
+        importer = module_name(path)
+        for imported in imports_of(path):
+            if layer(imported) > layer(importer):
+                upward.append(f"{importer} imports {imported}")
+    assert upward == []
+
+
+def test_engine_imports_nothing_from_analysis_or_the_command():
+    for path in (SOURCE / "engine").rglob("*.py"):
+        assert not [m for m in imports_of(path) if m.startswith(("cnl.analysis", "cnl.cli"))], path
+
+
+def test_help_of_every_command_loads_no_torch():
+    commands = [[], ["train"], ["eval"], ["predict"], ["ablate"], ["demo"], ["profile"], ["list-models"], ["bench"],
+                ["attention"], ["report"], ["export"], ["data"], ["data", "synth"], ["data", "check"]]  # fmt: skip
+    script = (
+        "import sys\nfrom cnl.cli import main\n"
+        f"for argv in {[c + ['--help'] for c in commands]!r}:\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "print(sorted(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_import_cnl_registers_the_models_in_timm_imported_before_or_after():
+    for order in ("import cnl, timm", "import timm, cnl"):
+        script = f"{order}\nprint(timm.is_model('resnet50_cnl5'), 'torch' in __import__('sys').modules)"
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+        assert done.stdout.split() == ["True", "True"], order
+    done = subprocess.run([sys.executable, "-c", "import sys, cnl; print('torch' in sys.modules)"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert done.stdout.strip() == "False"
