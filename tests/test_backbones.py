@@ -178,7 +178,7 @@ def test_names_errors_and_unsupported_outputs():
     with pytest.raises(ValueError, match="10 tokens after 1 prefix tokens are not a square grid"):
         Site("blocks.0", "tokens", 8, prefix_tokens=1).to_map(torch.zeros(1, 11, 8))
     late = cnl.create_model("tv:resnet18", query="layer2.0", responses=["layer3.0"])
-    with pytest.raises(RuntimeError, match="query 'layer2.0' ran after 0 of its 1 responses"):
+    with pytest.raises(ValueError, match="query 'layer2.0' ran after 0 of its 1 responses"):
         late(torch.zeros(1, 3, 64, 64))
 
 

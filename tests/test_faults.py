@@ -5,6 +5,7 @@ import resource
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -44,14 +45,31 @@ def no_temporaries(output: Path) -> bool:
     return not [p for p in output.rglob("*") if p.name.endswith((".tmp", ".prev"))]
 
 
-def test_a_full_disk_keeps_the_previous_checkpoint_and_says_where(data, tmp_path):
+def size_limits(checkpoint: Path) -> dict[str, int]:
+    """File sizes at which a checkpoint like ``checkpoint`` stops growing: inside its pickled
+    header, inside its tensor data, in its last bytes (the zip's central directory)."""
+    with zipfile.ZipFile(checkpoint) as archive:
+        header = next(info for info in archive.infolist() if info.filename.endswith("data.pkl"))
+        directory = archive.start_dir  # the central directory: the last thing the zip writer writes
+    size = checkpoint.stat().st_size
+    return {
+        "header": header.header_offset + header.compress_size // 2,
+        "tensors": size // 2,
+        "last bytes": directory + (size - directory) // 2,
+    }
+
+
+@pytest.mark.parametrize("where", ["header", "tensors", "last bytes"])
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_where(data, tmp_path, where):
     output = tmp_path / "run"
     assert cnl(*train_args(data, output, 1)).returncode == 0
     last = output / "checkpoints" / "last.pt"
     before = last.read_bytes()
-    # The next checkpoint cannot be written: files may not grow past half a checkpoint.
-    done = cnl("train", "--resume", "--output", str(output), "--epochs", "2", limit_bytes=len(before) // 2)
-    assert done.returncode == 2
+    # The next checkpoint cannot be written: files may not grow past this point of one.
+    limit = size_limits(last)[where]
+    assert limit > (output / "config.yaml").stat().st_size  # the checkpoint is the first file to reach it
+    done = cnl("train", "--resume", "--output", str(output), "--epochs", "2", limit_bytes=limit)
+    assert done.returncode == 2, done.stderr[-3000:]
     message = [line for line in done.stderr.splitlines() if line.startswith("cnl ")]  # besides progress bars
     assert "Traceback" not in done.stderr
     assert len(message) == 1 and "cannot write checkpoint" in message[0] and "File too large" in message[0]

@@ -8,6 +8,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from cnl.data import FineGrainedDataset, ImageError, load_image, train_transform
+from cnl.errors import DataError
 
 
 def save(path, image, **kwargs):
@@ -113,5 +114,5 @@ def test_an_epoch_with_workers_survives_a_bad_file(tmp_path):
 def test_all_unreadable_is_an_error(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"")
-    with pytest.raises(RuntimeError, match="no readable image among the 1 samples"):
+    with pytest.raises(DataError, match="no readable image among the 1 samples"):
         FineGrainedDataset([(bad, 0)], ["a"])[0]

@@ -80,3 +80,50 @@ def test_import_cnl_registers_the_models_in_timm_imported_before_or_after():
     done = subprocess.run([sys.executable, "-c", "import sys, cnl; print('torch' in sys.modules)"],
                           capture_output=True, text=True, check=True)  # fmt: skip
     assert done.stdout.strip() == "False"
+
+
+# --- errors: a user's mistake or a bug --------------------------------------------------
+
+
+def raised_names(path: Path) -> list[tuple[str, int]]:
+    """``(ExceptionClass, line)`` of every ``raise Name(...)`` in a file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and isinstance(node.exc.func, ast.Name):
+            found.append((node.exc.func.id, node.lineno))
+    return found
+
+
+def test_every_error_cnl_raises_on_purpose_is_a_user_error():
+    import importlib
+
+    from cnl.errors import UserError
+
+    # Not errors: a signal that ends a run, and a missing attribute of a lazy package.
+    allowed = {"RunInterrupted", "Terminated", "AttributeError"}
+    others = []
+    for path in sorted(SOURCE.rglob("*.py")):
+        if path.name == "__main__.py":
+            continue
+        module = importlib.import_module(module_name(path))
+        for name, line in raised_names(path):
+            kind = getattr(module, name, None) or getattr(__import__("builtins"), name, None)
+            if name not in allowed and not (isinstance(kind, type) and issubclass(kind, UserError)):
+                others.append(f"{path.relative_to(SOURCE)}:{line} raises {name}")
+    assert others == []
+
+
+def test_a_bug_shows_its_traceback_and_exits_1_a_mistake_one_line_and_2(tmp_path):
+    bug = (
+        "import sys\nimport cnl.cli as cli\n"
+        "def broken(args):\n    return {}['missing']\n"
+        "cli.cmd_list_models = broken\nsys.argv = ['cnl', 'list-models']\ncli.run()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", bug], capture_output=True, text=True)
+    assert done.returncode == 1 and "Traceback" in done.stderr and "KeyError: 'missing'" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "cnl", "eval", "--checkpoint", str(tmp_path / "nowhere.pt")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == f"cnl eval: error: checkpoint {tmp_path / 'nowhere.pt'} does not exist"

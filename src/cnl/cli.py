@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from cnl.errors import InvalidValue, TrainingDiverged, UserError
+
 
 def split_names(values: Sequence[str]) -> list[str]:
     """``["a,b", "c"] -> ["a", "b", "c"]``: lists may be given with commas or spaces."""
@@ -402,7 +404,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
     img_size = args.img_size or info["img_size"]
     images = [*([args.image] if args.image else []), *args.images]
     if not images:
-        raise ValueError("no image: give IMAGE... (or --image)")
+        raise InvalidValue("no image: give IMAGE... (or --image)")
     try:
         if args.html:
             from cnl.analysis.explorer import write_explorer
@@ -484,12 +486,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # RunInterrupted says which signal and what was saved; a bare Ctrl-C elsewhere, only that.
         print(f"cnl {args.command}: {interrupt or 'interrupted'}", file=sys.stderr)
         return getattr(interrupt, "exit_code", 130)
-    except (ValueError, OSError, TypeError) as error:  # OSError: also a full disk, named by the file
-        print(f"cnl {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except FloatingPointError as error:
+    except TrainingDiverged as error:
         print(f"cnl {args.command}: error: {error}", file=sys.stderr)
         return 3
+    except (UserError, OSError) as error:  # OSError: a file the OS refused (missing, no permission, full disk)
+        print(f"cnl {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    # Anything else is a bug in cnl: it goes on, with its traceback, and the command exits 1.
 
 
 class Terminated(KeyboardInterrupt):

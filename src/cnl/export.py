@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from cnl.engine.checkpoint import card_path, load_model_with_info
+from cnl.errors import InvalidValue
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 ONNX_OPSET = 18
@@ -16,7 +17,7 @@ ONNX_OPSET = 18
 def export(checkpoint: str | Path, fmt: str, out: str | Path) -> list[Path]:
     """Write ``checkpoint``'s model to ``out`` in ``fmt``; returns the files written."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+        raise InvalidValue(f"unknown export format {fmt!r}; valid formats: {', '.join(FORMATS)}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model, _, info = load_model_with_info(checkpoint)

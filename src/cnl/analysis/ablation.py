@@ -27,6 +27,7 @@ from cnl.engine.checkpoint import model_overrides
 from cnl.engine.config import TrainConfig
 from cnl.engine.predictions import PREDICTIONS, read_correct
 from cnl.engine.trainer import RunInterrupted, fit
+from cnl.errors import InvalidValue
 
 PER_SEED = ("top1", "top5", "best_epoch", "final_top1", "train_images_per_s")
 
@@ -86,7 +87,7 @@ def paired_with(runs: list[dict[str, Any]], reference: list[dict[str, Any]]) -> 
         first_images, first_correct = read_correct(first["predictions"])
         images, correct = read_correct(run["predictions"])
         if images != first_images:
-            raise ValueError(
+            raise InvalidValue(
                 f"{run['predictions']} and {first['predictions']} are of different test images: cannot pair them"
             )
         per_seed.append(compare_seed(first_correct, correct, run["seed"]))

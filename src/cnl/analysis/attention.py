@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from cnl.analysis.receptive_field import has_receptive_fields, receptive_fields
 from cnl.data import eval_transform, load_image
 from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from cnl.errors import InvalidValue, UserError
 
 Cell = tuple[int, int]  # (row, column) in the query grid
 
 
-class NothingToShow(ValueError):
+class NothingToShow(UserError, ValueError):
     """The model has no NL or CNL module."""
 
 
@@ -151,7 +152,7 @@ def attention_rows(
         queries = strongest_cells(seen.maps[seen.grid_layer], count)
     for cell in queries:
         if not (0 <= cell[0] < grid[0] and 0 <= cell[1] < grid[1]):
-            raise ValueError(f"query cell {cell[0]},{cell[1]} is outside the {grid[0]}x{grid[1]} query grid")
+            raise InvalidValue(f"query cell {cell[0]},{cell[1]} is outside the {grid[0]}x{grid[1]} query grid")
     rows = []
     for cell in queries:
         panels = []
@@ -207,6 +208,6 @@ def parse_queries(values: list[str] | None) -> list[Cell] | None:
         try:
             row, column = (int(v) for v in value.split(","))
         except ValueError:
-            raise ValueError(f"--query takes 'auto' or ROW,COLUMN cells, got {value!r}") from None
+            raise InvalidValue(f"--query takes 'auto' or ROW,COLUMN cells, got {value!r}") from None
         cells.append((row, column))
     return cells

@@ -19,6 +19,7 @@ from torch import nn
 
 from cnl.engine.distributed import pick_device
 from cnl.engine.loop import AMP_DTYPES
+from cnl.errors import InvalidValue
 from cnl.models import create_model
 from cnl.models.backbones import SOURCES
 from cnl.nn import CrossLayerNonLocal, NonLocal2d, configure_attention
@@ -49,7 +50,7 @@ def parse_spec(spec: str) -> tuple[str, str, bool | None]:
     order = rest[0] if rest else "auto"
     kernel = rest[1] if len(rest) > 1 else "auto"
     if kernel not in KERNELS:
-        raise ValueError(f"unknown attention kernel {kernel!r} in {spec!r}; valid kernels: {', '.join(KERNELS)}")
+        raise InvalidValue(f"unknown attention kernel {kernel!r} in {spec!r}; valid kernels: {', '.join(KERNELS)}")
     return name, order, KERNELS[kernel]
 
 

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from cnl.errors import InvalidValue
+
 ALPHA = 0.05  # a test "shows" a difference below this p
 CONFIDENCE = 0.95
 SEEDS_FOR_INTERVAL = 3
@@ -87,7 +89,7 @@ def paired_bootstrap(
 def compare_seed(first: np.ndarray, other: np.ndarray, seed: int) -> dict[str, Any]:
     """One seed: two models' top-1 correctness on the same images (bool arrays, same order)."""
     if first.shape != other.shape:
-        raise ValueError(f"seed {seed}: {len(first)} and {len(other)} images cannot be paired")
+        raise InvalidValue(f"seed {seed}: {len(first)} and {len(other)} images cannot be paired")
     only_other = int(np.sum(other & ~first))
     only_first = int(np.sum(first & ~other))
     low, high = paired_bootstrap(first, other, seed)

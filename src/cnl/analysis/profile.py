@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnl.analysis.table2 import TABLE2
+from cnl.errors import InvalidValue
 from cnl.models import create_model
 from cnl.nn import DotProductAttention, configure_attention
 
@@ -160,7 +161,7 @@ def format_placements(name: str, img_size: int = 448, num_classes: int = 200) ->
     fixed = getattr(model, "pretrained_cfg", {}).get("fixed_input_size")
     size = getattr(model, "pretrained_cfg", {}).get("input_size", (3, img_size, img_size))
     if fixed and size[-1] != img_size:
-        raise ValueError(f"{name} takes {size[-1]}x{size[-1]} images only: use --img-size {size[-1]}")
+        raise InvalidValue(f"{name} takes {size[-1]}x{size[-1]} images only: use --img-size {size[-1]}")
     roles = {layer: "NL" for layer in model.nl_layers}
     roles.update({layer: "response" for layer in model.responses})
     if model.query is not None:

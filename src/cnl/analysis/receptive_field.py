@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 from torchvision.models import ResNet
 
+from cnl.errors import InvalidValue
 from cnl.models.resnet import STAGES
 
 
@@ -49,7 +50,7 @@ def receptive_fields(model: Any) -> dict[str, Field]:
     in forward order."""
     if not has_receptive_fields(model):
         name = getattr(model, "arch", type(model).__name__)
-        raise ValueError(
+        raise InvalidValue(
             f"receptive fields are worked out for torchvision's ResNets only, not {name}: "
             "cnl profile --placements gives any model's modules with their output shapes"
         )

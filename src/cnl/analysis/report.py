@@ -13,6 +13,7 @@ from cnl.analysis.ablation import format_ablation
 from cnl.analysis.evidence import CONFUSION, PER_CLASS
 from cnl.engine.checkpoint import load_model_with_info
 from cnl.engine.config import TrainConfig
+from cnl.errors import MissingFile
 
 EVIDENCE_FOLDER = "eval"  # cnl eval --checkpoint RUN/checkpoints/best.pt --report RUN/eval
 
@@ -29,7 +30,7 @@ def expand_runs(paths: list[str | Path]) -> tuple[list[tuple[str, Path]], list[d
         elif (path / "metrics.jsonl").exists():
             runs.append((path.name, path))
         else:
-            raise FileNotFoundError(f"{path} holds neither metrics.jsonl (a run) nor ablation.json (an ablation)")
+            raise MissingFile(f"{path} holds neither metrics.jsonl (a run) nor ablation.json (an ablation)")
     return runs, rows, ablation
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from cnl.data.images import ImageError, load_image, load_tensor
+from cnl.errors import DataError, InvalidValue, MissingFile
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
 
 
-class LayoutError(ValueError):
+class LayoutError(DataError):
     """Metadata that does not match the expected layout."""
 
 
@@ -57,7 +58,7 @@ class FineGrainedDataset(Dataset):
         origins: list[str] | None = None,
     ) -> None:
         if decoder not in ("tensor", "pil"):
-            raise ValueError(f"unknown decoder {decoder!r}; valid decoders: tensor, pil")
+            raise InvalidValue(f"unknown decoder {decoder!r}; valid decoders: tensor, pil")
         self.decoder = decoder
         self.origins = origins
         self.samples = samples
@@ -118,7 +119,7 @@ class FineGrainedDataset(Dataset):
                 self._record_skip(path, error)
                 continue
             return (self.transform(image) if self.transform else image), label
-        raise RuntimeError(f"no readable image among the {len(self.samples)} samples")
+        raise DataError(f"no readable image among the {len(self.samples)} samples")
 
 
 def require(path: Path, layout: str) -> Path:
@@ -148,7 +149,7 @@ def read_table(path: Path, layout: str, columns: int) -> dict[str, list[str]]:
 
 def check_split(split: str, valid: tuple[str, ...]) -> str:
     if split not in valid:
-        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(valid)}")
+        raise InvalidValue(f"unknown split {split!r}; valid splits: {', '.join(valid)}")
     return split
 
 
@@ -308,7 +309,7 @@ AIRCRAFT_LEVELS = {"variant": "variants", "family": "families", "manufacturer": 
 
 def build_aircraft(root: Path, split: str, level: str = "variant", **kwargs: Any) -> FineGrainedDataset:
     if level not in AIRCRAFT_LEVELS:
-        raise ValueError(f"unknown FGVC-Aircraft level {level!r}; valid levels: {', '.join(AIRCRAFT_LEVELS)}")
+        raise InvalidValue(f"unknown FGVC-Aircraft level {level!r}; valid levels: {', '.join(AIRCRAFT_LEVELS)}")
     # "train" is the standard trainval split (train + val); "train_without_val" is the official
     # train split alone, to go with its val split.
     splits = ("train", "trainval", "train_without_val", "val", "test")
@@ -462,11 +463,11 @@ def build_dataset(
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset root {root} is not a folder")
+        raise MissingFile(f"dataset root {root} is not a folder")
     if name == "auto":
         name = detect_layout(root)
     if name not in BUILDERS:
-        raise ValueError(f"unknown dataset {name!r}; valid datasets: auto, {', '.join(BUILDERS)}")
+        raise InvalidValue(f"unknown dataset {name!r}; valid datasets: auto, {', '.join(BUILDERS)}")
     dataset = BUILDERS[name](root, split, transform=transform, **options)
     if not dataset.samples:
         raise LayoutError(f"the {split} split of {root} ({name}) has no images")

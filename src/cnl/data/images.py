@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from cnl.errors import UserError
+
 # PIL's own bomb limit (89.5 Mpx) would only warn up to twice that; we refuse above it.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 WHITE = (255, 255, 255)
 
 
-class ImageError(Exception):
+class ImageError(UserError):
     """A file that cannot be decoded into an RGB image."""
 
 

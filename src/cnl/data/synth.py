@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance
 
+from cnl.errors import InvalidValue
+
 SILHOUETTES = ("oval", "diamond", "fish", "capsule", "hexagon")
 PATTERNS = ("plain", "stripes", "spots", "checks", "rings")
 MARKS = ("dot", "bar", "cross", "ring", "pair")  # the most distinct first: small grids use those
@@ -55,11 +57,11 @@ class SynthConfig:
 
     def validate(self) -> None:
         if not 2 <= self.classes <= MAX_CLASSES:
-            raise ValueError(f"--classes must be between 2 and {MAX_CLASSES}, got {self.classes}")
+            raise InvalidValue(f"--classes must be between 2 and {MAX_CLASSES}, got {self.classes}")
         if self.train_per_class < 1 or self.test_per_class < 1:
-            raise ValueError("--train-per-class and --test-per-class must be at least 1")
+            raise InvalidValue("--train-per-class and --test-per-class must be at least 1")
         if self.image_size < 32:
-            raise ValueError(f"--image-size must be at least 32 pixels, got {self.image_size}")
+            raise InvalidValue(f"--image-size must be at least 32 pixels, got {self.image_size}")
 
 
 def class_grid(count: int) -> list[tuple[int, int, int]]:

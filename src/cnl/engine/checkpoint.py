@@ -13,13 +13,14 @@ from typing import Any
 import torch
 
 from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from cnl.errors import MissingFile, UserError
 from cnl.models import create_model
 from cnl.models.weights import current_keys
 
 MODEL_SETTINGS = ("query", "responses", "nl_layers", "inner_channels", "width")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be used: unreadable, unsafe, damaged, or for another model."""
 
 
@@ -83,13 +84,14 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    contents = {**state, "checksum": content_digest(state)}
     temporaries = []
     try:
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         temporaries.append(temporary)
         with os.fdopen(handle, "wb") as file:
             os.fchmod(file.fileno(), 0o666 & ~current_umask())
-            torch.save({**state, "checksum": content_digest(state)}, file)
+            torch.save(contents, file)
             file.flush()
             os.fsync(file.fileno())
         if keep_previous and path.exists():
@@ -98,15 +100,26 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
             os.link(path, link)
             os.replace(link, previous_path(path))
         os.replace(temporary, path)
-    except OSError as error:
+    except (OSError, RuntimeError) as error:  # RuntimeError: torch's zip writer, after the OS refused a write
         raise CheckpointWriteError(
-            f"cannot write checkpoint {path}: {error.strerror or error}; the previous {path.name} is intact"
+            f"cannot write checkpoint {path}: {os_reason(error)}; the previous {path.name} is intact"
         ) from None
     finally:
         for leftover in temporaries:
             Path(leftover).unlink(missing_ok=True)
     fsync_folder(path.parent)
     return path
+
+
+def os_reason(error: BaseException) -> str:
+    """The operating system's words for a failed write: the OSError's own, or those of the
+    OSError that torch's zip writer met before it raised its RuntimeError."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen.strerror or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return str(error).splitlines()[0]
 
 
 def remove_temporaries(folder: str | Path) -> list[Path]:
@@ -122,7 +135,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint's contents, loaded with ``weights_only=True``: tensors and plain data only."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise MissingFile(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -195,7 +208,7 @@ def load_model_with_info(
 
         card = card_path(path)
         if not card.is_file():
-            raise FileNotFoundError(f"{path} has no model card {card} beside it (written by cnl export)")
+            raise MissingFile(f"{path} has no model card {card} beside it (written by cnl export)")
         info = json.loads(card.read_text(encoding="utf-8"))
         weights = current_keys(load_file(str(path)))
     else:

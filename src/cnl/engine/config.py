@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from cnl.errors import InvalidValue, MissingFile
+
 AMP_CHOICES = ("none", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine")
@@ -119,7 +121,7 @@ class TrainConfig:
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1]:
             problems.append(f"crop_scale must be two increasing positive numbers, got {self.crop_scale}")
         if problems:
-            raise ValueError("invalid configuration: " + "; ".join(problems))
+            raise InvalidValue("invalid configuration: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -131,7 +133,7 @@ class TrainConfig:
         assert self.global_batch_size is not None
         per_process, left = divmod(self.global_batch_size, processes * self.accum_steps)
         if left or not per_process:
-            raise ValueError(
+            raise InvalidValue(
                 f"the global batch {self.global_batch_size} does not divide into {processes} processes x "
                 f"{self.accum_steps} accumulation steps; choose a global batch that is a multiple of "
                 f"{processes * self.accum_steps}, or give --batch-size per process"
@@ -156,17 +158,17 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """A config file's settings, keys as in TrainConfig (``lr-steps`` and ``lr_steps`` both work)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
+        raise MissingFile(f"config file {path} does not exist")
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
-        raise ValueError(f"{path} is not valid YAML: {error}") from error
+        raise InvalidValue(f"{path} is not valid YAML: {error}") from error
     if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a mapping of settings, got {type(values).__name__}")
+        raise InvalidValue(f"{path} must hold a mapping of settings, got {type(values).__name__}")
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
     unknown = sorted(set(values) - FIELDS)
     if unknown:
-        raise ValueError(f"{path}: unknown settings {unknown}; valid settings: {', '.join(sorted(FIELDS))}")
+        raise InvalidValue(f"{path}: unknown settings {unknown}; valid settings: {', '.join(sorted(FIELDS))}")
     return values
 
 
@@ -181,7 +183,7 @@ def make_config(*layers: dict[str, Any]) -> TrainConfig:
         given = {k: v for k, v in layer.items() if v is not None}
         batch = [k for k in BATCH_FIELDS if k in given]
         if len(batch) == 2:
-            raise ValueError(
+            raise InvalidValue(
                 f"give either --batch-size (per process, {given['batch_size']}) or --global-batch-size "
                 f"({given['global_batch_size']}), not both"
             )

@@ -10,6 +10,8 @@ import torch.distributed as dist
 from torch.distributed.rendezvous import rendezvous
 from torch.utils.data import Sampler
 
+from cnl.errors import InvalidValue
+
 
 @dataclass(frozen=True)
 class Context:
@@ -34,10 +36,10 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was asked for but no CUDA GPU is available")
+            raise InvalidValue("device 'cuda' was asked for but no CUDA GPU is available")
         return torch.device("cuda", local_rank)
     if name != "cpu":
-        raise ValueError(f"unknown device {name!r}; valid devices: auto, cpu, cuda")
+        raise InvalidValue(f"unknown device {name!r}; valid devices: auto, cpu, cuda")
     return torch.device("cpu")
 
 

@@ -23,6 +23,7 @@ from cnl.engine.config import make_config
 from cnl.engine.loaders import eval_loader
 from cnl.engine.loop import StepSettings, evaluate
 from cnl.engine.predictions import image_names
+from cnl.errors import DataError, InvalidValue, MissingFile
 
 
 def evaluate_checkpoint(
@@ -38,7 +39,7 @@ def evaluate_checkpoint(
     """
     model, classes, info = load_model_with_info(path)
     if "config" not in info:
-        raise ValueError(f"{path} holds no training config: cnl eval needs a training checkpoint")
+        raise InvalidValue(f"{path} holds no training config: cnl eval needs a training checkpoint")
     config = make_config(info["config"], overrides)
     ctx = distributed.setup(config.device)
     try:
@@ -47,7 +48,7 @@ def evaluate_checkpoint(
             model = model.to(memory_format=torch.channels_last)
         test = build_dataset(config.dataset, config.data_root, "test", eval_transform(config.img_size))
         if test.classes != classes:
-            raise ValueError(
+            raise DataError(
                 f"the test split of {config.data_root} does not name the checkpoint's {len(classes)} classes"
             )
         settings = StepSettings(ctx.device, len(classes), config.amp, config.channels_last, show_progress=ctx.is_main)
@@ -82,10 +83,10 @@ def expand_images(inputs: Iterable[str | Path]) -> list[Path]:
         elif glob.has_magic(text):
             matched = sorted(Path(p) for p in glob.glob(text, recursive=True))
             if not matched:
-                raise FileNotFoundError(f"no file matches {text}")
+                raise MissingFile(f"no file matches {text}")
             paths += [p for p in matched if p.suffix.lower() in IMAGE_SUFFIXES]
         else:
-            raise FileNotFoundError(f"no image, folder, list or glob match at {item}")
+            raise MissingFile(f"no image, folder, list or glob match at {item}")
     return paths
 
 
@@ -202,7 +203,7 @@ def write_predictions(results: Iterable[dict[str, Any]], out: str | Path, topk: 
     ``.jsonl`` (one object per line). Returns the number of rows."""
     out = Path(out)
     if out.suffix not in (".csv", ".jsonl"):
-        raise ValueError(f"--out {out}: expected a .csv or .jsonl file")
+        raise InvalidValue(f"--out {out}: expected a .csv or .jsonl file")
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = 0
     with open(out, "w", newline="", encoding="utf-8") as file:

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from cnl.engine.metrics import Accumulator, ImageRecord
 from cnl.engine.randomness import seed_step
+from cnl.errors import TrainingDiverged
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -109,7 +110,7 @@ def train_one_epoch(
                 loss_sum = criterion(logits.float(), targets)
             if not torch.isfinite(loss_sum):
                 # Stop before the update: the weights and the last checkpoint stay good.
-                raise FloatingPointError(
+                raise TrainingDiverged(
                     f"the training loss is {loss_sum.item() / len(labels)} at epoch {epoch + 1}, "
                     f"step {micro // settings.accum_steps + 1}; stopping, the last checkpoint is kept "
                     "(try a lower --lr or --amp none)"

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from cnl.errors import InvalidValue, MissingFile
+
 PREDICTIONS = "predictions.csv"
 COLUMNS = (
     "split", "index", "image", "label", "label_name", "predicted", "predicted_name", "correct", "top5", "p_label",
@@ -59,13 +61,13 @@ def read_correct(path: str | Path, split: str = "test") -> tuple[list[str], np.n
     """The images of ``split`` in ``path`` and whether each was right at top-1 (bool array)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: the per-image predictions of a run (cnl train writes them)")
+        raise MissingFile(f"{path} does not exist: the per-image predictions of a run (cnl train writes them)")
     with open(path, newline="", encoding="utf-8") as file:
         reader = csv.DictReader(file)
         missing = set(COLUMNS) - set(reader.fieldnames or [])
         if missing:
-            raise ValueError(f"{path} is not a predictions file: no column {', '.join(sorted(missing))}")
+            raise InvalidValue(f"{path} is not a predictions file: no column {', '.join(sorted(missing))}")
         rows = [row for row in reader if row["split"] == split]
     if not rows:
-        raise ValueError(f"{path} has no {split} rows")
+        raise InvalidValue(f"{path} has no {split} rows")
     return [row["image"] for row in rows], np.array([row["correct"] == "1" for row in rows])

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from cnl.errors import DataError
+
 # One stream per purpose, so that e.g. epoch 3's order never reuses a sample's crop seed.
 INIT, ORDER, AUGMENT, STEP, VALIDATION = range(5)
 
@@ -110,7 +112,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
     ) -> None:
         steps = length // global_batch
         if steps == 0:
-            raise ValueError(f"the global batch {global_batch} is larger than the {length} training images")
+            raise DataError(f"the global batch {global_batch} is larger than the {length} training images")
         self.order = epoch_order(seed, epoch, length)[: steps * global_batch]
         self.seed, self.epoch = seed, epoch
         self.positions = range(start + rank, len(self.order), world_size)

@@ -6,8 +6,10 @@ import fcntl
 import os
 from pathlib import Path
 
+from cnl.errors import UserError
 
-class RunLocked(ValueError):
+
+class RunLocked(UserError, ValueError):
     """Another live process trains into the same folder."""
 
 

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from cnl.errors import InvalidValue
+
 WARMUP_START = 1e-3  # the authors' code warms up from lr * 0.1^3
 
 
@@ -30,7 +32,7 @@ def lr_factor(
         return WARMUP_START + (1 - WARMUP_START) * epoch / warmup_epochs
     if schedule == "cosine":
         if epochs is None:
-            raise ValueError("the cosine schedule needs the number of epochs")
+            raise InvalidValue("the cosine schedule needs the number of epochs")
         progress = (epoch - warmup_epochs) / max(epochs - warmup_epochs, 1e-9)
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return decay ** bisect_right(sorted(steps), epoch)

@@ -33,6 +33,7 @@ from cnl.engine.provenance import provenance
 from cnl.engine.randomness import seed_model_init, validation_indices
 from cnl.engine.runlock import RunLock
 from cnl.engine.schedule import build_scheduler
+from cnl.errors import DataError, InvalidValue, MissingFile
 from cnl.models import create_model
 from cnl.models.backbones import head_name
 from cnl.models.weights import NEW_MODULE_PREFIXES
@@ -69,7 +70,7 @@ def build_datasets(
     name = detect_layout(Path(root)) if config.dataset == "auto" else config.dataset
     official = config.val_split == "official"
     if official and name not in OFFICIAL_VALIDATION:
-        raise ValueError(
+        raise InvalidValue(
             f"{name} has no official validation split (only {', '.join(OFFICIAL_VALIDATION)} has); "
             "carve one from the training split with a fraction, e.g. --val-split 0.1"
         )
@@ -85,7 +86,7 @@ def build_datasets(
         train, val = train.subset(kept, train.transform), train.subset(held_out, eval_transform(config.img_size))
     for split, dataset in (("val", val), ("test", test)):
         if dataset is not None and dataset.classes != train.classes:
-            raise ValueError(f"the train and {split} splits of {root} name different classes")
+            raise DataError(f"the train and {split} splits of {root} name different classes")
     preflight(train, "train", root)
     preflight(test, "test", root)
     if val is not None:
@@ -99,7 +100,7 @@ def preflight(dataset: FineGrainedDataset, split: str, root: str) -> None:
     missing = [f"{origin}: {path}" for (path, _), origin in zip(dataset.samples, origins) if not Path(path).is_file()]
     if missing:
         shown = "\n  ".join(missing[:10]) + ("\n  ..." if len(missing) > 10 else "")
-        raise ValueError(
+        raise DataError(
             f"{len(missing)} {split} images of {root} named by its metadata do not exist "
             f"(expected an image file at each path):\n  {shown}"
         )
@@ -107,7 +108,7 @@ def preflight(dataset: FineGrainedDataset, split: str, root: str) -> None:
         counts = np.bincount(dataset.targets, minlength=len(dataset.classes))
         empty = [dataset.classes[k] for k in np.flatnonzero(counts == 0)]
         if empty:
-            raise ValueError(f"classes without training images in {root}: {', '.join(empty[:10])}")
+            raise DataError(f"classes without training images in {root}: {', '.join(empty[:10])}")
 
 
 def resume_checkpoint(output: str | Path, resume: str | None) -> Path | None:
@@ -118,7 +119,7 @@ def resume_checkpoint(output: str | Path, resume: str | None) -> Path | None:
     mode = resume or ("auto" if distributed.restarted() else "no")
     path = Path(output) / "checkpoints" / "last.pt"
     if mode == "yes" and not path.is_file():
-        raise FileNotFoundError(f"cannot resume: {path} does not exist (use --resume auto to start fresh then)")
+        raise MissingFile(f"cannot resume: {path} does not exist (use --resume auto to start fresh then)")
     return path if mode != "no" and path.is_file() else None
 
 
@@ -179,7 +180,7 @@ class Run:
         test_set: Dataset | None = None,
     ) -> None:
         if (train_set is None) != (test_set is None):
-            raise ValueError("give both train_set and test_set, or neither (then config.data_root is read)")
+            raise InvalidValue("give both train_set and test_set, or neither (then config.data_root is read)")
         self.given_model = model
         self.given_sets = (train_set, test_set) if train_set is not None and test_set is not None else None
         self.config = config
@@ -188,7 +189,7 @@ class Run:
         self.main = self.ctx.is_main
         self.batch_size, self.global_batch = config.batch_plan(self.ctx.world_size)
         if config.sync_bn and self.ctx.distributed and self.ctx.device.type != "cuda":
-            raise ValueError(
+            raise InvalidValue(
                 "--sync-bn needs CUDA devices (SyncBatchNorm runs on GPUs only); on the CPU every process "
                 "already evaluates rank 0's BatchNorm statistics"
             )
@@ -223,10 +224,10 @@ class Run:
             self.train_set, self.test_set = self.given_sets
         self.classes = list(getattr(self.train_set, "classes", None) or [])
         if not self.classes:
-            raise ValueError("the training set needs a 'classes' list (class names, index = label)")
+            raise DataError("the training set needs a 'classes' list (class names, index = label)")
         self.steps_per_epoch = len(self.train_set) // self.global_batch
         if not self.steps_per_epoch:
-            raise ValueError(
+            raise DataError(
                 f"the global batch {self.global_batch} is larger than the {len(self.train_set)} training images "
                 f"of {config.data_root}"
             )
@@ -316,10 +317,10 @@ class Run:
                 print(f"cnl train: warning: {damage}; resuming from {used} (kept it as {path.name}.damaged)",
                       file=sys.stderr, flush=True)  # fmt: skip
         if state["model_name"] != self.config.model or list(state["classes"]) != self.classes:
-            raise ValueError(f"{path} is a checkpoint of {state['model_name']} on other classes; cannot resume")
+            raise InvalidValue(f"{path} is a checkpoint of {state['model_name']} on other classes; cannot resume")
         previous = state.get("provenance", {}).get("global_batch_size", self.global_batch)
         if previous != self.global_batch:
-            raise ValueError(
+            raise InvalidValue(
                 f"{path} was trained with a global batch of {previous}; resuming with {self.global_batch} would "
                 "shift its schedule (resume on any number of processes, with the same global batch)"
             )

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnl.errors import InvalidValue, MissingDependency
 from cnl.models.placement import default_placement
 from cnl.models.plug import Site, plug_into, record_outputs, site_channels
 from cnl.models.weights import load_pretrained
@@ -38,7 +39,7 @@ class Spec:
     def parse(cls, name: str) -> Spec:
         source, _, rest = name.partition(":")
         if source not in SOURCES or not rest:
-            raise ValueError(f"{name!r}: expected tv:MODEL or timm:MODEL, with an optional _nl5 or _cnl5 suffix")
+            raise InvalidValue(f"{name!r}: expected tv:MODEL or timm:MODEL, with an optional _nl5 or _cnl5 suffix")
         variant = next((v for v in VARIANTS if rest.endswith(v)), "")
         return cls(source, rest[: len(rest) - len(variant)], variant)
 
@@ -51,7 +52,7 @@ def _torchvision(backbone: str, num_classes: int, weights: str | Path | None) ->
     import torchvision
 
     if backbone not in torchvision.models.list_models(torchvision.models):
-        raise ValueError(f"unknown torchvision classifier {backbone!r}; see torchvision.models.list_models()")
+        raise InvalidValue(f"unknown torchvision classifier {backbone!r}; see torchvision.models.list_models()")
     model = torchvision.models.get_model(backbone, num_classes=num_classes)
     if weights is not None:
         load_pretrained(model, backbone, weights, head=head_name(model) + ".")
@@ -62,9 +63,9 @@ def _timm(backbone: str, num_classes: int, weights: str | Path | None) -> nn.Mod
     try:
         import timm
     except ImportError as error:
-        raise ImportError("timm: models need timm (pip install 'cnl[timm]')") from error
+        raise MissingDependency("timm: models need timm (pip install 'cnl[timm]')") from error
     if not timm.list_models(backbone) and backbone not in timm.list_models():
-        raise ValueError(f"unknown timm model {backbone!r}; see timm.list_models()")
+        raise InvalidValue(f"unknown timm model {backbone!r}; see timm.list_models()")
     model = timm.create_model(backbone, pretrained=weights == "pretrained", num_classes=num_classes)
     if weights not in (None, "pretrained"):
         load_pretrained(model, backbone, weights, head=head_name(model) + ".")
@@ -125,7 +126,7 @@ def stage_entries(spec: Spec, model: nn.Module) -> list[str]:
     if spec.source == "timm":
         info = getattr(model, "feature_info", None)
         if not info:
-            raise ValueError(f"{spec.source}:{spec.backbone} has no feature_info: place modules by name")
+            raise InvalidValue(f"{spec.source}:{spec.backbone} has no feature_info: place modules by name")
         return with_siblings_between([entry["module"] for entry in info])
     for container in CONTAINERS:
         try:
@@ -199,7 +200,7 @@ def create_foreign(
     order = [n for n, _ in model.named_modules()]
     unknown = [n for n in by_hand if n not in order or not n]
     if unknown:
-        raise ValueError(f"{name} has no modules {unknown}; module names are as model.named_modules() gives them")
+        raise InvalidValue(f"{name} has no modules {unknown}; module names are as model.named_modules() gives them")
     # One probe forward gives the stages' strides and every candidate site's channels.
     candidates = [block for entry in entries for block in blocks_of(model, entry)]
     probe = probe_input(spec, model)

@@ -8,6 +8,8 @@ from each stage's end, the query the last stage's second-to-last block.
 
 from __future__ import annotations
 
+from cnl.errors import InvalidValue
+
 RESPONSES_PER_STAGE = (3, 2)  # second-to-last stage, the one before it (the paper's ResNet-50)
 
 
@@ -38,13 +40,13 @@ def default_placement(stage_blocks: list[list[str]]) -> tuple[str, tuple[str, ..
     spread over its first three quarters, the query its second-to-last block.
     """
     if not stage_blocks:
-        raise ValueError("no stages found: place modules by name")
+        raise InvalidValue("no stages found: place modules by name")
     last = stage_blocks[-1]
     query = last[-2] if len(last) > 1 else last[-1]
     if len(stage_blocks) == 1:
         early = last[: max(5, 3 * len(last) // 4)]
         if len(early) < 5 or len(last) < 7:
-            raise ValueError(f"a single stage of {len(last)} blocks is too short for five responses and a query")
+            raise InvalidValue(f"a single stage of {len(last)} blocks is too short for five responses and a query")
         return query, tuple(early[i] for i in regular(5, len(early)))
     chosen: list[str] = []
     carried = 0
@@ -54,5 +56,5 @@ def default_placement(stage_blocks: list[list[str]]) -> tuple[str, tuple[str, ..
         carried = share + carried - count
         chosen = [blocks[i] for i in spaced_blocks(len(blocks), count)] + chosen
     if carried:
-        raise ValueError("too few blocks before the last stage for five responses: place modules by name")
+        raise InvalidValue("too few blocks before the last stage for five responses: place modules by name")
     return query, tuple(chosen)

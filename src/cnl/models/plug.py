@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cnl.errors import InvalidArgument, InvalidValue
 from cnl.nn import CrossLayerNonLocal, NonLocal2d
 
 ATTRIBUTES = ("query", "responses", "nl_layers", "arch", "forward_with_attention")
@@ -65,10 +66,10 @@ def check_output(name: str, x: Any, layout: str) -> None:
     """An NL/CNL site must output one tensor of its layout's rank; anything else is an error
     that names the module and what it saw."""
     if not isinstance(x, Tensor):
-        raise TypeError(f"module {name!r} outputs {type(x).__name__}, not a tensor: it cannot be an NL/CNL site")
+        raise InvalidArgument(f"module {name!r} outputs {type(x).__name__}, not a tensor: it cannot be an NL/CNL site")
     rank = 3 if layout == "tokens" else 4
     if x.dim() != rank:
-        raise ValueError(
+        raise InvalidValue(
             f"module {name!r} outputs shape {tuple(x.shape)}; a {layout} site needs {rank} dimensions "
             f"({'[B, tokens, C]' if layout == 'tokens' else '[B, C, H, W]' if layout == 'NCHW' else '[B, H, W, C]'})"
         )
@@ -78,7 +79,7 @@ def grid_side(name: str, x: Tensor, prefix_tokens: int) -> int:
     patches = x.shape[1] - prefix_tokens
     side = math.isqrt(patches)
     if side * side != patches:
-        raise ValueError(
+        raise InvalidValue(
             f"module {name!r} outputs {tuple(x.shape)}: {patches} tokens after {prefix_tokens} prefix tokens "
             "are not a square grid of patches"
         )
@@ -160,7 +161,7 @@ class Plug(nn.Module):
         site, responses = self.sites[self.query], self.kept
         self.kept = []
         if len(responses) != len(self.responses):
-            raise RuntimeError(
+            raise InvalidValue(
                 f"the CNL query {self.query!r} ran after {len(responses)} of its {len(self.responses)} responses: "
                 "response modules must run before the query in every forward"
             )
@@ -197,9 +198,9 @@ def plug_into(
     ``grid``: see ``Plug`` (its site must be in ``sites``)."""
     taken = [a for a in ("plug", *ATTRIBUTES) if hasattr(backbone, a)]
     if taken:
-        raise ValueError(f"{name} already has attributes {taken}; cnl cannot plug into it")
+        raise InvalidValue(f"{name} already has attributes {taken}; cnl cannot plug into it")
     if (query is None) != (not responses):
-        raise ValueError(f"{name}: a CNL module needs both a query and at least one response")
+        raise InvalidValue(f"{name}: a CNL module needs both a query and at least one response")
     plug = Plug(sites, query, responses, nl_layers, inner_channels, grid)
     backbone.add_module("plug", plug)
     plug.attach(backbone)

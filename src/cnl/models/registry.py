@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 
+from cnl.errors import InvalidArgument, InvalidValue
 from cnl.models.backbones import create_foreign, is_foreign
 from cnl.models.resnet import ARCHITECTURES, create_resnet, paper_placement
 from cnl.models.weights import load_pretrained
@@ -62,16 +63,16 @@ def create_model(name: str, num_classes: int = 1000, weights: str | Path | None 
     if is_foreign(name):
         unknown = sorted(set(overrides) - set(FOREIGN_OVERRIDES))
         if unknown:
-            raise TypeError(f"unknown arguments {unknown} for {name}; valid: {', '.join(FOREIGN_OVERRIDES)}")
+            raise InvalidArgument(f"unknown arguments {unknown} for {name}; valid: {', '.join(FOREIGN_OVERRIDES)}")
         return create_foreign(name, num_classes, weights, **overrides)
     if name not in _MODELS:
-        raise ValueError(
+        raise InvalidValue(
             f"unknown model {name!r}; valid models: {', '.join(list_models())}, "
             "or any torchvision or timm classifier as tv:NAME or timm:NAME (with _nl5 or _cnl5)"
         )
     unknown = sorted(set(overrides) - set(OVERRIDES))
     if unknown:
-        raise TypeError(f"unknown arguments {unknown} for {name}; valid overrides: {', '.join(OVERRIDES)}")
+        raise InvalidArgument(f"unknown arguments {unknown} for {name}; valid overrides: {', '.join(OVERRIDES)}")
     model: Any = _MODELS[name](num_classes, **overrides)
     if weights is not None:
         load_pretrained(model, model.arch, weights)

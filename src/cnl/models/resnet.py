@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from cnl.errors import InvalidValue
 from cnl.models.placement import default_placement
 from cnl.models.plug import Site, plug_into
 
@@ -96,7 +97,7 @@ class ResNet(tv_resnet.ResNet):
 
     def __init__(self, arch: str, num_classes: int = 1000, drop_rate: float = 0.5, width: int = STAGE_WIDTHS[0]):
         if width < 1:
-            raise ValueError(f"width must be a positive number of channels, got {width}")
+            raise InvalidValue(f"width must be a positive number of channels, got {width}")
         spec = ARCHITECTURES[arch]
         self.width = width  # read by _make_layer during ResNet.__init__
         super().__init__(spec.block, list(spec.depths), num_classes=num_classes)
@@ -130,9 +131,9 @@ def _ordered(arch: str, names: Sequence[str], what: str) -> list[str]:
     order = layer_names(arch)
     unknown = [n for n in names if n not in order]
     if unknown:
-        raise ValueError(f"unknown {what} {unknown} for {arch}; valid layer names are: {', '.join(order)}")
+        raise InvalidValue(f"unknown {what} {unknown} for {arch}; valid layer names are: {', '.join(order)}")
     if len(set(names)) != len(names):
-        raise ValueError(f"{what} names a layer twice: {list(names)}")
+        raise InvalidValue(f"{what} names a layer twice: {list(names)}")
     return sorted(names, key=order.index)
 
 
@@ -168,7 +169,7 @@ def create_resnet(
     order = layer_names(arch)
     late = [r for r in chosen if query is not None and order.index(r) > order.index(query)]
     if late:
-        raise ValueError(f"response layers {late} come after the query layer {query}")
+        raise InvalidValue(f"response layers {late} come after the query layer {query}")
     last = order[-1]  # the map before pooling: a figure's query cells are drawn on its grid
     names = dict.fromkeys([*nl, *chosen, *([query] if query else []), last])
     sites = {n: Site(n, "NCHW", block_channels(arch, n, width)) for n in names}

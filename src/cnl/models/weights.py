@@ -9,6 +9,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import get_model_weights
 
+from cnl.errors import InvalidValue, MissingFile
+
 logger = logging.getLogger(__name__)
 
 NEW_MODULE_PREFIXES = ("plug.",)
@@ -35,7 +37,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
+        raise MissingFile(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -43,12 +45,12 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError...
-        raise ValueError(f"cannot read weights from {path}: {error}") from error
+        raise InvalidValue(f"cannot read weights from {path}: {error}") from error
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
+        raise InvalidValue(f"{path} does not hold a state dict of tensors")
     return current_keys(state)
 
 
@@ -63,7 +65,7 @@ def torchvision_state_dict(arch: str, name: str) -> dict[str, Tensor]:
         weights = enum[name] if name != "DEFAULT" else enum.DEFAULT
     except KeyError:
         valid = ", ".join(["DEFAULT", *enum.__members__])
-        raise ValueError(f"unknown weights {name!r} for {arch}; valid names: {valid}, or a local file") from None
+        raise InvalidValue(f"unknown weights {name!r} for {arch}; valid names: {valid}, or a local file") from None
     return weights.get_state_dict(progress=True, check_hash=True)
 
 
@@ -91,10 +93,10 @@ def load_pretrained(model: nn.Module, arch: str, weights: str | Path, head: str 
     reshaped = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
     if reshaped:
         shapes = ", ".join(f"{k} {tuple(state[k].shape)} (model: {tuple(own[k].shape)})" for k in reshaped[:3])
-        raise ValueError(f"weights {weights} do not fit {arch} (another width?): {shapes}")
+        raise InvalidValue(f"weights {weights} do not fit {arch} (another width?): {shapes}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(NEW_MODULE_PREFIXES) and k not in mismatched_head]
     if missing or unexpected:
-        raise ValueError(
+        raise InvalidValue(
             f"weights {weights} do not fit {arch}: missing keys {missing[:10]}, unexpected keys {unexpected[:10]}"
         )

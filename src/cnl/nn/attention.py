@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cnl.errors import InvalidValue
+
 
 def to_tokens(x: Tensor) -> Tensor:
     """``[B, C, H, W] -> [B, H*W, C]``: one row per position, as X in the paper."""
@@ -93,7 +95,7 @@ def reassociated_macs(nq: int, nr: int, cr: int, c: int) -> int:
 def use_reassociated(order: str, nq: int, nr: int, cr: int, c: int) -> bool:
     """``auto`` picks the order with fewer multiply-adds for these shapes."""
     if order not in ORDERS:
-        raise ValueError(f"unknown attention order {order!r}; valid orders: {', '.join(ORDERS)}")
+        raise InvalidValue(f"unknown attention order {order!r}; valid orders: {', '.join(ORDERS)}")
     if order == "auto":
         return reassociated_macs(nq, nr, cr, c) < paper_order_macs(nq, nr, cr, c)
     return order == "reassociated"
@@ -133,7 +135,7 @@ def configure_attention(model: nn.Module, order: str | None = None, use_sdpa: ob
     """Set the attention order and/or kernel (``use_sdpa``: True, False or None = auto) of
     every NL and CNL module in ``model``; arguments left out keep their value."""
     if order is not None and order not in ORDERS:
-        raise ValueError(f"unknown attention order {order!r}; valid orders: {', '.join(ORDERS)}")
+        raise InvalidValue(f"unknown attention order {order!r}; valid orders: {', '.join(ORDERS)}")
     for module in model.modules():
         if (
             order is not None

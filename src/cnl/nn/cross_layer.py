@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from cnl.errors import InvalidValue
 from cnl.nn.attention import DotProductAttention, embedded_attention, to_map, to_tokens
 from cnl.nn.init import init_attention_block
 
@@ -43,10 +44,10 @@ class CrossLayerNonLocal(nn.Module):
     ) -> None:
         super().__init__()
         if not response_channels:
-            raise ValueError("CrossLayerNonLocal needs at least one response layer")
+            raise InvalidValue("CrossLayerNonLocal needs at least one response layer")
         inner_channels = inner_channels or query_channels // 8
         if inner_channels < 1:
-            raise ValueError(f"inner_channels must be >= 1, got {inner_channels} for {query_channels} channels")
+            raise InvalidValue(f"inner_channels must be >= 1, got {inner_channels} for {query_channels} channels")
         self.query_channels = query_channels
         self.response_channels = list(response_channels)
         self.inner_channels = inner_channels
@@ -71,7 +72,7 @@ class CrossLayerNonLocal(nn.Module):
         With ``return_attention`` also returns ``[A_1..A_n]``, ``A_i [B, HqWq, H_ri W_ri]``.
         """
         if len(responses) != len(self.phi):
-            raise ValueError(f"expected {len(self.phi)} response maps, got {len(responses)}")
+            raise InvalidValue(f"expected {len(self.phi)} response maps, got {len(responses)}")
         height, width = query.shape[-2:]
         # theta is shared, so the query is embedded once, not once per response.
         query_embedding = to_tokens(self.theta(query))

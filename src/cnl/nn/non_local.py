@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from cnl.errors import InvalidValue
 from cnl.nn.attention import DotProductAttention, embedded_attention, to_map, to_tokens
 from cnl.nn.init import init_attention_block
 
@@ -29,7 +30,7 @@ class NonLocal2d(nn.Module):
         super().__init__()
         inner_channels = inner_channels or channels // 2
         if inner_channels < 1:
-            raise ValueError(f"inner_channels must be >= 1, got {inner_channels} for {channels} channels")
+            raise InvalidValue(f"inner_channels must be >= 1, got {inner_channels} for {channels} channels")
         self.channels = channels
         self.inner_channels = inner_channels
         self.order = order

@@ -1,0 +1,42 @@
+"""Errors a user can mend, told apart from bugs.
+
+Every error that cnl raises on purpose, because of a value, a file, data or a machine
+that the user controls, derives from ``UserError``: a bad flag or setting, an unknown
+model or layer, a missing or unreadable file, a dataset that does not fit its layout, a
+damaged checkpoint, a full disk. ``cnl`` prints such an error as one line that names the
+file or value, and exits 2. Any other exception is a bug in cnl: its traceback is shown
+and the exit status is 1, so that it can be reported.
+
+Each class also derives from the built-in exception that fits (``ValueError``,
+``FileNotFoundError``, ...), so that ``except ValueError`` in a user's code still works.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Something the user gave or controls is wrong; the message says what and where."""
+
+
+class InvalidValue(UserError, ValueError):
+    """A flag, setting, name or argument that is not one of the valid ones."""
+
+
+class InvalidArgument(UserError, TypeError):
+    """A keyword argument a function does not take (``create_model(querry=...)``)."""
+
+
+class MissingFile(UserError, FileNotFoundError):
+    """A file or folder that is not where it was said to be."""
+
+
+class MissingDependency(UserError, ImportError):
+    """An optional package that a feature needs is not installed."""
+
+
+class DataError(UserError, ValueError):
+    """A dataset whose files or metadata do not fit what they should be."""
+
+
+class TrainingDiverged(UserError, FloatingPointError):
+    """The loss is not finite: training stopped before the update (``cnl`` exits 3)."""
