@@ -1,5 +1,6 @@
 """Helpers for tests that start, stop and compare training runs."""
 
+import fcntl
 import time
 from pathlib import Path
 
@@ -8,13 +9,31 @@ import torch
 from cnl.engine import read_checkpoint
 
 
-def wait_for(path: Path, process, timeout=180):
-    """Until ``path`` exists; fails if ``process`` ends first or the time runs out."""
+def wait_until(ready, process, what: str, timeout=900):
+    """Until ``ready()`` is true: an event, never a guessed time. Fails if ``process`` (if
+    any) ends first or ``timeout`` seconds pass: only a guard, generous because a machine
+    busy with other work makes every event late (a torchrun start and first epoch took
+    more than 180 s with two busy loops beside the suite on 2 cores)."""
     deadline = time.time() + timeout
-    while not path.exists():
-        assert process.poll() is None, process.communicate()
-        assert time.time() < deadline, f"{path} did not appear"
+    while not ready():
+        assert process is None or process.poll() is None, (what, process.communicate())
+        assert time.time() < deadline, f"no {what} within {timeout} s"
         time.sleep(0.01)
+
+
+def wait_for(path: Path, process, timeout=900):
+    """Until ``path`` exists; fails if ``process`` ends first or the time runs out."""
+    wait_until(path.exists, process, f"{path}", timeout)
+
+
+def epochs_done(output: Path, count: int):
+    """A condition: the run into ``output`` has logged ``count`` epochs (it is in a later one)."""
+
+    def ready() -> bool:
+        log = output / "metrics.jsonl"
+        return log.exists() and log.read_text().count("\n") >= count
+
+    return ready
 
 
 def weights(output: Path) -> dict[str, torch.Tensor]:
@@ -46,3 +65,19 @@ def deterministic_run_args(data: Path, output: Path, *extra: str, epochs: int = 
         "--lr-steps", "2", "--workers", str(workers), "--device", "cpu", "--seed", str(seed), "--deterministic",
         "--output", str(output), *extra,
     ]  # fmt: skip
+
+
+def lock_free(path: Path):
+    """A condition: nobody holds the ``flock`` on ``path`` (a run's lock file). A killed run's
+    forked loader workers hold it until they notice and exit."""
+
+    def ready() -> bool:
+        with open(path) as file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(file, fcntl.LOCK_UN)
+            return True
+
+    return ready

@@ -213,7 +213,7 @@ def torchrun(*args, port):
         "cnl.cli",
         *args,
     ]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
 
 
 def test_two_cpu_processes_train_in_sync_and_evaluate_exactly(data, tmp_path, capsys):

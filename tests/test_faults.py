@@ -4,7 +4,6 @@ import os
 import resource
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from cnl.cli import main
 from cnl.data.synth import SynthConfig, generate
 from cnl.engine import CheckpointError, read_checkpoint
 from cnl.engine.checkpoint import read_for_resume, save_checkpoint
-from runs import assert_same_weights, deterministic_run_args, wait_for, weights
+from runs import assert_same_weights, deterministic_run_args, lock_free, wait_for, wait_until, weights
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -155,7 +154,7 @@ def test_one_run_per_folder_and_a_killed_runs_lock_is_taken_over(data, tmp_path)
     assert f"{output} is in use by another cnl train (pid {first.pid})" in second.stderr
     first.kill()
     first.communicate()
-    time.sleep(0.1)
+    wait_until(lock_free(output / ".lock"), None, "free lock")
     third = cnl(*train_args(data, output, 2), "--resume", "auto")
     assert third.returncode == 0, third.stderr[-2000:]
     assert f"taking over the lock of process {first.pid}, which has ended" in third.stderr

@@ -127,3 +127,12 @@ def test_a_bug_shows_its_traceback_and_exits_1_a_mistake_one_line_and_2(tmp_path
     )  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip() == f"cnl eval: error: checkpoint {tmp_path / 'nowhere.pt'} does not exist"
+
+
+def test_no_function_in_the_engine_is_longer_than_60_lines():
+    long = []
+    for path in sorted((SOURCE / "engine").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert long == []

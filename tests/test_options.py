@@ -13,9 +13,9 @@ from cnl.cli import main
 from cnl.data.synth import SynthConfig, generate
 from cnl.data.transforms import batch_mix
 from cnl.engine import load_model, make_config, read_checkpoint
+from cnl.engine.builders import build_ema, build_optimizer
 from cnl.engine.loop import StepSettings, TrainParts, train_one_epoch
 from cnl.engine.schedule import build_scheduler, lr_factor
-from cnl.engine.trainer import build_ema, build_optimizer
 from cnl.models import create_model
 
 

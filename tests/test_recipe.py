@@ -23,7 +23,7 @@ from cnl.engine import make_config, read_checkpoint
 from cnl.engine.checkpoint import save_checkpoint
 from cnl.engine.config import read_yaml
 from cnl.engine.randomness import EpochSampler, SeededDataset
-from runs import assert_same_weights, deterministic_run_args, wait_for, weights
+from runs import assert_same_weights, deterministic_run_args, epochs_done, wait_for, wait_until, weights
 
 # 20 training images (5 optimizer steps of a global batch of 4), 15 test images: odd.
 DATA = SynthConfig(classes=5, train_per_class=4, test_per_class=3, image_size=40, seed=2)
@@ -55,7 +55,7 @@ def torchrun_command(*args, launcher=("--standalone", "--nproc_per_node", "2")):
 
 def torchrun(*args, **options):
     done = subprocess.run(
-        torchrun_command(*args, **options), capture_output=True, text=True, env=TORCHRUN_ENV, timeout=300
+        torchrun_command(*args, **options), capture_output=True, text=True, env=TORCHRUN_ENV, timeout=900
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return done
@@ -137,8 +137,7 @@ def test_kill_9_with_loader_workers_then_resume_is_bit_identical(data, tmp_path)
     assert main(train_args(data, straight, epochs=4)) == 0
     killed = tmp_path / "killed"
     process = start([sys.executable, "-m", "cnl", *train_args(data, killed, epochs=4)])
-    wait_for(killed / "checkpoints" / "last.pt", process)
-    time.sleep(0.3)  # into a later epoch
+    wait_until(epochs_done(killed, 1), process, "first epoch")  # into the second, its workers loading
     process.kill()
     process.communicate()
     assert read_checkpoint(killed / "checkpoints" / "last.pt")["epoch"] < 4
@@ -159,8 +158,7 @@ def test_two_processes_sigterm_then_resume_is_bit_identical(data, two_processes,
     reference, _ = two_processes
     output = tmp_path / "run"
     process = start(torchrun_command(*train_args(data, output)), TORCHRUN_ENV)
-    wait_for(output / "checkpoints" / "last.pt", process)
-    time.sleep(0.1)  # into epoch 2
+    wait_until(epochs_done(output, 1), process, "first epoch")  # into epoch 2
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)
     assert process.returncode != 0
@@ -220,10 +218,9 @@ def test_torchrun_restarts_after_a_killed_worker_and_ends_bit_identical(data, tw
         ),
         TORCHRUN_ENV,
     )
-    wait_for(output / "checkpoints" / "last.pt", process)
-    time.sleep(0.1)  # into epoch 2
+    wait_until(epochs_done(output, 1), process, "first epoch")  # into epoch 2
     os.kill(worker_pids(process.pid)[1], signal.SIGKILL)
-    out, err = process.communicate(timeout=300)
+    out, err = process.communicate(timeout=900)
     assert process.returncode == 0, err[-4000:]
     assert out.count("2 processes x batch 2") == 2  # started twice: once, then after the restart
     assert_same_weights(weights(reference), weights(output))
@@ -255,7 +252,7 @@ def test_two_launchers_as_two_nodes_train_as_one_launcher_with_two_processes(dat
         for node in (0, 1)
     ]
     for launcher in launchers:
-        out, err = launcher.communicate(timeout=300)
+        out, err = launcher.communicate(timeout=900)
         assert launcher.returncode == 0, err[-4000:]
     assert_same_weights(weights(reference), weights(output))
 

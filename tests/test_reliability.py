@@ -6,7 +6,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from cnl.cli import main
 from cnl.data.datasets import LayoutError, build_dataset
 from cnl.data.synth import SynthConfig, generate
 from cnl.engine import CheckpointError, load_model, read_checkpoint
-from runs import assert_same_weights, wait_for, weights
+from runs import assert_same_weights, epochs_done, wait_for, wait_until, weights
 
 TINY = SynthConfig(classes=4, train_per_class=5, test_per_class=2, image_size=40, seed=3)
 
@@ -75,8 +74,7 @@ def test_signal_saves_and_resume_ends_with_the_same_weights(data, straight, tmp_
 def test_kill_9_leaves_the_last_complete_checkpoint(data, straight, tmp_path):
     output = tmp_path / "run"
     process = start(train_args(data, output, 6, "--deterministic"))
-    wait_for(output / "checkpoints" / "last.pt", process)
-    time.sleep(0.15)  # somewhere in a later epoch, perhaps inside a checkpoint write
+    wait_until(epochs_done(output, 2), process, "second epoch")  # in the third epoch, soon to write a checkpoint
     process.kill()
     process.wait()
     state = read_checkpoint(output / "checkpoints" / "last.pt")  # complete, whatever the moment

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cnl.data.datasets import FineGrainedDataset, build_dataset
 from cnl.data.images import ImageError
+from cnl.errors import DataError
 
 
 @dataclass
@@ -26,17 +27,42 @@ class SplitReport:
         return not self.missing and not self.unreadable
 
 
+def missing_samples(dataset: FineGrainedDataset) -> list[int]:
+    """Indices of the samples whose image file does not exist."""
+    return [index for index, (path, _) in enumerate(dataset.samples) if not Path(path).is_file()]
+
+
 def inspect_split(dataset: FineGrainedDataset, split: str) -> SplitReport:
+    """``cnl data check``: every missing file, and every image that does not decode."""
     report = SplitReport(split, len(dataset), dataset.classes, Counter(dataset.targets))
+    missing = set(missing_samples(dataset))
+    report.missing = [str(dataset.samples[index][0]) for index in sorted(missing)]
     for index, (path, _) in enumerate(dataset.samples):
-        if not Path(path).is_file():
-            report.missing.append(str(path))
+        if index in missing:
             continue
         try:
             dataset.load(index)
         except ImageError as error:
             report.unreadable.append((str(path), str(error)))
     return report
+
+
+def preflight(dataset: FineGrainedDataset, split: str, root: str) -> None:
+    """Before training: stop on metadata that names missing files or leaves a class without
+    training images (decoding every image is ``cnl data check``'s job, not each run's)."""
+    origins = dataset.origins or [str(path) for path, _ in dataset.samples]
+    missing = [f"{origins[k]}: {dataset.samples[k][0]}" for k in missing_samples(dataset)]
+    if missing:
+        shown = "\n  ".join(missing[:10]) + ("\n  ..." if len(missing) > 10 else "")
+        raise DataError(
+            f"{len(missing)} {split} images of {root} named by its metadata do not exist "
+            f"(expected an image file at each path):\n  {shown}"
+        )
+    if split == "train":
+        counts = Counter(dataset.targets)
+        empty = [name for k, name in enumerate(dataset.classes) if counts[k] == 0]
+        if empty:
+            raise DataError(f"classes without training images in {root}: {', '.join(empty[:10])}")
 
 
 def check_dataset(

@@ -72,6 +72,29 @@ class EpochStats:
     stopped: bool  # ``should_stop`` ended the pass early
 
 
+def check_finite(loss_sum: Tensor, images: int, epoch: int, step: int) -> None:
+    """Stop before the update on a loss that is not finite: the weights and the last checkpoint stay good."""
+    if not torch.isfinite(loss_sum):
+        raise TrainingDiverged(
+            f"the training loss is {loss_sum.item() / images} at epoch {epoch + 1}, step {step + 1}; stopping, "
+            "the last checkpoint is kept (try a lower --lr or --amp none)"
+        )
+
+
+def optimizer_step(parts: TrainParts, settings: StepSettings) -> None:
+    """One update from the accumulated gradients (clipped when asked), then the schedule and the EMA."""
+    optimizer = parts.optimizer
+    if settings.clip_grad is not None:
+        parts.scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(parts.model.parameters(), settings.clip_grad)
+    parts.scaler.step(optimizer)
+    parts.scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    parts.scheduler.step()
+    if parts.ema is not None:
+        parts.ema.update_parameters(parts.model)
+
+
 def train_one_epoch(
     parts: TrainParts,
     loader: DataLoader,
@@ -108,24 +131,10 @@ def train_one_epoch(
             with settings.autocast():
                 logits = model(images)
                 loss_sum = criterion(logits.float(), targets)
-            if not torch.isfinite(loss_sum):
-                # Stop before the update: the weights and the last checkpoint stay good.
-                raise TrainingDiverged(
-                    f"the training loss is {loss_sum.item() / len(labels)} at epoch {epoch + 1}, "
-                    f"step {micro // settings.accum_steps + 1}; stopping, the last checkpoint is kept "
-                    "(try a lower --lr or --amp none)"
-                )
+            check_finite(loss_sum, len(labels), epoch, micro // settings.accum_steps)
             parts.scaler.scale(loss_sum * settings.world_size / settings.global_batch).backward()
         if updates:
-            if settings.clip_grad is not None:
-                parts.scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad)
-            parts.scaler.step(optimizer)
-            parts.scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            parts.scheduler.step()
-            if parts.ema is not None:
-                parts.ema.update_parameters(model)
+            optimizer_step(parts, settings)
             steps += 1
         meter.update(logits.detach().float(), labels, loss_sum.detach())
         seen += len(labels) * settings.world_size

@@ -1,0 +1,187 @@
+"""The builders of a training run, in the manner of DeiT's ``main.py``: each builds one thing
+from the config, and each can be called and tested alone. ``trainer.fit`` calls them in
+order and loops."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from cnl.data import build_dataset, detect_layout, eval_transform, train_transform
+from cnl.data.check import preflight
+from cnl.data.datasets import FineGrainedDataset
+from cnl.data.transforms import batch_mix
+from cnl.engine import distributed
+from cnl.engine.checkpoint import model_overrides
+from cnl.engine.config import TrainConfig
+from cnl.engine.loop import StepSettings, TrainParts
+from cnl.engine.randomness import seed_model_init, validation_indices
+from cnl.engine.schedule import build_scheduler
+from cnl.errors import DataError, InvalidValue
+from cnl.models import create_model
+from cnl.models.backbones import head_name
+from cnl.models.weights import NEW_MODULE_PREFIXES
+
+
+def skip_log(output: Path) -> Path:
+    return output / "skipped.txt"
+
+
+# Datasets with an official validation split: the training split that leaves it out.
+OFFICIAL_VALIDATION = {"aircraft": "train_without_val"}
+
+
+def build_datasets(
+    config: TrainConfig, output: Path
+) -> tuple[FineGrainedDataset, FineGrainedDataset | None, FineGrainedDataset]:
+    """Train, validation (None without ``val_split``) and test sets, checked before training."""
+    log = skip_log(output)
+    scale = (config.crop_scale[0], config.crop_scale[1])
+    root = config.data_root
+    name = detect_layout(Path(root)) if config.dataset == "auto" else config.dataset
+    official = config.val_split == "official"
+    if official and name not in OFFICIAL_VALIDATION:
+        raise InvalidValue(
+            f"{name} has no official validation split (only {', '.join(OFFICIAL_VALIDATION)} has); "
+            "carve one from the training split with a fraction, e.g. --val-split 0.1"
+        )
+    train_split = OFFICIAL_VALIDATION[name] if official else "train"
+    train = build_dataset(name, root, train_split, train_transform(config.img_size, scale), skip_log=log)
+    test = build_dataset(name, root, "test", eval_transform(config.img_size), skip_log=log)
+    val = None
+    if official:
+        val = build_dataset(name, root, "val", eval_transform(config.img_size), skip_log=log)
+    elif config.val_split is not None:
+        held_out = validation_indices(train.targets, float(config.val_split), config.seed)
+        kept = sorted(set(range(len(train))) - set(held_out))
+        train, val = train.subset(kept, train.transform), train.subset(held_out, eval_transform(config.img_size))
+    for split, dataset in (("val", val), ("test", test)):
+        if dataset is not None and dataset.classes != train.classes:
+            raise DataError(f"the train and {split} splits of {root} name different classes")
+    for split, dataset in (("train", train), ("test", test), ("val", val)):
+        if dataset is not None:
+            preflight(dataset, split, root)
+    return train, val, test
+
+
+def set_determinism(config: TrainConfig) -> None:
+    """``--deterministic``: deterministic kernels everywhere (an error where torch has none)."""
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def steps_per_epoch(train_set: Any, global_batch: int, root: str) -> int:
+    """Optimizer steps of an epoch (the last partial global batch is dropped); an error for none."""
+    steps = len(train_set) // global_batch
+    if not steps:
+        raise DataError(
+            f"the global batch {global_batch} is larger than the {len(train_set)} training images of {root}"
+        )
+    return steps
+
+
+def class_names(train_set: Any) -> list[str]:
+    classes = list(getattr(train_set, "classes", None) or [])
+    if not classes:
+        raise DataError("the training set needs a 'classes' list (class names, index = label)")
+    return classes
+
+
+def build_model(
+    config: TrainConfig, num_classes: int, ctx: distributed.Context, given: torch.nn.Module | None = None
+) -> torch.nn.Module:
+    """``config.model`` (or ``given``) with the seed's initial weights, on this process's
+    device; rank 0 builds first, so that it alone fetches pretrained weights."""
+    if not ctx.is_main:
+        distributed.barrier()
+    seed_model_init(config.seed)
+    model = given
+    if model is None:
+        overrides = model_overrides(config.to_dict())
+        model = create_model(config.model, num_classes=num_classes, weights=config.weights, **overrides)
+    if ctx.is_main:
+        distributed.barrier()
+    if config.sync_bn and ctx.distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(ctx.device)
+    return model.to(memory_format=torch.channels_last) if config.channels_last else model
+
+
+def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """The optimizer's groups: the new modules and the head at ``lr x head_lr_mult``, and with
+    ``no_wd_norm_bias`` no weight decay on norms and biases (the 1-d parameters). One group
+    when neither is asked for, as in the paper."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    head = head_name(model) + "."
+    for name, parameter in model.named_parameters():
+        new = config.head_lr_mult != 1 and name.startswith((*NEW_MODULE_PREFIXES, head))
+        decay = not (config.no_wd_norm_bias and parameter.ndim <= 1)
+        groups.setdefault((new, decay), []).append(parameter)
+    return [
+        {
+            "params": parameters,
+            "lr": config.lr * (config.head_lr_mult if new else 1.0),
+            "weight_decay": config.weight_decay if decay else 0.0,
+        }
+        for (new, decay), parameters in groups.items()
+    ]
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum, as the paper; AdamW for training from scratch (the CPU demo)."""
+    groups = parameter_groups(model, config)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def build_ema(model: torch.nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of the weights and buffers, starting from ``model``'s
+    own: after k steps, ``decay^k w_0 + sum_j decay^(k-j) (1 - decay) w_j``."""
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema.update_parameters(model)  # the first update copies: the average starts at w_0
+    return ema
+
+
+def build_parts(model: torch.nn.Module, config: TrainConfig, ctx: distributed.Context, steps: int) -> TrainParts:
+    """What a training step updates: the model as it trains (under DDP, compiled when asked),
+    the optimizer, the schedule of ``steps`` optimizer steps per epoch, the loss scaler and
+    the EMA of the weights."""
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(
+        optimizer, steps, config.warmup_epochs, config.lr_steps, config.lr_decay, config.schedule, config.epochs
+    )
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.amp == "fp16")
+    wrapped: torch.nn.Module = model
+    if ctx.distributed:
+        wrapped = DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
+    compiled: torch.nn.Module = torch.compile(wrapped) if config.compile else wrapped  # type: ignore[assignment]
+    ema = build_ema(model, config.ema) if config.ema else None
+    return TrainParts(compiled, optimizer, scheduler, scaler, ema)
+
+
+def build_step_settings(
+    config: TrainConfig, ctx: distributed.Context, num_classes: int, global_batch: int
+) -> StepSettings:
+    return StepSettings(
+        ctx.device,
+        num_classes,
+        amp=config.amp,
+        channels_last=config.channels_last,
+        show_progress=ctx.is_main,
+        accum_steps=config.accum_steps,
+        global_batch=global_batch,
+        world_size=ctx.world_size,
+        rank=ctx.rank,
+        seed=config.seed,
+        label_smoothing=config.label_smoothing,
+        clip_grad=config.clip_grad,
+        mix=batch_mix(config.mixup, config.cutmix, num_classes),
+    )
