@@ -75,21 +75,18 @@ def run_ablation(
     return rows
 
 
-def paired_with(runs: list[dict[str, Any]], reference: list[dict[str, Any]]) -> dict[str, Any]:
-    """``compare_over_seeds`` of ``runs`` against the first model's runs of the same seeds,
-    image by image on the test split of each run's predictions.csv."""
-    first_by_seed = {run["seed"]: run for run in reference}
+def paired_with(runs: list[dict[str, Any]], first_answers: dict[int, tuple[Path, list[str], Any]]) -> dict[str, Any]:
+    """``compare_over_seeds`` of ``runs`` against the first model's answers of the same seeds
+    (``first_answers``: seed -> its predictions.csv, images, top-1 correctness), image by
+    image on the test split of each run's predictions.csv."""
     per_seed = []
     for run in runs:
-        if run["seed"] not in first_by_seed:
+        if run["seed"] not in first_answers:
             continue  # an interrupted ablation: the first model's run of this seed never finished
-        first = first_by_seed[run["seed"]]
-        first_images, first_correct = read_correct(first["predictions"])
+        first_file, first_images, first_correct = first_answers[run["seed"]]
         images, correct = read_correct(run["predictions"])
         if images != first_images:
-            raise InvalidValue(
-                f"{run['predictions']} and {first['predictions']} are of different test images: cannot pair them"
-            )
+            raise InvalidValue(f"{run['predictions']} and {first_file} are of different test images: cannot pair them")
         per_seed.append(compare_seed(first_correct, correct, run["seed"]))
     return compare_over_seeds(per_seed)
 
@@ -100,6 +97,7 @@ def summarise(base: TrainConfig, results: dict[str, list[dict[str, Any]]]) -> li
     first model (see ``paired_with``)."""
     rows = []
     reference = next(iter(results.values()), [])
+    first_answers = {run["seed"]: (run["predictions"], *read_correct(run["predictions"])) for run in reference}
     for name, runs in results.items():
         top1 = mean_and_interval([r["top1"] for r in runs])
         top5 = mean_and_interval([r["top5"] for r in runs])
@@ -120,7 +118,7 @@ def summarise(base: TrainConfig, results: dict[str, list[dict[str, Any]]]) -> li
             "runs": [r["run"] for r in runs],
         }
         if runs is not reference:
-            comparison = paired_with(runs, reference)
+            comparison = paired_with(runs, first_answers)
             if comparison["per_seed"]:
                 row["diff_top1"] = comparison
         rows.append(row)

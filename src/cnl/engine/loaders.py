@@ -49,7 +49,7 @@ def train_loader(
         global_batch,
         ctx.rank,
         ctx.world_size,
-        start=first_step * global_batch,  # type: ignore[arg-type]
+        start=first_step * global_batch,
     )
     return DataLoader(
         SeededDataset(dataset),
