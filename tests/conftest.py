@@ -1,0 +1,41 @@
+"""A signal sent to the test run ends the test run, saying so.
+
+Many tests call ``main(["train", ...])`` in this process, and a training run takes SIGINT
+and SIGTERM for its own, as ``cnl train`` must: it saves, and ``main`` returns 130 or 143.
+So a SIGTERM sent to the whole test run (``timeout``, a job manager ending the suite, a
+terminal closing) used to be taken by whichever run was in progress: one test failed with
+"143 == 0" and pytest went on as if nothing had been asked of it. That is what issue 20's
+``test_kill_9_leaves_the_last_complete_checkpoint`` failure was (reproduced by sending
+SIGTERM to the suite's process group during that test's in-process resume).
+
+Python writes the number of every signal it handles to the wakeup fd, whichever handler
+takes it; after each test this reads it, and a SIGINT or SIGTERM that reached this process
+ends the session with the signal's exit code and the test it arrived in.
+"""
+
+import os
+import signal
+
+import pytest
+
+STOPPING = (signal.SIGINT, signal.SIGTERM)
+_received, _sent = os.pipe()
+os.set_blocking(_received, False)
+os.set_blocking(_sent, False)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    signal.set_wakeup_fd(_sent)  # again before each test: a library may have replaced it
+
+
+def pytest_runtest_logfinish(nodeid: str, location: tuple) -> None:
+    try:
+        numbers = os.read(_received, 4096)
+    except BlockingIOError:
+        return
+    stopped = [signal.Signals(number) for number in numbers if number in STOPPING]
+    if stopped:
+        pytest.exit(
+            f"{stopped[0].name} reached the test run during {nodeid}: the run was asked to end",
+            returncode=128 + stopped[0],
+        )
