@@ -5,16 +5,17 @@ set -euo pipefail
 out=${1:-runs/benchmarks}
 mkdir -p "$out"
 cnl=${CNL:-cnl}
-$cnl bench --models resnet50,resnet50_nl5,resnet50_cnl5,resnet50_nl5:paper:bmm,resnet50_cnl5:paper:bmm \
+$cnl bench model --models resnet50,resnet50_nl5,resnet50_cnl5,resnet50_nl5:paper:bmm,resnet50_cnl5:paper:bmm \
     --img-size 448 --batch-size 2 --repeats 5 | tee "$out/targets_448.md"
 for size in 224 448 672; do
-    $cnl bench --models resnet50,resnet50_nl5,resnet50_cnl5 --img-size "$size" --batch-size 2 --repeats 3 \
+    $cnl bench model --models resnet50,resnet50_nl5,resnet50_cnl5 --img-size "$size" --batch-size 2 --repeats 3 \
         | tee "$out/scaling_$size.md"
 done
-$cnl bench --module --img-size 448 --batch-size 2 --repeats 5 | tee "$out/module_448.md"
-$cnl bench --input --img-size 448 --repeats 3 | tee "$out/input_448.md"
+$cnl bench module --img-size 448 --batch-size 2 --repeats 5 | tee "$out/module_448.md"
+$cnl bench input --img-size 448 --repeats 3 | tee "$out/input_448.md"
 # Any backbone (issue 13): each family's CNL against its plain backbone.
 for family in timm:convnext_tiny timm:efficientnet_b0 tv:convnext_tiny tv:efficientnet_b0; do
-    $cnl bench --models "$family,${family}_cnl5" --img-size 448 --batch-size 2 | tee "$out/backbone_${family/:/_}.md"
+    $cnl bench model --models "$family,${family}_cnl5" --img-size 448 --batch-size 2 | tee "$out/backbone_${family/:/_}.md"
 done
-$cnl bench --predict | tee "$out/predict.md"
+$cnl bench predict | tee "$out/predict.md"
+$cnl bench predict --width 64 | tee "$out/predict_width64.md"

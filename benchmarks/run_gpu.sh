@@ -39,7 +39,7 @@ echo "== 2. bench at $size, bf16, channels_last"
 for flag in "${compiles[@]}"; do
     name=bench${flag:+_compile}
     # shellcheck disable=SC2086
-    $py -m cnl bench --models "$models" --device "$device" --amp bf16 --channels-last $flag \
+    $py -m cnl bench model --models "$models" --device "$device" --amp bf16 --channels-last $flag \
         --img-size "$size" --batch-size "$batch" --repeats "$repeats" | tee "$out/$name.md"
 done
 

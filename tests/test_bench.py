@@ -9,7 +9,7 @@ from cnl.cli import main
 
 
 def test_model_bench_reports_times_memory_and_ratios(capsys):
-    args = ["bench", "--models", "resnet18,resnet18_cnl5:paper:bmm", "--img-size", "64", "--batch-size", "2"]
+    args = ["bench", "model", "--models", "resnet18,resnet18_cnl5:paper:bmm", "--img-size", "64", "--batch-size", "2"]
     assert main([*args, "--repeats", "1", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["model"] for r in rows] == ["resnet18", "resnet18_cnl5:paper:bmm"]
@@ -22,7 +22,7 @@ def test_model_bench_reports_times_memory_and_ratios(capsys):
 
 
 def test_module_and_input_benches(capsys):
-    assert main(["bench", "--module", "--img-size", "64", "--repeats", "1", "--json"]) == 0
+    assert main(["bench", "module", "--img-size", "64", "--repeats", "1", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {(r["order"], r["kernel"]) for r in rows} == {
         ("paper", "sdpa"),
@@ -30,9 +30,20 @@ def test_module_and_input_benches(capsys):
         ("reassociated", "sdpa"),
         ("reassociated", "bmm"),
     }
-    assert main(["bench", "--input", "--img-size", "64", "--repeats", "1", "--json"]) == 0
+    assert main(["bench", "input", "--img-size", "64", "--repeats", "1", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["decoder"] for r in rows] == ["pil", "torchvision"] and all(r["images_per_s"] > 0 for r in rows)
+
+
+def test_old_bench_spellings_work_or_name_the_subcommand(capsys):
+    from cnl.cli import upgrade_argv
+
+    assert upgrade_argv(["bench", "--models", "resnet18"]) == ["bench", "model", "--models", "resnet18"]
+    assert upgrade_argv(["bench"]) == ["bench", "model"]
+    assert upgrade_argv(["bench", "--help"]) == ["bench", "--help"]
+    for flag, job in (("--module", "module"), ("--input", "input"), ("--predict", "predict")):
+        assert main(["bench", flag, "--img-size", "64"]) == 2
+        assert f"cnl bench {flag} is now a subcommand: cnl bench {job}" in capsys.readouterr().err
 
 
 def test_spec_parsing():

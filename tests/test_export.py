@@ -84,3 +84,21 @@ def test_timm_creates_the_models_when_installed():
     assert "resnet50_cnl5" in timm.list_models("*_cnl5")
     # timm's own resnet50 stays timm's.
     assert not isinstance(timm.create_model("resnet50"), cnl.models.ResNet)
+
+
+def test_timm_pretrained_loads_the_weights_the_presets_name(monkeypatch):
+    """pretrained=True asks for IMAGENET1K_V1, as every preset does (torchvision's DEFAULT is V2)."""
+    pytest.importorskip("timm")
+    import timm
+
+    from cnl import timm_models
+    from cnl.engine.config import read_yaml
+
+    asked = []
+    monkeypatch.setattr(
+        timm_models, "create_model", lambda name, **kwargs: asked.append(kwargs["weights"]) or torch.nn.Linear(1, 1)
+    )
+    timm.create_model("resnet50_cnl5", pretrained=True)
+    timm.create_model("resnet50_cnl5", pretrained=True, weights="IMAGENET1K_V2")
+    presets = {read_yaml(path)["weights"] for path in (REPO / "configs").glob("*.yaml")}
+    assert asked == ["IMAGENET1K_V1", "IMAGENET1K_V2"] and presets == {"IMAGENET1K_V1"}

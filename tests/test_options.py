@@ -38,7 +38,7 @@ def parts(model, lr=0.0, momentum=0.0, ema=None):
 def test_defaults_are_the_papers_recipe():
     config = make_config({"data_root": "x"})
     assert (config.label_smoothing, config.clip_grad, config.ema, config.mixup, config.cutmix) == (0, None, None, 0, 0)
-    assert (config.no_wd_norm_bias, config.head_lr_mult, config.schedule) == (False, 1.0, "step")
+    assert (config.wd_norm_bias, config.head_lr_mult, config.schedule) == (True, 1.0, "step")
     optimizer = build_optimizer(create_model("resnet18_cnl5", 4), config)
     assert len(optimizer.param_groups) == 1  # one group, as the paper
 
@@ -106,7 +106,7 @@ def test_cutmix_pastes_a_box_of_another_image():
 
 def test_parameter_groups_for_head_lr_and_no_decay_on_norms_and_biases():
     model = create_model("resnet18_cnl5", 4)
-    config = make_config({"data_root": "x", "lr": 0.01, "head_lr_mult": 10, "no_wd_norm_bias": True})
+    config = make_config({"data_root": "x", "lr": 0.01, "head_lr_mult": 10, "wd_norm_bias": False})
     groups = build_optimizer(model, config).param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     for group in groups:
@@ -175,7 +175,7 @@ def test_the_modern_preset_turns_every_option_on_and_is_not_the_papers():
     modern = make_config(read_yaml(repo / "configs" / "modern" / "cub_resnet50_cnl5.yaml"))
     paper = make_config(read_yaml(repo / "configs" / "cub_resnet50_cnl5.yaml"))
     assert (modern.model, modern.dataset, modern.img_size) == (paper.model, paper.dataset, paper.img_size)
-    assert modern.val_split == 0.1 and modern.schedule == "cosine" and modern.no_wd_norm_bias
+    assert modern.val_split == 0.1 and modern.schedule == "cosine" and not modern.wd_norm_bias
     assert modern.label_smoothing > 0 and modern.mixup > 0 and modern.cutmix > 0 and modern.ema and modern.clip_grad
     assert modern.head_lr_mult == 10
     assert "NOT the paper's recipe" in (repo / "configs" / "modern" / "cub_resnet50_cnl5.yaml").read_text()

@@ -128,91 +128,72 @@ def add_data(subparsers: argparse._SubParsersAction) -> None:
     check.set_defaults(func=cmd_data_check)
 
 
-def fraction_or_official(text: str) -> float | str:
-    if text == "official":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.1, or 'official', got {text!r}") from None
+def default_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-TRAIN_FLAGS: list[tuple[str, dict]] = [
-    ("--dataset", {"help": "cub, dogs, cars, aircraft, folder, list or auto (default auto)"}),
-    ("--data-root", {"help": "the dataset's folder"}),
-    ("--model", {"help": "a model name (cnl list-models); default resnet50_cnl5"}),
-    ("--weights", {"help": "torchvision weights name (IMAGENET1K_V1) or a local .pth/.safetensors"}),
-    ("--query", {"help": "CNL query layer override, e.g. layer4.2"}),
-    ("--responses", {"nargs": "+", "help": "CNL response layers override"}),
-    ("--nl-layers", {"nargs": "+", "help": "NL block placement override"}),
-    ("--inner-channels", {"type": int, "help": "width c of the NL/CNL embeddings"}),
-    ("--width", {"type": int, "help": "channels of the first ResNet stage (64; others train from scratch)"}),
-    ("--val-split", {"type": fraction_or_official, "help": "FRACTION of each training class, or 'official'"}),
-    ("--img-size", {"type": int, "help": "train and test crop (default 448)"}),
-    ("--epochs", {"type": int, "help": "default 110"}),
-    ("--warmup-epochs", {"type": float, "help": "linear warmup from lr/1000 (default 10)"}),
-    ("--global-batch-size", {"type": int, "help": "over all processes and accumulation steps (default 64)"}),
-    ("--batch-size", {"type": int, "help": "per process, instead of --global-batch-size"}),
-    ("--lr", {"type": float, "help": "base learning rate (default 0.01)"}),
-    ("--lr-steps", {"nargs": "+", "help": "epochs at which lr is multiplied by --lr-decay (default 50 70 90)"}),
-    ("--lr-decay", {"type": float, "help": "default 0.1"}),
-    ("--schedule", {"choices": ["step", "cosine"], "help": "after warmup: step decay (default, the paper) or cosine"}),
-    ("--optimizer", {"choices": ["sgd", "adamw"], "help": "default sgd (the paper)"}),
-    ("--momentum", {"type": float, "help": "SGD momentum (default 0.9)"}),
-    ("--weight-decay", {"type": float, "help": "default 1e-4"}),
-    ("--crop-scale", {"nargs": 2, "type": float, "help": "RandomResizedCrop area range (default 0.08 1.25)"}),
-    ("--label-smoothing", {"type": float, "help": "cross-entropy label smoothing (default 0, off)"}),
-    ("--clip-grad", {"type": float, "help": "clip the norm of all gradients to this (default off)"}),
-    (
-        "--ema",
-        {"type": float, "help": "keep an EMA of the weights with this decay, e.g. 0.9998; it is evaluated and used"},
-    ),
-    ("--mixup", {"type": float, "help": "MixUp alpha (default 0, off)"}),
-    ("--cutmix", {"type": float, "help": "CutMix alpha (default 0, off); with --mixup, one of the two per batch"}),
-    ("--no-wd-norm-bias", {"action": "store_true", "default": None, "help": "no weight decay on norms and biases"}),
-    ("--head-lr-mult", {"type": float, "help": "lr multiplier of the NL/CNL modules and the head (default 1)"}),
-    ("--workers", {"type": int, "help": "data loading processes per training process (default 4)"}),
-    ("--amp", {"choices": ["none", "bf16", "fp16"], "help": "mixed precision (default none)"}),
-    ("--channels-last", {"action": "store_true", "default": None}),
-    ("--compile", {"action": "store_true", "default": None, "help": "torch.compile the model"}),
-    ("--accum-steps", {"type": int, "help": "micro-batches per optimizer step (default 1)"}),
-    ("--seed", {"type": int}),
-    ("--device", {"help": "auto, cpu or cuda"}),
-    ("--deterministic", {"action": "store_true", "default": None, "help": "deterministic kernels only"}),
-    ("--sync-bn", {"action": "store_true", "default": None, "help": "SyncBatchNorm across processes (CUDA)"}),
-    ("--output", {"help": "run folder (default runs/train)"}),
-]
+def add_train_flags(parser: argparse.ArgumentParser, resume: bool = True) -> None:
+    """A flag for every field of TrainConfig, from the field's type, help and default: ``--x``
+    / ``--no-x`` for booleans, several values (spaces or commas) for lists. Values stay text
+    here and are typed by the config (``flag_values``), as YAML files and ``--set`` are."""
+    import dataclasses
+
+    from cnl.engine.config import TrainConfig
+
+    parser.add_argument("--config", help="a YAML file of settings (a preset in configs/); flags override it")
+    for setting in dataclasses.fields(TrainConfig):
+        if setting.name == "resume" and not resume:
+            continue
+        meta = dict(setting.metadata)
+        help_text = meta.pop("help")
+        default = setting.default_factory() if callable(setting.default_factory) else setting.default
+        if default is not None and default != "":
+            help_text += f" (default: {default_text(default)})"
+        options: dict[str, Any] = {"help": help_text, "default": None, **meta}
+        if setting.type == "bool":
+            options["action"] = argparse.BooleanOptionalAction
+        elif setting.name == "resume":
+            options.update(nargs="?", const="yes")
+        elif "list[" in setting.type:
+            options.setdefault("nargs", "+")
+        parser.add_argument("--" + setting.name.replace("_", "-"), **options)
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="set any setting, typed as in a config file (repeatable), e.g. --set lr=0.02 --set lr_steps=30,60",
+    )  # fmt: skip
 
 
-def add_train_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="a YAML file of settings; flags override it")
-    for flag, options in TRAIN_FLAGS:
-        parser.add_argument(flag, **options)
+def flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags (the others None), typed and checked as the config's fields."""
+    from cnl.engine.config import FIELDS, parse_text
 
-
-def flag_values(args: argparse.Namespace) -> dict:
-    values = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _ in TRAIN_FLAGS}
-    if values["lr_steps"] is not None:
-        values["lr_steps"] = [int(v) for v in split_names(values["lr_steps"])]
-    for key in ("responses", "nl_layers"):
-        if values[key] is not None:
-            values[key] = split_names(values[key])
+    values = {}
+    for name in sorted(FIELDS):
+        given = getattr(args, name, None)
+        flag = "--" + name.replace("_", "-")
+        values[name] = given if given is None or isinstance(given, bool) else parse_text(name, given, flag)
     return values
 
 
-def resolve_train_config(args: argparse.Namespace):
-    """Defaults < the checkpoint's config (when resuming) < --config file < flags."""
+def resolve_train_config(args: argparse.Namespace, default_output: str | None = None):
+    """Defaults < the checkpoint's config (when resuming) < --config file < flags < --set.
+    The output folder: as given, else the resumed checkpoint's run folder, else ``default_output``."""
     from cnl.engine.checkpoint import read_for_resume
-    from cnl.engine.config import TrainConfig, make_config, read_yaml
-    from cnl.engine.trainer import resume_checkpoint
+    from cnl.engine.config import TrainConfig, make_config, parse_assignments, read_yaml
+    from cnl.engine.trainer import resume_checkpoint, run_folder_of
 
     layers = [read_yaml(args.config)] if args.config else []
-    layers.append({**flag_values(args), "resume": getattr(args, "resume", None)})
+    layers += [flag_values(args), parse_assignments(args.set)]
 
     def latest(key: str, default: Any) -> Any:
         return next((layer[key] for layer in reversed(layers) if layer.get(key) is not None), default)
 
-    previous = resume_checkpoint(latest("output", TrainConfig.output), latest("resume", None))
+    resume = latest("resume", None)
+    output = latest("output", None) or run_folder_of(resume) or default_output or TrainConfig.output
+    previous = resume_checkpoint(output, resume)
+    layers.insert(0, {"output": output})
     if previous is not None:
         layers.insert(0, read_for_resume(previous)[0]["config"])
     return make_config(*layers)
@@ -274,8 +255,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_ablate(args: argparse.Namespace) -> int:
     from cnl.analysis.ablation import format_ablation, run_ablation
 
-    config = resolve_train_config(args)
-    output = args.output or "runs/ablation"
+    config = resolve_train_config(args, default_output="runs/ablation")
+    output = config.output
     seeds = [int(seed) for seed in split_names(args.seeds)] if args.seeds else [config.seed]
     rows = run_ablation(config, split_names(args.models), output, seeds)
     print(format_ablation(rows, config, seeds))
@@ -293,10 +274,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def add_training(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser("train", help="train and evaluate a model with the paper's recipe")
     add_train_flags(train)
-    train.add_argument(
-        "--resume", nargs="?", const="yes", choices=["yes", "auto", "no"],
-        help="continue from OUTPUT/checkpoints/last.pt; 'auto': when it exists (the default after torchrun restarts)",
-    )  # fmt: skip
     train.set_defaults(func=cmd_train)
 
     evaluate = subparsers.add_parser("eval", help="top-1 and top-5 of a checkpoint on its test split")
@@ -304,7 +281,7 @@ def add_training(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--data-root", help="the dataset's folder, if it moved since training")
     evaluate.add_argument("--batch-size", type=int)
     evaluate.add_argument("--workers", type=int)
-    evaluate.add_argument("--device", help="auto (default: the run's), cpu or cuda")
+    evaluate.add_argument("--device", default="auto", help="auto (default: cuda when there is one), cpu or cuda")
     evaluate.add_argument("--json", action="store_true", help="print an object with top1, top5, loss, count")
     evaluate.add_argument(
         "--report", help="a folder for per_class.csv, confusion.png and predictions.csv (cnl report shows RUN/eval)"
@@ -327,7 +304,7 @@ def add_training(subparsers: argparse._SubParsersAction) -> None:
     ablate.add_argument(
         "--seeds", nargs="+", help="train every model once per seed (e.g. 0,1,2): mean, sd and paired 95%% intervals"
     )
-    add_train_flags(ablate)
+    add_train_flags(ablate, resume=False)
     ablate.set_defaults(func=cmd_ablate)
 
     demo = subparsers.add_parser("demo", help="the synthetic benchmark and a small ablation, on a CPU in minutes")
@@ -336,64 +313,94 @@ def add_training(subparsers: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=cmd_demo)
 
 
-# Defaults of cnl bench per job: (models, image size, batch size).
-BENCH_DEFAULTS = {"models": ("resnet50,resnet50_nl5,resnet50_cnl5", 448, 2), "predict": ("resnet18_cnl5", 64, 32)}
-PREDICT_WIDTH = 16  # the demo's ResNets
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
+def cmd_bench_model(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from cnl.analysis import bench
 
-    models, img_size, batch_size = BENCH_DEFAULTS["predict" if args.predict else "models"]
-    names = split_names(args.models or [models])
-    img_size, batch_size = args.img_size or img_size, args.batch_size or batch_size
-    if args.module:
-        rows = bench.bench_module(img_size, batch_size, args.device, args.repeats)
-        print(json.dumps(rows, indent=2) if args.json else bench.format_module_rows(rows))
-        return 0
-    if args.predict:
-        width = args.width or PREDICT_WIDTH
-        rows = bench.bench_predict(names[0], img_size, batch_size, args.workers, device=args.device, width=width)
-        print(json.dumps(rows, indent=2) if args.json else bench.format_predict_rows(rows, names[0], img_size, width))
-        return 0
-    if args.input:
-        rows = bench.bench_input(img_size, repeats=args.repeats)
-        print(json.dumps(rows, indent=2) if args.json else bench.format_input_rows(rows))
-        return 0
     settings = {
-        "img_size": img_size, "batch_size": batch_size, "device": args.device, "amp": args.amp,
+        "img_size": args.img_size, "batch_size": args.batch_size, "device": args.device, "amp": args.amp,
         "channels_last": args.channels_last, "compile": args.compile, "repeats": args.repeats,
     }  # fmt: skip
-    results = bench.bench_models(names, **settings)
+    results = bench.bench_models(split_names(args.models), **settings)
     print(json.dumps([asdict(r) for r in results], indent=2) if args.json else bench.format_results(results, settings))
+    return 0
+
+
+def cmd_bench_module(args: argparse.Namespace) -> int:
+    from cnl.analysis import bench
+
+    rows = bench.bench_module(args.img_size, args.batch_size, args.device, args.repeats)
+    print(json.dumps(rows, indent=2) if args.json else bench.format_module_rows(rows))
+    return 0
+
+
+def cmd_bench_input(args: argparse.Namespace) -> int:
+    from cnl.analysis import bench
+
+    rows = bench.bench_input(args.img_size, repeats=args.repeats)
+    print(json.dumps(rows, indent=2) if args.json else bench.format_input_rows(rows))
+    return 0
+
+
+def cmd_bench_predict(args: argparse.Namespace) -> int:
+    from cnl.analysis import bench
+
+    name = split_names([args.model])[0]
+    rows = bench.bench_predict(name, args.img_size, args.batch_size, args.workers, device=args.device, width=args.width)
+    print(json.dumps(rows, indent=2) if args.json else bench.format_predict_rows(rows, name, args.img_size, args.width))
     return 0
 
 
 def add_bench(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="train-step time, inference speed and peak memory, as ratios")
-    parser.add_argument(
-        "--models", nargs="+",
+    jobs = parser.add_subparsers(dest="bench_command", required=True, metavar="{model,module,input,predict}")
+
+    def job(name: str, help_text: str, img_size: int, batch_size: int | None, func) -> argparse.ArgumentParser:
+        command = jobs.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("--img-size", type=int, default=img_size, help=f"square input size (default {img_size})")
+        if batch_size is not None:
+            command.add_argument("--batch-size", type=int, default=batch_size, help=f"default {batch_size}")
+        command.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        command.set_defaults(func=func)
+        return command
+
+    model = job("model", "train-step time, inference throughput and peak memory of models, as ratios to the first",
+                448, 2, cmd_bench_model)  # fmt: skip
+    model.add_argument(
+        "--models", nargs="+", default=["resnet50,resnet50_nl5,resnet50_cnl5"],
         help="names, optionally NAME:ORDER:KERNEL (order paper|reassociated|auto, kernel sdpa|bmm); "
-        "default resnet50,resnet50_nl5,resnet50_cnl5 (--predict: resnet18_cnl5)",
+        "default resnet50,resnet50_nl5,resnet50_cnl5",
     )  # fmt: skip
-    parser.add_argument("--img-size", type=int, help="default 448 (--predict: 64)")
-    parser.add_argument("--batch-size", type=int, help="default 2 (--predict: 32)")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps per model (median)")
-    parser.add_argument("--module", action="store_true", help="time the attention paths alone on the paper's shapes")
-    parser.add_argument("--input", action="store_true", help="decode + augment images/s, PIL against torchvision.io")
-    parser.add_argument(
-        "--predict", action="store_true", help="cnl predict's batched pipeline against one image at a time"
-    )
-    parser.add_argument("--workers", type=int, default=2, help="decoding processes for --predict (default 2)")
-    parser.add_argument("--width", type=int, help=f"ResNet width for --predict (default {PREDICT_WIDTH}, the demo's)")
-    parser.add_argument("--json", action="store_true")
-    parser.set_defaults(func=cmd_bench)
+    model.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision (default none)")
+    model.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    model.add_argument("--compile", action="store_true", help="torch.compile each model")
+    module = job("module", "the attention paths alone (paper, reassociated; sdpa, bmm) on the paper's shapes",
+                 448, 2, cmd_bench_module)  # fmt: skip
+    source = job("input", "decode + augment images/s: PIL against torchvision.io", 448, None, cmd_bench_input)
+    predict = job("predict", "cnl predict's batched pipeline against one image at a time", 64, 32, cmd_bench_predict)
+    predict.add_argument("--model", default="resnet18_cnl5", help="default resnet18_cnl5")
+    predict.add_argument("--width", type=int, default=16, help="ResNet width (default 16, the demo's)")
+    predict.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
+    for command in (model, module, predict):
+        command.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    for command in (model, module, source):
+        command.add_argument("--repeats", type=int, default=3, help="timed steps (median; default 3)")
+
+
+# ``cnl bench --module`` and friends before the jobs were subcommands.
+OLD_BENCH_FLAGS = {"--module": "module", "--input": "input", "--predict": "predict"}
+
+
+def upgrade_argv(argv: list[str]) -> list[str]:
+    """Old spellings: ``cnl bench --models ...`` is ``cnl bench model --models ...``; the old
+    job flags are an error that names the subcommand."""
+    if argv[:1] != ["bench"] or (len(argv) > 1 and not argv[1].startswith("-")) or argv[1:2] in (["-h"], ["--help"]):
+        return argv
+    for flag, job in OLD_BENCH_FLAGS.items():
+        if flag in argv:
+            raise InvalidValue(f"cnl bench {flag} is now a subcommand: cnl bench {job} (see cnl bench {job} --help)")
+    return ["bench", "model", *argv[1:]]
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
@@ -479,6 +486,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = upgrade_argv(argv)
+    except InvalidValue as error:
+        print(f"cnl bench: error: {error}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

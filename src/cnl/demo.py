@@ -3,8 +3,8 @@
 Generates the synthetic benchmark, then trains ResNet-18, ResNet-18 + 5NL and ResNet-18
 + 5CNL from scratch, each with two seeds and one recipe, and prints the comparison with
 its intervals. Sized to finish within 10 minutes on 2 CPU cores: the ResNets are a
-quarter as wide as torchvision's (16 channels in the first stage), which trains about
-twice as fast on 2 cores and leaves time for 20 epochs, enough for test top-1 to flatten.
+quarter as wide as torchvision's (16 channels in the first stage), which leaves time for
+20 epochs, enough for test top-1 to flatten (docs/training.md gives the speeds measured).
 The paper's recipe (448 px, ImageNet weights, SGD, 110 epochs) is for GPUs and pretrained
 backbones; from scratch on a CPU, AdamW learns in the few hundred steps there is time
 for, and a cosine schedule brings the rate to 0 so that the last epochs settle.

@@ -1,5 +1,10 @@
 """Registration of the NL and CNL models in timm, so that ``timm.create_model("resnet50_cnl5")``
-works. Imported by ``import cnl`` when timm is installed (``pip install 'cnl[timm]'``).
+works. Imported by ``import cnl`` when timm is installed (from a checkout:
+``pip install -e '.[timm]'``).
+
+``pretrained=True`` gives our ResNets torchvision's IMAGENET1K_V1 backbone weights, the
+ones every preset in configs/ names (the original ResNet weights the paper fine-tuned),
+not torchvision's DEFAULT (V2 for ResNet-50/101/152); ``weights=...`` picks others.
 
 Only the ``_nl5`` and ``_cnl5`` names are registered: timm keeps its own plain models. Our
 ResNets, and the timm families this project tests with modules placed by module name
@@ -17,6 +22,7 @@ from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RESIZE_RATIO
 from cnl.models import create_model, list_models
 
 NAMES = [name for name in list_models() if name.endswith(("_nl5", "_cnl5"))]
+PAPER_WEIGHTS = "IMAGENET1K_V1"  # what every preset names; torchvision's DEFAULT is V2 for ResNet-50 and up
 TIMM_FAMILIES = (
     "resnet50d",
     "convnext_tiny",
@@ -80,8 +86,8 @@ def _entrypoint(name: str, target: str, pretrained_weights: str, doc: str, cfg: 
 
 
 for _name in NAMES:
-    _doc = f"cnl's {_name} (ImageNet backbone weights when pretrained=True)."
-    globals()[_name] = register_model(_entrypoint(_name, _name, "DEFAULT", _doc, _cfg(_name)))
+    _doc = f"cnl's {_name} (torchvision's {PAPER_WEIGHTS} backbone weights when pretrained=True)."
+    globals()[_name] = register_model(_entrypoint(_name, _name, PAPER_WEIGHTS, _doc, _cfg(_name)))
 for _name in FOREIGN:
     _doc = f"timm's {FOREIGN[_name]} with cnl's modules (timm's weights when pretrained=True)."
     globals()[_name] = register_model(_entrypoint(_name, f"timm:{_name}", "pretrained", _doc))

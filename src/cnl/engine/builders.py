@@ -116,13 +116,13 @@ def build_model(
 
 def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     """The optimizer's groups: the new modules and the head at ``lr x head_lr_mult``, and with
-    ``no_wd_norm_bias`` no weight decay on norms and biases (the 1-d parameters). One group
+    ``wd_norm_bias`` off no weight decay on norms and biases (the 1-d parameters). One group
     when neither is asked for, as in the paper."""
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     head = head_name(model) + "."
     for name, parameter in model.named_parameters():
         new = config.head_lr_mult != 1 and name.startswith((*NEW_MODULE_PREFIXES, head))
-        decay = not (config.no_wd_norm_bias and parameter.ndim <= 1)
+        decay = config.wd_norm_bias or parameter.ndim > 1
         groups.setdefault((new, decay), []).append(parameter)
     return [
         {

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,14 @@ BATCH_FIELDS = ("global_batch_size", "batch_size")
 INVOCATION_FIELDS = ("output", "resume")
 
 
+def setting(default: Any, help: str, **flag: Any) -> Any:
+    """A field of TrainConfig with its command-line help and flag options (``choices``,
+    ``metavar``, ``type``): the one place a setting is described; ``cnl train`` reads it."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **flag})
+    return field(default=default, metadata={"help": help, **flag})
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a run. Defaults: the paper (448 px, 110 epochs, 10 of warmup,
@@ -29,55 +39,66 @@ class TrainConfig:
 
     The batch is either ``global_batch_size`` (the recipe's, on any number of processes:
     each takes ``global / (processes x accum_steps)``) or ``batch_size`` per process.
-    ``resume``: "no", "yes" (OUTPUT/checkpoints/last.pt must exist) or "auto" (when it
-    exists); None is "no", except in a group that torchrun restarted, where it is "auto".
+    ``resume``: "no", "yes" (OUTPUT/checkpoints/last.pt must exist), "auto" (when it
+    exists) or a checkpoint's path; None is "no", except in a group that torchrun
+    restarted, where it is "auto".
     """
 
-    data_root: str = ""
-    dataset: str = "auto"
-    model: str = "resnet50_cnl5"
-    weights: str | None = None
+    data_root: str = setting("", "the dataset's folder (required)")
+    dataset: str = setting("auto", "cub, dogs, cars, aircraft, folder, list or auto (from the folder's layout)")
+    model: str = setting("resnet50_cnl5", "a model name (cnl list-models), or tv:NAME / timm:NAME [_nl5|_cnl5]")
+    weights: str | None = setting(
+        None, "torchvision weights name (IMAGENET1K_V1) or a local .pth/.safetensors (default: the model's)"
+    )
     # Placement overrides for create_model (torchvision layer names); None keeps the model's.
-    query: str | None = None
-    responses: list[str] | None = None
-    nl_layers: list[str] | None = None
-    inner_channels: int | None = None
-    width: int | None = None  # channels of a ResNet's first stage; None keeps 64
+    query: str | None = setting(None, "CNL query layer, e.g. layer4.2 (default: the model's)")
+    responses: list[str] | None = setting(None, "CNL response layers (default: the model's)", metavar="LAYER")
+    nl_layers: list[str] | None = setting(None, "NL block layers (default: the model's)", metavar="LAYER")
+    inner_channels: int | None = setting(None, "width c of the NL/CNL embeddings (default: the model's)")
+    width: int | None = setting(None, "channels of a ResNet's first stage (default 64; others train from scratch)")
     # A validation set: a fraction of each class of the training split (seeded), "official"
     # (the dataset's own, FGVC-Aircraft) or None (the paper: best.pt is the best test epoch).
-    val_split: float | str | None = None
-    img_size: int = 448
-    epochs: int = 110
-    warmup_epochs: int = 10
-    global_batch_size: int | None = 64
-    batch_size: int | None = None
-    lr: float = 0.01
-    lr_steps: list[int] = field(default_factory=lambda: [50, 70, 90])
-    lr_decay: float = 0.1
-    schedule: str = "step"
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.25])
+    val_split: float | str | None = setting(
+        None, "FRACTION of each training class, or 'official', to choose best.pt on (default: none, the paper)",
+        metavar="FRACTION|official",
+    )  # fmt: skip
+    img_size: int = setting(448, "train and test crop, pixels")
+    epochs: int = setting(110, "epochs to train")
+    warmup_epochs: float = setting(10, "linear warmup from lr/1000, epochs")
+    global_batch_size: int | None = setting(64, "batch over all processes and accumulation steps")
+    batch_size: int | None = setting(None, "batch per process, instead of --global-batch-size")
+    lr: float = setting(0.01, "base learning rate")
+    lr_steps: list[int] = setting([50, 70, 90], "epochs at which lr is multiplied by --lr-decay", metavar="EPOCH")
+    lr_decay: float = setting(0.1, "lr factor at each of --lr-steps")
+    schedule: str = setting("step", "after warmup: step decay (the paper) or cosine", choices=SCHEDULES)
+    optimizer: str = setting("sgd", "sgd (the paper) or adamw", choices=OPTIMIZERS)
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(1e-4, "weight decay")
+    crop_scale: list[float] = setting([0.08, 1.25], "RandomResizedCrop area range", nargs=2, metavar=("LOW", "HIGH"))
     # Fine-tuning options since the paper, all off by default (the paper's recipe).
-    label_smoothing: float = 0.0
-    clip_grad: float | None = None
-    ema: float | None = None
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    no_wd_norm_bias: bool = False
-    head_lr_mult: float = 1.0
-    workers: int = 4
-    amp: str = "none"
-    channels_last: bool = False
-    compile: bool = False
-    accum_steps: int = 1
-    seed: int = 0
-    output: str = "runs/train"
-    resume: str | None = None
-    deterministic: bool = False
-    sync_bn: bool = False
-    device: str = "auto"
+    label_smoothing: float = setting(0.0, "cross-entropy label smoothing; 0 is off")
+    clip_grad: float | None = setting(None, "clip the norm of all gradients to this (default: off)")
+    ema: float | None = setting(
+        None, "keep an EMA of the weights with this decay, e.g. 0.9998; it is evaluated and used (default: off)"
+    )
+    mixup: float = setting(0.0, "MixUp alpha; 0 is off")
+    cutmix: float = setting(0.0, "CutMix alpha; 0 is off; with --mixup, one of the two per batch")
+    wd_norm_bias: bool = setting(True, "weight decay on norms and biases too (--no-wd-norm-bias: on weights only)")
+    head_lr_mult: float = setting(1.0, "lr multiplier of the NL/CNL modules and the head")
+    workers: int = setting(4, "data loading processes per training process")
+    amp: str = setting("none", "mixed precision", choices=AMP_CHOICES)
+    channels_last: bool = setting(False, "channels-last memory format")
+    compile: bool = setting(False, "torch.compile the model")
+    accum_steps: int = setting(1, "micro-batches per optimizer step")
+    seed: int = setting(0, "the seed every random draw derives from")
+    output: str = setting("runs/train", "run folder")
+    resume: str | None = setting(
+        None, "continue from OUTPUT/checkpoints/last.pt (no value, or yes); auto: when it exists (the default after "
+        "torchrun restarts); no; or a checkpoint's path", metavar="auto|no|PATH",
+    )  # fmt: skip
+    deterministic: bool = setting(False, "deterministic kernels only")
+    sync_bn: bool = setting(False, "SyncBatchNorm across processes (CUDA)")
+    device: str = setting("auto", "auto, cpu or cuda")
 
     def validate(self) -> None:
         """Reject impossible values before any work starts."""
@@ -116,8 +137,8 @@ class TrainConfig:
             problems.append(f"amp must be one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
         if (self.batch_size is None) == (self.global_batch_size is None):
             problems.append("give exactly one of global_batch_size and batch_size (per process)")
-        if self.resume not in (None, *RESUME_CHOICES):
-            problems.append(f"resume must be one of {', '.join(RESUME_CHOICES)}, got {self.resume!r}")
+        if self.resume == "":
+            problems.append(f"resume must be one of {', '.join(RESUME_CHOICES)} or a checkpoint's path, got ''")
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1]:
             problems.append(f"crop_scale must be two increasing positive numbers, got {self.crop_scale}")
         if problems:
@@ -152,36 +173,142 @@ class TrainConfig:
 
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+HINTS = typing.get_type_hints(TrainConfig)  # the annotations as types: what each setting accepts
+# Settings renamed since runs were written: old name -> (new name, how the value maps).
+RENAMED = {"no_wd_norm_bias": ("wd_norm_bias", lambda value: not value)}
+_WRONG = object()
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A config file's settings, keys as in TrainConfig (``lr-steps`` and ``lr_steps`` both work)."""
+class Explicit(dict):
+    """A layer of settings in which None is a value (``--set ema=null``), not 'not set'."""
+
+
+def upgrade(values: dict[str, Any]) -> dict[str, Any]:
+    """Settings as written by any earlier version, under today's names."""
+    values = dict(values)
+    for old, (new, convert) in RENAMED.items():
+        if old in values:
+            old_value = values.pop(old)
+            if new not in values and old_value is not None:
+                values[new] = convert(old_value)
+    if isinstance(values.get("resume"), bool):  # checkpoints written before resume took modes
+        values["resume"] = None
+    return values
+
+
+def _kinds(hint: Any) -> tuple[Any, ...]:
+    return typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+
+
+def _as(kind: Any, value: Any) -> Any:
+    """``value`` as ``kind`` (int, float, str, bool, None, list[...]), or _WRONG."""
+    if typing.get_origin(kind) is list:
+        if not isinstance(value, list | tuple):
+            return _WRONG
+        items = [_as(typing.get_args(kind)[0], item) for item in value]
+        return _WRONG if any(item is _WRONG for item in items) else items
+    if kind is type(None):
+        return None if value is None else _WRONG
+    if isinstance(value, bool):
+        return value if kind is bool else _WRONG
+    accepted = {int: int, float: int | float, str: str, bool: bool}[kind]
+    return value if isinstance(value, accepted) else _WRONG
+
+
+def describe(name: str) -> str:
+    """What setting ``name`` accepts, in words: 'an integer', 'a list of numbers or null', ..."""
+    words = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+
+    def one(kind: Any) -> str:
+        if typing.get_origin(kind) is list:
+            return "a list of " + {int: "integers", float: "numbers", str: "strings"}[typing.get_args(kind)[0]]
+        return words[kind]
+
+    return " or ".join(one(kind) for kind in _kinds(HINTS[name]))
+
+
+def coerce(name: str, value: Any, where: str) -> Any:
+    """``value`` checked against the type of setting ``name``; an error naming ``where`` if it does not fit."""
+    for kind in _kinds(HINTS[name]):
+        converted = _as(kind, value)
+        if converted is not _WRONG:
+            return converted
+    raise InvalidValue(f"{where}: {name} must be {describe(name)}, got {value!r}")
+
+
+def parse_text(name: str, text: str | list[str], where: str) -> Any:
+    """A setting typed on the command line (``--lr 0.02``, ``--set lr_steps=30,60``): read as
+    YAML, lists also from commas; where YAML's value does not fit, a setting that takes a
+    string takes the text as it is (``--set resume=no`` is "no", not YAML's false)."""
+    if isinstance(text, list):  # nargs: each word, and commas within words
+        text = ",".join(text)
+    kinds = _kinds(HINTS[name])
+    if any(typing.get_origin(kind) is list for kind in kinds) and not text.strip().startswith("["):
+        text = "[" + ",".join(part.strip() for part in text.split(",") if part.strip()) + "]"
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    if str in kinds and not any(_as(kind, value) is not _WRONG for kind in kinds):
+        value = text
+    return coerce(name, value, where)
+
+
+def parse_assignments(assignments: list[str]) -> Explicit:
+    """``--set KEY=VALUE`` items: each key a setting (dashes or underscores), each value typed."""
+    values = Explicit()
+    for assignment in assignments:
+        key, equals, text = assignment.partition("=")
+        name = key.strip().replace("-", "_")
+        if not equals:
+            raise InvalidValue(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set lr=0.02")
+        if name not in FIELDS:
+            raise InvalidValue(
+                f"--set {assignment!r}: unknown setting {key!r}; valid settings: {', '.join(sorted(FIELDS))}"
+            )
+        values[name] = parse_text(name, text, f"--set {assignment}")
+    return values
+
+
+def read_yaml(path: str | Path, _within: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's settings, keys as in TrainConfig (``lr-steps`` and ``lr_steps`` both work).
+    ``base: OTHER.yaml`` (beside this file) starts from OTHER's settings; this file states what differs."""
     path = Path(path)
     if not path.is_file():
-        raise MissingFile(f"config file {path} does not exist")
+        raise MissingFile(f"config file {path} does not exist" + (f" (the base of {_within[-1]})" if _within else ""))
+    if path.resolve() in _within:
+        raise InvalidValue(f"{path}: its bases form a loop: {' -> '.join(str(p) for p in (*_within, path))}")
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         raise InvalidValue(f"{path} is not valid YAML: {error}") from error
     if not isinstance(values, dict):
         raise InvalidValue(f"{path} must hold a mapping of settings, got {type(values).__name__}")
-    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    values = upgrade({str(k).replace("-", "_"): v for k, v in values.items()})
+    base = values.pop("base", None)
     unknown = sorted(set(values) - FIELDS)
     if unknown:
-        raise InvalidValue(f"{path}: unknown settings {unknown}; valid settings: {', '.join(sorted(FIELDS))}")
-    return values
+        raise InvalidValue(f"{path}: unknown settings {unknown}; valid settings: base, {', '.join(sorted(FIELDS))}")
+    values = {name: coerce(name, value, str(path)) for name, value in values.items()}
+    if base is None:
+        return values
+    inherited = read_yaml(path.parent / str(base), (*_within, path.resolve()))
+    if any(values.get(name) is not None for name in BATCH_FIELDS):  # one way of giving the batch replaces the other
+        inherited = {k: v for k, v in inherited.items() if k not in BATCH_FIELDS}
+    return {**inherited, **values}
 
 
 def make_config(*layers: dict[str, Any]) -> TrainConfig:
-    """Defaults, then each layer in turn (a file, then flags); None in a layer means 'not set'.
+    """Defaults, then each layer in turn (a file, then flags); None in a layer means 'not set'
+    (except in an ``Explicit`` layer).
 
     A layer that sets ``batch_size`` or ``global_batch_size`` replaces the other; one
     layer setting both is an error.
     """
     values: dict[str, Any] = {}
     for layer in layers:
-        given = {k: v for k, v in layer.items() if v is not None}
-        batch = [k for k in BATCH_FIELDS if k in given]
+        given = upgrade(layer if isinstance(layer, Explicit) else {k: v for k, v in layer.items() if v is not None})
+        batch = [k for k in BATCH_FIELDS if given.get(k) is not None]
         if len(batch) == 2:
             raise InvalidValue(
                 f"give either --batch-size (per process, {given['batch_size']}) or --global-batch-size "
@@ -190,8 +317,6 @@ def make_config(*layers: dict[str, Any]) -> TrainConfig:
         if batch:
             values.update(dict.fromkeys(BATCH_FIELDS))
         values.update(given)
-    if isinstance(values.get("resume"), bool):  # checkpoints written before resume took modes
-        values["resume"] = None
     config = TrainConfig(**values)
     config.validate()
     return config

@@ -29,7 +29,7 @@ from cnl.engine.builders import (
     steps_per_epoch,
 )
 from cnl.engine.checkpoint import read_for_resume, remove_temporaries, save_checkpoint
-from cnl.engine.config import TrainConfig
+from cnl.engine.config import RESUME_CHOICES, TrainConfig
 from cnl.engine.loaders import eval_loader, train_loader
 from cnl.engine.loop import EpochStats, StepSettings, TrainParts, evaluate, train_one_epoch
 from cnl.engine.predictions import PREDICTIONS, image_names, write_image_predictions
@@ -54,13 +54,25 @@ class RunInterrupted(KeyboardInterrupt):
 def resume_checkpoint(output: str | Path, resume: str | None) -> Path | None:
     """The checkpoint a run into ``output`` continues from, or None for a fresh start.
 
-    ``resume`` as ``TrainConfig.resume``: None means "no", or "auto" in a group that
-    torchrun restarted."""
+    ``resume`` as ``TrainConfig.resume``: "yes", "auto", "no", or a checkpoint's path;
+    None means "no", or "auto" in a group that torchrun restarted."""
     mode = resume or ("auto" if distributed.restarted() else "no")
+    if mode not in RESUME_CHOICES:
+        if not Path(mode).is_file():
+            raise MissingFile(f"cannot resume: checkpoint {mode} does not exist")
+        return Path(mode)
     path = Path(output) / "checkpoints" / "last.pt"
     if mode == "yes" and not path.is_file():
         raise MissingFile(f"cannot resume: {path} does not exist (use --resume auto to start fresh then)")
     return path if mode != "no" and path.is_file() else None
+
+
+def run_folder_of(resume: str | None) -> str | None:
+    """The run folder a ``--resume PATH`` checkpoint belongs to (RUN/checkpoints/last.pt -> RUN)."""
+    if resume is None or resume in RESUME_CHOICES:
+        return None
+    path = Path(resume)
+    return str(path.parent.parent if path.parent.name == "checkpoints" else path.parent)
 
 
 @dataclass

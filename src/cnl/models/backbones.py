@@ -63,7 +63,7 @@ def _timm(backbone: str, num_classes: int, weights: str | Path | None) -> nn.Mod
     try:
         import timm
     except ImportError as error:
-        raise MissingDependency("timm: models need timm (pip install 'cnl[timm]')") from error
+        raise MissingDependency("timm: models need timm (from a checkout: pip install -e '.[timm]')") from error
     if not timm.list_models(backbone) and backbone not in timm.list_models():
         raise InvalidValue(f"unknown timm model {backbone!r}; see timm.list_models()")
     model = timm.create_model(backbone, pretrained=weights == "pretrained", num_classes=num_classes)

@@ -51,7 +51,7 @@ class DotProductAttention(nn.Module):
             decides per call: fused only when the map would be larger than the keys
             (``Nq > E``), as for NL's N x N maps. CNL's deep query makes its maps small,
             and there storing them for the backward pass beats recomputing them (measured
-            with ``cnl bench --module``; docs/benchmarks.md).
+            with ``cnl bench module``; docs/benchmarks.md).
     """
 
     def __init__(self, use_sdpa: bool | None = None) -> None:

@@ -1,0 +1,214 @@
+"""What README.md and docs/ show a command print is what it prints: regenerated here, checked in CI.
+
+    python tools/docs_outputs.py            rewrite every checked block and generated section
+    python tools/docs_outputs.py --check    print the differences and exit 1 if there are any
+                                            (tests/test_docs.py runs this check)
+
+A fenced ``console`` block that shows output is one of two kinds, said by the comment line
+just above it:
+
+- ``<!-- output: checked -->``: each ``$ cnl ...`` command in it is run, in order, in one
+  scratch folder per page, and what it prints to standard output follows it. For commands
+  that take seconds: data synth and check, profile, list-models.
+- ``<!-- output: measured on MACHINE, DATE, commit COMMIT -->``: training output, too slow
+  to run here; shown as it was printed that day, by that code.
+
+A block of commands alone (no output lines) needs neither. Between ``<!-- generated: NAME -->``
+and ``<!-- end: NAME -->`` a section is written from the parser: docs/guide.md's command
+table and every ``--help``, so a command or flag cannot be left out.
+
+Chosen over cog: the blocks stay plain Markdown, without embedded Python, and the same
+reader serves the check of the kinds (tests/test_docs.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+CHECKED = "<!-- output: checked -->"
+MEASURED = re.compile(
+    r"<!-- output: measured on (?P<machine>[^,]+), (?P<date>\d{4}-\d{2}-\d{2}), commit (?P<commit>[0-9a-f]{7,40}) -->"
+)
+GENERATED = re.compile(r"<!-- generated: (?P<name>[\w-]+) -->\n.*?<!-- end: (?P=name) -->", re.S)
+FENCE = re.compile(r"^(?P<marker>[^\n]*)\n```console\n(?P<body>.*?)^```$", re.S | re.M)
+WIDTH = "100"  # argparse wraps --help to COLUMNS: one width for every machine
+
+# Where each command is explained: the generated table names a page for every command.
+GUIDE = {
+    "profile": "[modules.md](modules.md#counting-cnl-profile), "
+    "[figures.md](figures.md#receptive-fields-the-papers-fig-1-in-numbers)",
+    "list-models": "[modules.md](modules.md#any-backbone-placement-by-module-name)",
+    "data": "[datasets.md](datasets.md)",
+    "train": "[training.md](training.md#train)",
+    "eval": "[training.md](training.md#evaluate-load-predict)",
+    "predict": "[training.md](training.md#evaluate-load-predict)",
+    "ablate": "[training.md](training.md#ablation-and-demo)",
+    "demo": "[training.md](training.md#ablation-and-demo), README",
+    "bench": "[benchmarks.md](benchmarks.md)",
+    "attention": "[figures.md](figures.md)",
+    "report": "[figures.md](figures.md#reports)",
+    "export": "[ecosystem.md](ecosystem.md)",
+}
+
+
+def blocks(text: str) -> list[re.Match]:
+    """Every console block with the line above it."""
+    return list(FENCE.finditer(text))
+
+
+def commands(body: str) -> list[str]:
+    """The ``$ `` commands of a block, continuation lines (``\\``) joined."""
+    found: list[str] = []
+    lines = iter(body.splitlines())
+    for line in lines:
+        if line.startswith("$ "):
+            command = line[2:]
+            while command.endswith("\\"):
+                command = command[:-1] + " " + next(lines).strip()
+            found.append(command)
+    return found
+
+
+def shows_output(body: str) -> bool:
+    return any(line.strip() and not line.startswith(("$ ", "  ", "#")) for line in body.splitlines())
+
+
+def run(command: str, folder: Path) -> str:
+    words = shlex.split(command)
+    if words[0] != "cnl":
+        raise SystemExit(f"a checked block runs cnl commands only, got: {command}")
+    env = {**os.environ, "COLUMNS": WIDTH, "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run(
+        [sys.executable, "-m", "cnl", *words[1:]], cwd=folder, capture_output=True, text=True, env=env
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"`{command}` failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return "\n".join(line.rstrip() for line in done.stdout.rstrip("\n").splitlines())
+
+
+def checked_body(body: str, folder: Path) -> str:
+    """The block as the commands print today: each command's lines, then its output."""
+    parts = []
+    for command in commands(body):
+        shown = [line for line in body.splitlines() if line.startswith("$ ")]
+        original = next((line for line in shown if line[2:].split()[:3] == command.split()[:3]), None)
+        parts.append(_command_lines(body, original) if original else f"$ {command}")
+        output = run(command, folder)
+        if output:
+            parts.append(output)
+    return "\n".join(parts) + "\n"
+
+
+def _command_lines(body: str, first: str) -> str:
+    """A command as the page writes it, with its continuation lines."""
+    lines = body.splitlines()
+    start = lines.index(first)
+    end = start
+    while lines[end].endswith("\\"):
+        end += 1
+    return "\n".join(lines[start : end + 1])
+
+
+def regenerate_blocks(text: str) -> str:
+    with tempfile.TemporaryDirectory(prefix="cnl-docs-") as scratch:
+        pieces, last = [], 0
+        for block in blocks(text):
+            if block["marker"].strip() != CHECKED:
+                continue
+            pieces += [text[last : block.start("body")], checked_body(block["body"], Path(scratch))]
+            last = block.end("body")
+        return "".join(pieces) + text[last:]
+
+
+def parser_commands() -> list[tuple[str, str, argparse.ArgumentParser]]:
+    """``(name, help, parser)`` of every command and subcommand, in the order of ``cnl --help``."""
+    os.environ["COLUMNS"] = WIDTH
+    sys.path.insert(0, str(REPO / "src"))
+    from cnl.cli import build_parser
+
+    found, queue = [], [("", build_parser())]
+    while queue:
+        name, parser = queue.pop(0)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {choice.dest: choice.help or "" for choice in action._choices_actions}
+                subs = [(f"{name} {sub}".strip(), sub_parser) for sub, sub_parser in action.choices.items()]
+                found += [(sub_name, helps[sub_name.split()[-1]], sub_parser) for sub_name, sub_parser in subs]
+                queue += subs
+    return sorted(found, key=lambda row: _order(row[0], [n for n, _, _ in found]))
+
+
+def _order(name: str, names: list[str]) -> tuple[int, int]:
+    """A command, then its subcommands."""
+    top = name.split()[0]
+    return (names.index(top), names.index(name))
+
+
+def guide_table() -> str:
+    rows = ["| command | what it does | explained in |", "|---|---|---|"]
+    for name, help_text, _ in parser_commands():
+        top = name.split()[0]
+        if top not in GUIDE:
+            raise SystemExit(f"cnl {top} has no page in tools/docs_outputs.py GUIDE: say where it is explained")
+        anchor = "cnl-" + name.replace(" ", "-")
+        rows.append(f"| [`cnl {name}`](#{anchor}) | {help_text} | {GUIDE[top]} |")
+    return "\n".join(rows)
+
+
+def guide_help() -> str:
+    sections = []
+    for name, _, parser in parser_commands():
+        help_text = "\n".join(line.rstrip() for line in parser.format_help().rstrip().splitlines())
+        sections.append(f"### cnl {name}\n\n```text\n$ cnl {name} --help\n{help_text}\n```")
+    return "\n\n".join(sections)
+
+
+SECTIONS = {"commands": guide_table, "help": guide_help}
+
+
+def regenerate_sections(text: str) -> str:
+    def fill(match: re.Match) -> str:
+        name = match["name"]
+        return f"<!-- generated: {name} -->\n{SECTIONS[name]()}\n<!-- end: {name} -->"
+
+    return GENERATED.sub(fill, text)
+
+
+def regenerate(path: Path) -> str:
+    return regenerate_sections(regenerate_blocks(path.read_text(encoding="utf-8")))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true", help="show differences and exit 1, write nothing")
+    parser.add_argument("pages", nargs="*", type=lambda p: Path(p).resolve(), default=PAGES)
+    args = parser.parse_args()
+    differs = False
+    for page in args.pages:
+        before, after = page.read_text(encoding="utf-8"), regenerate(page)
+        if before == after:
+            continue
+        differs = True
+        if args.check:
+            name = str(page.relative_to(REPO))
+            sys.stdout.writelines(
+                difflib.unified_diff(before.splitlines(True), after.splitlines(True), name, name + " (now)")
+            )
+        else:
+            page.write_text(after, encoding="utf-8")
+            print(f"rewrote {page.relative_to(REPO)}")
+    return 1 if differs and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
