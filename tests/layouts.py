@@ -156,3 +156,17 @@ def write_list(root: Path, base: int = 0) -> Path:
     for split, entries in lines.items():
         (root / f"{split}.txt").write_text("\n".join(entries) + "\n")
     return root
+
+
+def write_flowers(root: Path) -> Path:
+    """3 classes of 4 images: train and val one each per class, test two."""
+    labels, split = [], {"trnid": [], "valid": [], "tstid": []}
+    for k in range(3):
+        for j in range(4):
+            image_id = len(labels) + 1
+            write_image(root / "jpg" / f"image_{image_id:05d}.jpg", (k * 60, 200, j * 30))
+            labels.append(k + 1)
+            split[["trnid", "valid", "tstid", "tstid"][j]].append(image_id)
+    savemat(root / "imagelabels.mat", {"labels": np.array([labels], dtype=np.uint8)})
+    savemat(root / "setid.mat", {key: np.array([ids], dtype=np.uint16) for key, ids in split.items()})
+    return root

@@ -13,6 +13,7 @@ from layouts import (
     write_cars_devkit,
     write_cub,
     write_dogs,
+    write_flowers,
     write_folder,
     write_image,
     write_list,
@@ -62,6 +63,48 @@ def test_cars_both_layouts(tmp_path, writer):
     assert all(path.is_file() for path, _ in train.samples + test.samples)
     assert build_dataset("cars", root, "train", crop_to_box=True)[0][0].shape == (3, 10, 14)
     assert detect_layout(root) == "cars"
+
+
+def test_flowers102_official_splits(tmp_path):
+    root = write_flowers(tmp_path / "flowers-102")
+    sizes = {split: len(build_dataset("flowers102", tmp_path, split)) for split in ("train", "val", "test")}
+    assert sizes == {"train": 3, "val": 3, "test": 6}
+    train = build_dataset("auto", root, "train")
+    assert train.classes == ["flower 1", "flower 2", "flower 3"] and labels_of(train) == [0, 1, 2]
+    assert train.samples[1][0] == root / "jpg" / "image_00005.jpg" and detect_layout(tmp_path) == "flowers102"
+
+
+def test_cars_as_kaggle_nests_the_devkit_and_the_first_missing_file_is_named(tmp_path):
+    flat = write_cars_devkit(tmp_path / "flat")
+    kaggle = tmp_path / "kaggle"
+    for split in ("train", "test"):
+        (kaggle / f"cars_{split}").mkdir(parents=True)
+        (flat / f"cars_{split}").rename(kaggle / f"cars_{split}" / f"cars_{split}")
+    (kaggle / "car_devkit").mkdir()
+    (flat / "devkit" / "cars_test_annos_withlabels.mat").rename(kaggle / "cars_test_annos_withlabels (1).mat")
+    (flat / "devkit").rename(kaggle / "car_devkit" / "devkit")
+    assert detect_layout(kaggle) == "cars"
+    test = build_dataset("cars", kaggle, "test")
+    assert labels_of(test) == [0, 1, 2] and test.samples[0][0].parent == kaggle / "cars_test" / "cars_test"
+    (kaggle / "cars_train" / "cars_train" / "00002.jpg").unlink()
+    missing = r"cars_train_annos.mat, annotation 2 names .*00002.jpg, which does not exist"
+    with pytest.raises(LayoutError, match=missing):
+        build_dataset("cars", kaggle, "train")
+
+
+def test_cars_by_class_folders_and_their_annotation_lists(tmp_path):
+    copy = tmp_path / "car_data" / "car_data"
+    for split, count in (("train", 2), ("test", 1)):
+        for k, name in enumerate(CAR_CLASSES):
+            for j in range(count):
+                write_image(copy / split / name / f"{k}{j:04d}.jpg", (k * 70, 0, 0))
+    (copy / "anno_train.csv").write_text("00000.jpg,1,2,15,12,1\n00001.jpg,1,2,15,12,1\n")
+    assert detect_layout(tmp_path) == "cars"
+    train = build_dataset("cars", tmp_path, "train")
+    assert train.classes == sorted(CAR_CLASSES) and len(train) == 6
+    (copy / "anno_train.csv").write_text("00000.jpg,1,2,15,12,1\n09999.jpg,1,2,15,12,1\n")
+    with pytest.raises(LayoutError, match=r"anno_train.csv, line 2 names 09999.jpg, which is not under"):
+        build_dataset("cars", tmp_path, "train")
 
 
 @pytest.mark.parametrize("level, index", [("variant", 0), ("family", 1), ("manufacturer", 2)])
@@ -122,7 +165,8 @@ def test_bad_labels_name_file_and_line(tmp_path):
 
 def test_unknown_names_list_the_choices(tmp_path):
     write_cub(tmp_path)
-    with pytest.raises(ValueError, match="unknown dataset 'birds'.*cub, dogs, cars, aircraft, folder, list"):
+    choices = "cub, dogs, cars, aircraft, flowers102, folder, list"
+    with pytest.raises(ValueError, match=f"unknown dataset 'birds'.*{choices}"):
         build_dataset("birds", tmp_path, "train")
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         build_dataset("cub", tmp_path, "dev")

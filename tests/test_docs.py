@@ -179,3 +179,16 @@ def test_no_measured_speed_is_claimed_in_the_code():
     claim = re.compile(r"\b(twice|\w+ times) as fast\b|\d+(\.\d+)?x faster", re.I)
     for path in sorted((REPO / "src").rglob("*.py")):
         assert not claim.search(path.read_text()), f"{path.relative_to(REPO)} claims a speed"
+
+
+def test_datasets_md_shows_what_a_complete_copy_prints():
+    from collections import Counter
+
+    from cnl.data.check import OFFICIAL, SplitReport, compare_official
+
+    text = (REPO / "docs" / "datasets.md").read_text()
+    for name, (sizes, classes) in OFFICIAL.items():
+        splits = ["train_without_val", "val", "test"] if name == "aircraft" else list(sizes)
+        reports = [SplitReport(split, sizes[split], [str(k) for k in range(classes)], Counter()) for split in splits]
+        (line,) = compare_official(name, reports)
+        assert f"| {line} |" in text, f"docs/datasets.md should show {line!r} for {name}"

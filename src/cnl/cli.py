@@ -100,15 +100,34 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 def cmd_data_check(args: argparse.Namespace) -> int:
     from cnl.data.check import check_dataset, format_reports
 
-    reports = check_dataset(args.dataset, args.root, tuple(split_names(args.splits)))
-    print(format_reports(reports))
+    name, reports = check_dataset(args.dataset, args.root, tuple(split_names(args.splits)))
+    print(format_reports(reports, name, args.root))
     return 0 if all(r.ok for r in reports) else 1
+
+
+def cmd_data_get(args: argparse.Namespace) -> int:
+    from cnl.data.check import OFFICIAL, check_dataset, compare_official
+    from cnl.data.download import SOURCES, get_dataset
+
+    fetcher = get_dataset(args.name, args.root, args.mirror)
+    fetched = ", ".join(fetcher.fetched) or "nothing: every file was there and verified"
+    print(f"downloaded {fetched}")
+    source = SOURCES[args.name]
+    splits = (
+        tuple(OFFICIAL[source.dataset][0]) if source.dataset != "aircraft" else ("train_without_val", "val", "test")
+    )
+    _, reports = check_dataset(source.dataset, fetcher.folder, splits, decode=False)
+    print("\n".join(compare_official(source.dataset, reports)))
+    print(f"{source.title} is in {fetcher.folder}: --dataset {source.dataset} --data-root {fetcher.folder}")
+    check = f"cnl data check --dataset {source.dataset} --root {fetcher.folder} --splits {' '.join(splits)}"
+    print(f"{check} decodes every image")
+    return 0
 
 
 def add_data(subparsers: argparse._SubParsersAction) -> None:
     from cnl.data.synth import SynthConfig
 
-    data = subparsers.add_parser("data", help="generate the synthetic benchmark, check a dataset")
+    data = subparsers.add_parser("data", help="get a dataset, check one, or write the synthetic benchmark")
     commands = data.add_subparsers(dest="data_command", required=True)
     defaults = SynthConfig()
     synth = commands.add_parser("synth", help="write the synthetic multi-scale fine-grained benchmark (CUB layout)")
@@ -121,10 +140,27 @@ def add_data(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--contact-sheet", help="also write a PNG of samples per class here")
     synth.set_defaults(func=cmd_data_synth)
 
-    check = commands.add_parser("check", help="per-split counts and every missing or unreadable file")
-    check.add_argument("--dataset", default="auto", help="cub, dogs, cars, aircraft, folder, list or auto")
+    get = commands.add_parser(
+        "get", help="download, check and unpack a dataset from its publisher (resumable)",
+        description="Download a dataset's archives into ROOT/downloads (continuing a broken download), check each "
+        "against its published checksum, unpack it into the layout --dataset reads, and compare the splits with "
+        "the published sizes. cars and nabirds cannot be fetched from an official host: they say what to do.",
+    )  # fmt: skip
+    get.add_argument("name", choices=["cub", "dogs", "aircraft", "flowers102", "cars", "nabirds"])
+    get.add_argument("--root", required=True, help="the folder to download and unpack into")
+    get.add_argument(
+        "--mirror", help="a URL to fetch each archive from by its own file name, instead of the official host"
+    )
+    get.set_defaults(func=cmd_data_get)
+
+    check = commands.add_parser(
+        "check", help="per-split counts against the published ones, and every missing or unreadable file"
+    )
+    check.add_argument(
+        "--dataset", default="auto", help="cub, dogs, cars, aircraft, flowers102, folder, list or auto (default auto)"
+    )
     check.add_argument("--root", required=True, help="the dataset's folder")
-    check.add_argument("--splits", nargs="+", default=["train", "test"])
+    check.add_argument("--splits", nargs="+", default=["train", "test"], help="default train test")
     check.set_defaults(func=cmd_data_check)
 
 

@@ -1,4 +1,4 @@
-"""``cnl data check``: per-split counts and every missing or unreadable file."""
+"""``cnl data check``: per-split counts against the published ones, and every missing or unreadable file."""
 
 from __future__ import annotations
 
@@ -6,9 +6,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cnl.data.datasets import FineGrainedDataset, build_dataset
+from cnl.data.datasets import FineGrainedDataset, build_dataset, detect_layout
 from cnl.data.images import ImageError
 from cnl.errors import DataError
+
+# The published splits: images per split (our split names) and classes.
+OFFICIAL: dict[str, tuple[dict[str, int], int]] = {
+    "cub": ({"train": 5994, "test": 5794}, 200),
+    "dogs": ({"train": 12000, "test": 8580}, 120),
+    "cars": ({"train": 8144, "test": 8041}, 196),
+    # Our "train" is the usual trainval (3,334 + 3,333); "train_without_val" the train split alone.
+    "aircraft": ({"train": 6667, "trainval": 6667, "train_without_val": 3334, "val": 3333, "test": 3333}, 100),
+    "flowers102": ({"train": 1020, "val": 1020, "test": 6149}, 102),
+}
 
 
 @dataclass
@@ -21,6 +31,7 @@ class SplitReport:
     per_class: Counter
     missing: list[str] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    missing_per_class: Counter = field(default_factory=Counter)
 
     @property
     def ok(self) -> bool:
@@ -37,6 +48,7 @@ def inspect_split(dataset: FineGrainedDataset, split: str) -> SplitReport:
     report = SplitReport(split, len(dataset), dataset.classes, Counter(dataset.targets))
     missing = set(missing_samples(dataset))
     report.missing = [str(dataset.samples[index][0]) for index in sorted(missing)]
+    report.missing_per_class = Counter(dataset.classes[dataset.samples[index][1]] for index in missing)
     for index, (path, _) in enumerate(dataset.samples):
         if index in missing:
             continue
@@ -66,12 +78,54 @@ def preflight(dataset: FineGrainedDataset, split: str, root: str) -> None:
 
 
 def check_dataset(
-    name: str, root: str | Path, splits: tuple[str, ...] = ("train", "test"), **options
-) -> list[SplitReport]:
-    return [inspect_split(build_dataset(name, root, split, **options), split) for split in splits]
+    name: str, root: str | Path, splits: tuple[str, ...] = ("train", "test"), decode: bool = True, **options
+) -> tuple[str, list[SplitReport]]:
+    """The dataset's layout name and a report per split; ``decode=False`` counts and looks
+    for missing files only (``cnl data get``), without decoding every image."""
+    name = detect_layout(Path(root)) if name == "auto" else name
+    reports = []
+    for split in splits:
+        dataset = build_dataset(name, root, split, **options)
+        if decode:
+            reports.append(inspect_split(dataset, split))
+        else:
+            missing = missing_samples(dataset)
+            report = SplitReport(split, len(dataset), dataset.classes, Counter(dataset.targets))
+            report.missing = [str(dataset.samples[k][0]) for k in missing]
+            report.missing_per_class = Counter(dataset.classes[dataset.samples[k][1]] for k in missing)
+            reports.append(report)
+    return name, reports
 
 
-def format_reports(reports: list[SplitReport]) -> str:
+def compare_official(name: str, reports: list[SplitReport], root: str | Path | None = None) -> list[str]:
+    """A line saying the splits match the published sizes, or lines saying what differs;
+    nothing for a dataset of the user's own, or for the synthetic benchmark (``synth.json``
+    in ``root``), which only borrows CUB's layout."""
+    if name not in OFFICIAL or (root is not None and (Path(root) / "synth.json").exists()):
+        return []
+    sizes, classes = OFFICIAL[name]
+    compared = [report for report in reports if report.split in sizes]
+    differences = []
+    for report in compared:
+        official = sizes[report.split]
+        present = report.images - len(report.missing)
+        if present != official:
+            gap = official - present
+            words = f"{abs(gap):,} {'fewer' if gap > 0 else 'more'}"
+            line = f"{report.split}: {present:,} images, {words} than the official {official:,}"
+            if report.missing_per_class:
+                worst = ", ".join(f"{c} {n}" for c, n in report.missing_per_class.most_common(5))
+                line += f" (missing per class: {worst}{', ...' if len(report.missing_per_class) > 5 else ''})"
+            differences.append(line)
+        if len(report.classes) != classes:
+            differences.append(f"{report.split}: {len(report.classes)} classes, the official {name} has {classes}")
+    if differences:
+        return ["differs from the official splits:", *(f"  {line}" for line in differences)]
+    splits = ", ".join(f"{report.split} {sizes[report.split]:,}" for report in compared)
+    return [f"matches the official splits ({splits} images; {classes} classes)"]
+
+
+def format_reports(reports: list[SplitReport], name: str = "", root: str | Path | None = None) -> str:
     lines = []
     for report in reports:
         empty = [c for k, c in enumerate(report.classes) if report.per_class[k] == 0]
@@ -87,4 +141,4 @@ def format_reports(reports: list[SplitReport]) -> str:
     first = reports[0]
     shown = ", ".join(first.classes[:10]) + (", ..." if len(first.classes) > 10 else "")
     lines.append(f"classes: {shown}")
-    return "\n".join(lines)
+    return "\n".join(lines + compare_official(name, reports, root))

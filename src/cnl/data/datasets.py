@@ -261,7 +261,9 @@ def build_dogs(root: Path, split: str, **kwargs: Any) -> FineGrainedDataset:
 
 CARS_LAYOUT = (
     "Stanford Cars layout: devkit/cars_train_annos.mat, devkit/cars_test_annos_withlabels.mat, "
-    "devkit/cars_meta.mat with cars_train/ and cars_test/, or cars_annos.mat with car_ims/"
+    "devkit/cars_meta.mat with cars_train/ and cars_test/ (also as Kaggle's archive nests them: "
+    "cars_train/cars_train/, car_devkit/devkit/), or cars_annos.mat with car_ims/, or the by-class "
+    "folder copy: car_data/car_data/train/<class>/, test/<class>/"
 )
 
 
@@ -273,10 +275,62 @@ def _car_box(a: Any) -> Box:
     return (float(a.bbox_x1), float(a.bbox_y1), float(a.bbox_x2), float(a.bbox_y2))
 
 
+def _first(*paths: Path) -> Path:
+    """The first of ``paths`` that exists (the last, to be named in the error, when none does)."""
+    return next((path for path in paths if path.exists()), paths[-1])
+
+
+def cars_by_class(root: Path) -> Path | None:
+    """The folder of the by-class copy (``train/<class>/``, ``test/<class>/``), if ``root`` holds one."""
+    for candidate in (root / "car_data" / "car_data", root / "car_data", root):
+        if (candidate / "train").is_dir() and (candidate / "test").is_dir():
+            return candidate
+    return None
+
+
+def _check_by_class(root: Path, folder: Path, dataset: FineGrainedDataset, split: str) -> FineGrainedDataset:
+    """The by-class copy's ``anno_<split>.csv`` (``file,x1,y1,x2,y2,class``), where it came with
+    one: every file it names must be among the split's images."""
+    listing = _first(*(place / f"anno_{split}.csv" for place in (folder, folder.parent, root)))
+    if listing.exists():
+        present = {path.name for path, _ in dataset.samples}
+        for number, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), 1):
+            name = line.split(",")[0].strip()
+            if name.lower().endswith(IMAGE_SUFFIXES) and name not in present:  # a header line names no image
+                raise LayoutError(
+                    f"{listing}, line {number} names {name}, which is not under {folder / split}/<class>/"
+                )
+    return dataset
+
+
+def _cars_devkit(root: Path, split: str) -> tuple[Path, Path, Path]:
+    """(cars_meta.mat, the split's annotations, the split's image folder) in the devkit layout,
+    as the original files unpack or as Kaggle's archive nests them."""
+    devkit = _first(root / "car_devkit" / "devkit", root / "devkit")
+    meta = devkit / "cars_meta.mat"
+    if split == "train":
+        annotations = devkit / "cars_train_annos.mat"
+    else:  # the labelled test annotations came out after the devkit: beside it, or at the top
+        names = ("cars_test_annos_withlabels.mat", "cars_test_annos_withlabels (1).mat")
+        annotations = _first(*(folder / name for folder in (root, devkit) for name in names), devkit / names[0])
+    images = _first(root / f"cars_{split}" / f"cars_{split}", root / f"cars_{split}")
+    return meta, annotations, images
+
+
+def _cars_in_order(samples: list[tuple[Path, int]], origins: list[str]) -> None:
+    """Community copies drop or rename files: the first annotation whose image is missing is an error."""
+    for (path, _), origin in zip(samples, origins):
+        if not path.exists():
+            raise LayoutError(f"{origin} names {path}, which does not exist; expected the {CARS_LAYOUT}")
+
+
 def build_cars(root: Path, split: str, crop_to_box: bool = False, **kwargs: Any) -> FineGrainedDataset:
     check_split(split, ("train", "test"))
+    by_class = cars_by_class(root)
+    if by_class is not None:
+        return _check_by_class(root, by_class, build_folder(by_class, split, **kwargs), split)
     combined = root / "cars_annos.mat"
-    if combined.exists():
+    if combined.exists() and (root / "car_ims").is_dir():
         mat = load_mat(combined, CARS_LAYOUT)
         classes = _car_class_names(mat, combined)
         want_test = split == "test"
@@ -286,19 +340,58 @@ def build_cars(root: Path, split: str, crop_to_box: bool = False, **kwargs: Any)
         images = [root / str(a.relative_im_path) for a in annotations]
         where = combined
     else:
-        meta = root / "devkit" / "cars_meta.mat"
+        meta, where, folder = _cars_devkit(root, split)
         classes = _car_class_names(load_mat(meta, CARS_LAYOUT), meta)
-        name = "cars_train_annos.mat" if split == "train" else "cars_test_annos_withlabels.mat"
-        where = root / "devkit" / name
         annotations = as_list(mat_field(load_mat(where, CARS_LAYOUT), "annotations", where, CARS_LAYOUT))
-        images = [root / f"cars_{split}" / str(a.fname) for a in annotations]
+        images = [folder / str(a.fname) for a in annotations]
     samples = [
         (path, parse_label(str(getattr(a, "class")), f"{where}, annotation {i + 1}", len(classes)))
         for i, (path, a) in enumerate(zip(images, annotations))
     ]
     boxes = [_car_box(a) for a in annotations] if crop_to_box else None
     origins = [f"{where}, annotation {i + 1}" for i in range(len(samples))]
+    _cars_in_order(samples, origins)
     return FineGrainedDataset(samples, classes, boxes=boxes, origins=origins, **kwargs)
+
+
+# --- Oxford 102 Flowers ------------------------------------------------------------
+
+FLOWERS_LAYOUT = (
+    "Oxford 102 Flowers layout: jpg/image_NNNNN.jpg, imagelabels.mat (labels), setid.mat (trnid, valid, tstid)"
+)
+FLOWERS_SPLITS = {"train": "trnid", "val": "valid", "test": "tstid"}
+
+
+def flowers_root(root: Path) -> Path:
+    return root / "flowers-102" if (root / "flowers-102" / "setid.mat").exists() else root
+
+
+def build_flowers102(root: Path, split: str, **kwargs: Any) -> FineGrainedDataset:
+    """The official splits: 10 images a class for train and val, the remaining 6,149 for test.
+    The files carry no class names: classes are "flower 1" to "flower 102"."""
+    check_split(split, tuple(FLOWERS_SPLITS))
+    root = flowers_root(root)
+    labels_path, ids_path = root / "imagelabels.mat", root / "setid.mat"
+    labels = [
+        int(v) for v in as_list(mat_field(load_mat(labels_path, FLOWERS_LAYOUT), "labels", labels_path, FLOWERS_LAYOUT))
+    ]
+    ids = [
+        int(v)
+        for v in as_list(mat_field(load_mat(ids_path, FLOWERS_LAYOUT), FLOWERS_SPLITS[split], ids_path, FLOWERS_LAYOUT))
+    ]
+    classes = [f"flower {k}" for k in range(1, max(labels, default=0) + 1)]
+    samples, origins = [], []
+    for image_id in ids:
+        if not 1 <= image_id <= len(labels):
+            raise LayoutError(
+                f"{ids_path}: image id {image_id} of {FLOWERS_SPLITS[split]} has no label in {labels_path}"
+            )
+        where = f"{ids_path}, {FLOWERS_SPLITS[split]} id {image_id}"
+        samples.append(
+            (root / "jpg" / f"image_{image_id:05d}.jpg", parse_label(str(labels[image_id - 1]), where, len(classes)))
+        )
+        origins.append(where)
+    return FineGrainedDataset(samples, classes, origins=origins, **kwargs)
 
 
 # --- FGVC-Aircraft ----------------------------------------------------------------
@@ -421,6 +514,7 @@ BUILDERS: dict[str, Callable[..., FineGrainedDataset]] = {
     "dogs": build_dogs,
     "cars": build_cars,
     "aircraft": build_aircraft,
+    "flowers102": build_flowers102,
     "folder": build_folder,
     "list": build_list,
 }
@@ -435,6 +529,9 @@ def detect_layout(root: Path) -> str:
         ("cars", root / "devkit" / "cars_meta.mat"),
         ("aircraft", root / "data" / "variants.txt"),
         ("aircraft", root / "variants.txt"),
+        ("flowers102", flowers_root(root) / "setid.mat"),
+        ("cars", root / "car_devkit" / "devkit" / "cars_meta.mat"),
+        ("cars", root / "car_data" / "car_data" / "train"),
         ("list", root / "train.txt"),
         ("list", root / "train.list"),
         ("folder", root / "train"),
@@ -453,9 +550,9 @@ def build_dataset(
     """A dataset in one of the official layouts.
 
     Args:
-        name: ``cub``, ``dogs``, ``cars``, ``aircraft``, ``folder``, ``list`` or ``auto``.
+        name: ``cub``, ``dogs``, ``cars``, ``aircraft``, ``flowers102``, ``folder``, ``list`` or ``auto``.
         root: the dataset's folder.
-        split: ``train`` or ``test`` (``val`` for folder/list/aircraft; aircraft's ``train`` is
+        split: ``train`` or ``test`` (``val`` for folder/list/aircraft/flowers102; aircraft's ``train`` is
             its trainval, ``train_without_val`` its train alone).
         transform: applied to each RGB PIL image.
         **options: ``crop_to_box`` (cub, cars), ``level`` (aircraft), ``skip_log``,

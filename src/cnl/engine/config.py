@@ -45,7 +45,9 @@ class TrainConfig:
     """
 
     data_root: str = setting("", "the dataset's folder (required)")
-    dataset: str = setting("auto", "cub, dogs, cars, aircraft, folder, list or auto (from the folder's layout)")
+    dataset: str = setting(
+        "auto", "cub, dogs, cars, aircraft, flowers102, folder, list or auto (from the folder's layout)"
+    )
     model: str = setting("resnet50_cnl5", "a model name (cnl list-models), or tv:NAME / timm:NAME [_nl5|_cnl5]")
     weights: str | None = setting(
         None, "torchvision weights name (IMAGENET1K_V1) or a local .pth/.safetensors (default: the model's)"

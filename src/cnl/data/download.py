@@ -1,0 +1,415 @@
+"""``cnl data get``: the paper's datasets from their publishers, resumable and checked.
+
+Each archive goes to ``ROOT/downloads/FILE``: first as ``FILE.part``, which a broken
+connection, a full disk or Ctrl-C leaves in place and the next call continues with an HTTP
+Range request; then checked against a published digest (MD5 or SHA-256, and the size
+where known) and only then given its name; then unpacked into the layout that
+``build_dataset`` reads. A second call finds every archive verified (a stamp beside it
+records the size, time and digest it was verified with) and every folder unpacked, and
+downloads nothing.
+
+The standard library does the work (urllib, hashlib, tarfile) with tqdm's progress bar:
+neither torchvision's ``download_url`` nor pooch continues a partial download (both
+start again from byte 0, the failure users of 1 GB archives on flaky links report), and
+tarfile's ``"data"`` filter refuses members that would land outside the folder, which
+torchvision's ``extract_archive`` does not ask for. The digests are the ones well-kept
+libraries pin, cited beside each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import shutil
+import tarfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from cnl.errors import DataError, InvalidValue, UserError
+
+CHUNK = 1 << 20
+
+
+class DownloadError(UserError, OSError):
+    """A download that did not finish: the URL, what to do, and where the part is kept."""
+
+
+class ChecksumError(DataError):
+    """A downloaded file whose digest is not the published one (the file is kept)."""
+
+
+class CannotFetch(UserError):
+    """A dataset whose terms or hosting need a person: what to do instead."""
+
+
+@dataclass(frozen=True)
+class Archive:
+    """One file of a dataset: its name on the host (and under ``--mirror``), its official
+    address (None where the host is gone), its published digest (MD5 or SHA-256 by length;
+    None: recorded on first download), its size, and the folder under ROOT it is unpacked
+    (or, for a plain file such as a ``.mat``, copied) into."""
+
+    file: str
+    url: str | None
+    digest: str | None
+    size: int | None = None
+    into: str = ""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset: its page, its archives, the folder under ROOT that ``build_dataset`` reads
+    with layout ``dataset``, and, where no host serves it, what a person does instead."""
+
+    name: str
+    title: str
+    page: str
+    archives: tuple[Archive, ...]
+    folder: str
+    dataset: str
+    manual: str | None = None
+
+
+CARS_PAGE = "https://ai.stanford.edu/~jkrause/cars/car_dataset.html"
+SOURCES = {
+    "cub": Source(
+        "cub",
+        "CUB-200-2011",
+        "https://www.vision.caltech.edu/datasets/cub_200_2011/",
+        # MD5 as pinned by Avalanche (avalanche.benchmarks.datasets.CUB200) for this archive.
+        (
+            Archive(
+                "CUB_200_2011.tgz",
+                "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz",
+                "97eceeb196236b17998738112f37df78",
+                1150585339,
+            ),
+        ),
+        "CUB_200_2011",
+        "cub",
+    ),  # fmt: skip
+    "dogs": Source(
+        "dogs",
+        "Stanford Dogs",
+        "http://vision.stanford.edu/aditya86/ImageNetDogs/",
+        # SHA-256 and sizes as pinned by TensorFlow Datasets (url_checksums/stanford_dogs.txt).
+        (
+            Archive(
+                "images.tar",
+                "http://vision.stanford.edu/aditya86/ImageNetDogs/images.tar",
+                "a443fc2f9a851aa1a7b8e4fa4af94b8459fce2c9f5a2f4dd4669cf9673a4ec58",
+                793579520,
+                "StanfordDogs",
+            ),
+            Archive(
+                "lists.tar",
+                "http://vision.stanford.edu/aditya86/ImageNetDogs/lists.tar",
+                "34b47cacd9a98b5d150e084f24d29391c084c55272295ec65c85651bc35f4d6c",
+                481280,
+                "StanfordDogs/lists",
+            ),
+        ),
+        "StanfordDogs",
+        "dogs",
+    ),  # fmt: skip
+    "aircraft": Source(
+        "aircraft",
+        "FGVC-Aircraft",
+        "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/",
+        # SHA-256 and size as pinned by TensorFlow Datasets (url_checksums/fgvc.txt).
+        (
+            Archive(
+                "fgvc-aircraft-2013b.tar.gz",
+                "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz",
+                "d5f68b1b81d6d7831eb9d5c5517074176b5dfbce6bcb43dc14ed1c66a87b8d75",
+                2770575360,
+            ),
+        ),
+        "fgvc-aircraft-2013b",
+        "aircraft",
+    ),  # fmt: skip
+    "flowers102": Source(
+        "flowers102",
+        "Oxford 102 Flowers",
+        "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/",
+        # MD5s as pinned by torchvision (torchvision.datasets.Flowers102).
+        (
+            Archive(
+                "102flowers.tgz",
+                "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/102flowers.tgz",
+                "52808999861908f626f3c1f4e79d11fa",
+                None,
+                "flowers-102",
+            ),
+            Archive(
+                "imagelabels.mat",
+                "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/imagelabels.mat",
+                "e0620be6f572b9609742df49c70aed4d",
+                None,
+                "flowers-102",
+            ),
+            Archive(
+                "setid.mat",
+                "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/setid.mat",
+                "a5357ecc9cb78c4bef273ce3793fc85c",
+                None,
+                "flowers-102",
+            ),
+        ),
+        "flowers-102",
+        "flowers102",
+    ),  # fmt: skip
+    "cars": Source(
+        "cars",
+        "Stanford Cars",
+        CARS_PAGE,
+        # The original files, by their original names, with the SHA-256 and sizes pinned by
+        # TensorFlow Datasets (url_checksums/cars196.txt): what --mirror fetches and checks.
+        (
+            Archive(
+                "cars_train.tgz",
+                None,
+                "512b227b30e2f0a8aab9e09485786ab4479582073a144998da74d64b801fd288",
+                979269282,
+                "StanfordCars",
+            ),
+            Archive(
+                "cars_test.tgz",
+                None,
+                "bffea656d6f425cba3c91c6d83336e4c5f86c6cffd8975b0f375d3a10da8e243",
+                977350468,
+                "StanfordCars",
+            ),
+            Archive(
+                "car_devkit.tgz",
+                None,
+                "b97deb463af7d58b6bfaa18b2a4de9829f0f79e8ce663dfa9261bf7810e9accd",
+                330960,
+                "StanfordCars",
+            ),
+            Archive(
+                "cars_test_annos_withlabels.mat",
+                None,
+                "790f75be8ea34eeded134cc559332baf23e30e91367e9ddca97d26ed9b895f05",
+                185758,
+                "StanfordCars/devkit",
+            ),
+        ),
+        "StanfordCars",
+        "cars",
+        manual=(
+            "Stanford Cars' original host is gone (since 2023), so there is nothing official to download.\n"
+            "Either give --mirror URL of a copy that keeps the original file names (cars_train.tgz, "
+            "cars_test.tgz, car_devkit.tgz, cars_test_annos_withlabels.mat; their SHA-256 are checked), or "
+            "put one of the two community copies under ROOT/StanfordCars yourself and run cnl data check:\n"
+            "  - Kaggle's 'stanford-cars-dataset' archive: cars_train/cars_train/*.jpg, cars_test/cars_test/*.jpg, "
+            "car_devkit/devkit/*.mat, and cars_test_annos_withlabels.mat for the test labels;\n"
+            "  - the by-class folder copy ('stanford-car-dataset-by-classes-folder'): car_data/car_data/train/<class>/ "
+            "and test/<class>/, with anno_train.csv and anno_test.csv.\n"
+            "Both read with --dataset cars; docs/datasets.md says how."
+        ),
+    ),  # fmt: skip
+    "nabirds": Source(
+        "nabirds",
+        "NABirds",
+        "https://dl.allaboutbirds.org/nabirds",
+        (),
+        "nabirds",
+        "nabirds",
+        manual=(
+            "NABirds is given out by the Cornell Lab of Ornithology to a person who accepts its terms of use: "
+            "cnl cannot download it for you.\n"
+            "Ask for it at https://dl.allaboutbirds.org/nabirds, then unpack nabirds.tar.gz under ROOT "
+            "(ROOT/nabirds/images/, ROOT/nabirds/classes.txt, ...)."
+        ),
+    ),  # fmt: skip
+}
+
+
+def digest_of(path: Path, kind: str, progress: bool = False) -> str:
+    """The ``kind`` ("md5" or "sha256") hex digest of a file, read in chunks."""
+    hasher = hashlib.new(kind)
+    with open(path, "rb") as file, tqdm(
+        total=path.stat().st_size, unit="B", unit_scale=True, desc=f"checking {path.name}", disable=not progress,
+        leave=False,
+    ) as bar:  # fmt: skip
+        while chunk := file.read(CHUNK):
+            hasher.update(chunk)
+            bar.update(len(chunk))
+    return hasher.hexdigest()
+
+
+def kind_of(digest: str) -> str:
+    return {32: "md5", 64: "sha256"}[len(digest)]
+
+
+def download(url: str, part: Path, progress: bool = True) -> None:
+    """``url`` into ``part``, continuing from its current length with a Range request."""
+    start = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=60)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and start:  # nothing left to send: the part is whole
+            return
+        raise
+    with response:
+        if start and response.status != 206:  # the server ignored the range: start again
+            start = 0
+        length = response.headers.get("Content-Length")
+        total = start + int(length) if length else None
+        try:
+            with open(part, "ab" if start else "wb") as out, tqdm(
+                total=total, initial=start, unit="B", unit_scale=True, desc=part.name[: -len(".part")],
+                disable=not progress,
+            ) as bar:  # fmt: skip
+                while chunk := response.read1(CHUNK):  # what has come, not a whole chunk: progress as it arrives
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        except (http.client.IncompleteRead, ConnectionError, TimeoutError) as error:
+            raise DownloadError(
+                f"the connection to {url} broke at byte {part.stat().st_size:,}"
+                + (f" of {total:,}" if total else "")
+                + f" ({type(error).__name__}); {part} keeps what came: run the same command again to continue"
+            ) from error
+    if total is not None and part.stat().st_size < total:
+        raise DownloadError(
+            f"{url} ended at byte {part.stat().st_size:,} of {total:,}; run the same command again to continue"
+        )
+
+
+class Fetcher:
+    """Downloads, checks and unpacks the archives of one source into ``root``."""
+
+    def __init__(self, source: Source, root: str | Path, mirror: str | None = None, progress: bool = True) -> None:
+        self.source = source
+        self.root = Path(root)
+        self.mirror = mirror.rstrip("/") if mirror else None
+        self.progress = progress
+        self.downloads = self.root / "downloads"
+        self.fetched: list[str] = []  # files downloaded by this call
+        self.folder = self.root / source.folder  # what build_dataset reads
+
+    def url_of(self, archive: Archive) -> str:
+        if self.mirror:
+            return f"{self.mirror}/{archive.file}"
+        assert archive.url is not None
+        return archive.url
+
+    def run(self) -> Path:
+        """Every archive present and verified, every folder unpacked: ``root/source.folder``."""
+        if self.source.manual and not (self.mirror and self.source.archives):
+            raise CannotFetch(self.source.manual.replace("ROOT", str(self.root)))
+        self.downloads.mkdir(parents=True, exist_ok=True)
+        for archive in self.source.archives:
+            path = self.ensure(archive)
+            self.unpack(archive, path)
+        return self.folder
+
+    # --- one archive ---------------------------------------------------------------------
+
+    def ensure(self, archive: Archive) -> Path:
+        """The verified archive, downloaded (or continued) when it is not there yet."""
+        path = self.downloads / archive.file
+        if path.exists() and self.verified(archive, path):
+            return path
+        part = path.with_name(path.name + ".part")
+        if path.exists():  # a file put there by hand, or by an older call, that is not verified yet
+            path.replace(part)
+        url = self.url_of(archive)
+        try:
+            download(url, part, self.progress)
+        except urllib.error.HTTPError as error:
+            raise DownloadError(
+                f"cannot download {url}: HTTP {error.code} {error.reason}. Get {archive.file} from "
+                f"{self.source.page} by hand and put it in {self.downloads}/: cnl data get checks it and goes on"
+            ) from error
+        except urllib.error.URLError as error:
+            raise DownloadError(
+                f"cannot reach {url}: {error.reason}. Get {archive.file} from {self.source.page} by hand and "
+                f"put it in {self.downloads}/, or give --mirror URL"
+            ) from error
+        except OSError as error:
+            if isinstance(error, DownloadError):
+                raise
+            raise DownloadError(
+                f"writing {part} failed: {error.strerror or error}; it keeps {part.stat().st_size:,} bytes: "
+                "free some space and run the same command again to continue"
+            ) from error
+        self.check(archive, part, path)
+        part.replace(path)
+        self.fetched.append(archive.file)
+        return path
+
+    def check(self, archive: Archive, part: Path, path: Path) -> None:
+        """Size and digest against the published ones; a mismatch keeps the file aside and says both."""
+        size = part.stat().st_size
+        expected = archive.digest or self.recorded(path)
+        kind = kind_of(expected) if expected else "sha256"
+        actual = digest_of(part, kind, self.progress)
+        if (expected and actual != expected) or (archive.size is not None and size != archive.size):
+            kept = path.with_name(path.name + ".mismatch")
+            part.replace(kept)
+            raise ChecksumError(
+                f"{archive.file} from {self.url_of(archive)} is not the published file: {kind} {actual} "
+                f"({size:,} bytes), expected {expected}"
+                + (f" ({archive.size:,} bytes)" if archive.size else "")
+                + f". Kept as {kept} for inspection; the next call downloads it again"
+            )
+        if not expected:  # no digest is published: record this one, and check later copies against it
+            self.stamp(path, "recorded").write_text(f"{actual}\n")
+        self.stamp(path, "verified").write_text(json.dumps({"size": size, "digest": actual}) + "\n")
+
+    def verified(self, archive: Archive, path: Path) -> bool:
+        """Whether ``path`` was verified as it is now (same size), else check it again."""
+        stamp = self.stamp(path, "verified")
+        expected = archive.digest or self.recorded(path)
+        if stamp.exists() and expected:
+            seen = json.loads(stamp.read_text())
+            if seen == {"size": path.stat().st_size, "digest": expected}:
+                return True
+        if expected and digest_of(path, kind_of(expected), self.progress) == expected:
+            stamp.write_text(json.dumps({"size": path.stat().st_size, "digest": expected}) + "\n")
+            return True
+        return False
+
+    def recorded(self, path: Path) -> str | None:
+        stamp = self.stamp(path, "recorded")
+        return stamp.read_text().strip() if stamp.exists() else None
+
+    @staticmethod
+    def stamp(path: Path, what: str) -> Path:
+        return path.with_name(f"{path.name}.{what}")
+
+    def unpack(self, archive: Archive, path: Path) -> None:
+        """Into ``root/archive.into``, once per verified archive (a marker records it)."""
+        target = self.root / archive.into
+        marker = self.downloads / f"{archive.file}.unpacked"
+        digest = json.loads(self.stamp(path, "verified").read_text())["digest"]
+        if marker.exists() and marker.read_text().strip() == digest:
+            return
+        target.mkdir(parents=True, exist_ok=True)
+        if tarfile.is_tarfile(path):
+            with tarfile.open(path) as tar:
+                tar.extractall(target, filter="data")  # refuses members that would leave the folder
+        elif zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zipped:
+                zipped.extractall(target)
+        else:
+            shutil.copyfile(path, target / archive.file)
+        marker.write_text(digest + "\n")
+
+
+def get_dataset(name: str, root: str | Path, mirror: str | None = None, progress: bool = True) -> Fetcher:
+    """Fetch dataset ``name`` into ``root``; the fetcher says what it downloaded and where the data is."""
+    if name not in SOURCES:
+        raise InvalidValue(f"unknown dataset {name!r}; cnl data get knows: {', '.join(SOURCES)}")
+    fetcher = Fetcher(SOURCES[name], root, mirror, progress)
+    fetcher.run()
+    return fetcher

@@ -1,0 +1,317 @@
+"""``cnl data get`` against a real HTTP server on 127.0.0.1 that serves miniature archives
+with the official file names and inner layouts: full downloads, a broken connection, a
+wrong checksum, a 404, a full disk, a second call, Ctrl-C."""
+
+import dataclasses
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from cnl.cli import main
+from cnl.data import build_dataset
+from cnl.data import download as download_module
+from cnl.data.check import compare_official
+from cnl.data.download import ChecksumError, get_dataset
+from layouts import write_aircraft, write_cars_devkit, write_cub, write_dogs, write_flowers
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+class Server:
+    """Files by name, with HTTP Range; ``drop[name] = n`` ends that file's next response
+    after n bytes; names in ``slow`` trickle out; every request is logged."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.drop: dict[str, int] = {}
+        self.slow: set[str] = set()
+        self.requests: list[tuple[str, str | None]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                name = self.path.lstrip("/")
+                server.requests.append((name, self.headers.get("Range")))
+                if name not in server.files:
+                    self.send_error(404)
+                    return
+                data, start = server.files[name], 0
+                if self.headers.get("Range"):
+                    start = int(self.headers["Range"].split("=")[1].split("-")[0])
+                    if start >= len(data):
+                        self.send_error(416)
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                body = data[start:]
+                cut = server.drop.pop(name, None)
+                if cut is not None:
+                    self.wfile.write(body[:cut])
+                    self.close_connection = True
+                    return
+                step = 512 if name in server.slow else len(body)
+                for offset in range(0, len(body), step):
+                    self.wfile.write(body[offset : offset + step])
+                    if name in server.slow:
+                        self.wfile.flush()
+                        time.sleep(0.02)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def fetched(self) -> list[str]:
+        return [name for name, _ in self.requests]
+
+
+@pytest.fixture
+def server():
+    running = Server()
+    running.thread.start()
+    yield running
+    running.httpd.shutdown()
+    running.httpd.server_close()
+
+
+def tar_of(members: dict[str, Path], gz: bool, padding: int = 0) -> bytes:
+    """A tar (gzip-compressed when ``gz``) of folders or files under the given names."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz" if gz else "w") as tar:
+        for name, path in members.items():
+            tar.add(path, arcname=name)
+        if padding:  # bytes that take a while to trickle out (the Ctrl-C test)
+            info = tarfile.TarInfo("padding.bin")
+            info.size = padding
+            tar.addfile(info, io.BytesIO(os.urandom(padding)))
+    return buffer.getvalue()
+
+
+def miniature(name: str, work: Path, padding: int = 0) -> dict[str, bytes]:
+    """Each archive of ``name`` by its official file name, holding a miniature dataset laid out as the real one."""
+    if name == "cub":
+        return {"CUB_200_2011.tgz": tar_of({"CUB_200_2011": write_cub(work / "CUB_200_2011")}, gz=True)}
+    if name == "dogs":
+        root = write_dogs(work / "dogs")
+        lists = {p.name: p for p in sorted((root / "lists").iterdir())}
+        return {"images.tar": tar_of({"Images": root / "Images"}, gz=False), "lists.tar": tar_of(lists, gz=False)}
+    if name == "aircraft":
+        root = write_aircraft(work / "fgvc-aircraft-2013b")
+        return {"fgvc-aircraft-2013b.tar.gz": tar_of({"fgvc-aircraft-2013b": root}, gz=True, padding=padding)}
+    if name == "flowers102":
+        root = write_flowers(work / "flowers")
+        return {
+            "102flowers.tgz": tar_of({"jpg": root / "jpg"}, gz=True),
+            "imagelabels.mat": (root / "imagelabels.mat").read_bytes(),
+            "setid.mat": (root / "setid.mat").read_bytes(),
+        }
+    assert name == "cars"
+    root = write_cars_devkit(work / "cars")
+    labels = root / "devkit" / "cars_test_annos_withlabels.mat"
+    served = {"cars_test_annos_withlabels.mat": labels.read_bytes()}
+    labels.unlink()
+    served.update(
+        {
+            "cars_train.tgz": tar_of({"cars_train": root / "cars_train"}, gz=True),
+            "cars_test.tgz": tar_of({"cars_test": root / "cars_test"}, gz=True),
+            "car_devkit.tgz": tar_of({"devkit": root / "devkit"}, gz=True),
+        }
+    )
+    return served
+
+
+def serve(server: Server, name: str, work: Path, monkeypatch, padding: int = 0, digest: str = "sha256") -> None:
+    """The miniature archives on the server, and the source's digests and sizes made theirs."""
+    files = miniature(name, work, padding)
+    server.files.update(files)
+    source = download_module.SOURCES[name]
+    archives = tuple(
+        dataclasses.replace(a, digest=hashlib.new(digest, files[a.file]).hexdigest(), size=len(files[a.file]))
+        for a in source.archives
+    )
+    monkeypatch.setitem(download_module.SOURCES, name, dataclasses.replace(source, archives=archives))
+
+
+SPLITS = {
+    "cub": {"train": 6, "test": 3},
+    "dogs": {"train": 6, "test": 3},
+    "aircraft": {"train": 6, "val": 3, "test": 3},
+    "flowers102": {"train": 3, "val": 3, "test": 6},
+    "cars": {"train": 6, "test": 3},
+}
+
+
+@pytest.mark.parametrize("name", list(SPLITS))
+def test_a_full_download_unpacks_into_the_layout_build_dataset_reads(name, server, tmp_path, monkeypatch, capsys):
+    serve(server, name, tmp_path / "served", monkeypatch)
+    root = tmp_path / "data"
+    assert main(["data", "get", name, "--root", str(root), "--mirror", server.url]) == 0
+    out = capsys.readouterr().out
+    source = download_module.SOURCES[name]
+    folder = root / source.folder
+    assert f"--dataset {source.dataset} --data-root {folder}" in out and "differs from the official splits" in out
+    sizes = {split: len(build_dataset(source.dataset, folder, split)) for split in SPLITS[name]}
+    assert sizes == SPLITS[name]
+    assert sorted(server.fetched()) == sorted(server.files)
+    # A second call finds everything verified and unpacked: no request, the same answer.
+    server.requests.clear()
+    assert main(["data", "get", name, "--root", str(root), "--mirror", server.url]) == 0
+    assert "downloaded nothing: every file was there and verified" in capsys.readouterr().out
+    assert server.requests == []
+
+
+def test_the_official_sizes_are_the_published_ones(monkeypatch):
+    from cnl.data import check
+
+    expected = {
+        "cub": ({"train": 5994, "test": 5794}, 200), "dogs": ({"train": 12000, "test": 8580}, 120),
+        "cars": ({"train": 8144, "test": 8041}, 196), "flowers102": ({"train": 1020, "val": 1020, "test": 6149}, 102),
+    }  # fmt: skip
+    for name, (sizes, classes) in expected.items():
+        assert check.OFFICIAL[name] == (sizes, classes)
+    aircraft, classes = check.OFFICIAL["aircraft"]
+    assert (aircraft["train_without_val"], aircraft["val"], aircraft["test"], classes) == (3334, 3333, 3333, 100)
+    monkeypatch.setitem(check.OFFICIAL, "toy", ({"train": 2, "test": 1}, 2))
+    report = check.SplitReport("train", 2, ["a", "b"], check.Counter({0: 1, 1: 1}))
+    test = check.SplitReport("test", 1, ["a", "b"], check.Counter({0: 1}))
+    assert compare_official("toy", [report, test]) == [
+        "matches the official splits (train 2, test 1 images; 2 classes)"
+    ]
+    report.missing, report.missing_per_class = ["x.jpg"], check.Counter({"b": 1})
+    assert compare_official("toy", [report, test]) == [
+        "differs from the official splits:",
+        "  train: 1 images, 1 fewer than the official 2 (missing per class: b 1)",
+    ]
+
+
+def test_a_broken_connection_continues_where_it_stopped(server, tmp_path, monkeypatch, capsys):
+    serve(server, "cub", tmp_path / "served", monkeypatch)
+    archive = server.files["CUB_200_2011.tgz"]
+    server.drop["CUB_200_2011.tgz"] = len(archive) // 2
+    root = tmp_path / "data"
+    assert main(["data", "get", "cub", "--root", str(root), "--mirror", server.url]) == 2
+    err = capsys.readouterr().err
+    assert f"ended at byte {len(archive) // 2:,} of {len(archive):,}; run the same command again" in err
+    part = root / "downloads" / "CUB_200_2011.tgz.part"
+    assert part.stat().st_size == len(archive) // 2
+    fetcher = get_dataset("cub", root, server.url, progress=False)
+    assert server.requests[-1] == ("CUB_200_2011.tgz", f"bytes={len(archive) // 2}-")
+    assert (root / "downloads" / "CUB_200_2011.tgz").read_bytes() == archive and not part.exists()
+    assert len(build_dataset("cub", fetcher.folder, "train")) == 6
+
+
+def test_a_wrong_checksum_names_both_digests_and_keeps_the_file(server, tmp_path, monkeypatch):
+    serve(server, "cub", tmp_path / "served", monkeypatch)
+    source = download_module.SOURCES["cub"]
+    wrong = dataclasses.replace(source.archives[0], digest="0" * 32)
+    monkeypatch.setitem(download_module.SOURCES, "cub", dataclasses.replace(source, archives=(wrong,)))
+    root = tmp_path / "data"
+    actual = hashlib.md5(server.files["CUB_200_2011.tgz"]).hexdigest()
+    with pytest.raises(ChecksumError, match=f"md5 {actual} .*expected {'0' * 32}.*Kept as .*mismatch"):
+        get_dataset("cub", root, server.url, progress=False)
+    assert (root / "downloads" / "CUB_200_2011.tgz.mismatch").read_bytes() == server.files["CUB_200_2011.tgz"]
+    assert not (root / "CUB_200_2011").exists()  # nothing unpacked
+
+
+def test_a_404_names_the_url_the_page_and_the_folder(server, tmp_path, monkeypatch, capsys):
+    serve(server, "dogs", tmp_path / "served", monkeypatch)
+    del server.files["lists.tar"]
+    root = tmp_path / "data"
+    assert main(["data", "get", "dogs", "--root", str(root), "--mirror", server.url]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot download {server.url}/lists.tar: HTTP 404" in err
+    assert "http://vision.stanford.edu/aditya86/ImageNetDogs/" in err and f"put it in {root / 'downloads'}/" in err
+    assert (root / "downloads" / "images.tar.verified").exists()  # what was verified stays
+
+
+def test_datasets_no_host_serves_say_what_to_do(tmp_path, capsys):
+    assert main(["data", "get", "cars", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "original host is gone" in err and "--mirror URL" in err and "stanford-cars-dataset" in err
+    assert main(["data", "get", "nabirds", "--root", str(tmp_path)]) == 2
+    assert "https://dl.allaboutbirds.org/nabirds" in capsys.readouterr().err
+    assert not (tmp_path / "downloads").exists()
+
+
+def child(root: Path, url: str, archive: bytes, site: Path, limit: int | None = None) -> subprocess.Popen:
+    """``cnl data get aircraft`` in another process that knows the served archive's digest,
+    its file size limited to ``limit`` bytes."""
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(
+        "import dataclasses\nfrom cnl.data import download as d\n"
+        f"a = dataclasses.replace(d.SOURCES['aircraft'].archives[0], digest={hashlib.sha256(archive).hexdigest()!r}, "
+        f"size={len(archive)})\n"
+        "d.SOURCES['aircraft'] = dataclasses.replace(d.SOURCES['aircraft'], archives=(a,))\n"
+    )
+    limited = (
+        "import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+        if limit
+        else ""
+    )
+    args = ["data", "get", "aircraft", "--root", str(root), "--mirror", url]
+    code = f"{limited}from cnl.cli import main; raise SystemExit(main({args!r}))"
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
+def test_a_full_disk_loses_nothing_verified_and_the_next_call_finishes(server, tmp_path, monkeypatch):
+    serve(server, "cub", tmp_path / "served", monkeypatch)
+    serve(server, "aircraft", tmp_path / "served", monkeypatch, padding=200_000)
+    root = tmp_path / "data"
+    get_dataset("cub", root, server.url, progress=False)
+    archive = server.files["fgvc-aircraft-2013b.tar.gz"]
+    process = child(root, server.url, archive, tmp_path / "site", limit=len(archive) // 3)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 2, err
+    assert "fgvc-aircraft-2013b.tar.gz.part failed: File too large" in err and "run the same command again" in err
+    kept = (root / "downloads" / "fgvc-aircraft-2013b.tar.gz.part").stat().st_size
+    assert 0 < kept <= len(archive) // 3
+    server.requests.clear()
+    get_dataset("cub", root, server.url, progress=False)  # verified before the full disk: nothing fetched
+    assert server.requests == []
+    fetcher = get_dataset("aircraft", root, server.url, progress=False)
+    assert server.requests == [("fgvc-aircraft-2013b.tar.gz", f"bytes={kept}-")]
+    assert (root / "downloads" / "fgvc-aircraft-2013b.tar.gz").read_bytes() == archive
+    assert len(build_dataset("aircraft", fetcher.folder, "test")) == 3
+
+
+def test_ctrl_c_mid_download_then_a_clean_resume(server, tmp_path, monkeypatch):
+    serve(server, "aircraft", tmp_path / "served", monkeypatch, padding=120_000)
+    server.slow.add("fgvc-aircraft-2013b.tar.gz")
+    archive = server.files["fgvc-aircraft-2013b.tar.gz"]
+    root = tmp_path / "data"
+    part = root / "downloads" / "fgvc-aircraft-2013b.tar.gz.part"
+    process = child(root, server.url, archive, tmp_path / "site")
+    deadline = time.time() + 120
+    while not (part.exists() and part.stat().st_size > 4096):
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    kept = part.stat().st_size
+    assert 4096 < kept < len(archive)
+    server.slow.clear()
+    fetcher = get_dataset("aircraft", root, server.url, progress=False)
+    assert server.requests[-1] == ("fgvc-aircraft-2013b.tar.gz", f"bytes={kept}-")
+    assert (root / "downloads" / "fgvc-aircraft-2013b.tar.gz").read_bytes() == archive
+    assert len(build_dataset("aircraft", fetcher.folder, "val")) == 3
