@@ -1,16 +1,18 @@
-"""``cnl export``: a trained checkpoint as ONNX, TorchScript, or safetensors with a model card."""
+"""``cnl export``: a trained checkpoint as ONNX, TorchScript, safetensors with a model card,
+or the Hugging Face Hub folder that timm reads (``--format hf``)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from cnl.engine.checkpoint import card_path, load_model_with_info
 from cnl.errors import InvalidValue
 
-FORMATS = ("onnx", "torchscript", "safetensors")
+FORMATS = ("onnx", "torchscript", "safetensors", "hf")
 ONNX_OPSET = 18
 
 
@@ -21,14 +23,14 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path) -> list[Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model, _, info = load_model_with_info(checkpoint)
+    if fmt == "hf":
+        return export_hub(model, info, checkpoint, out)
     example = torch.randn(2, 3, info["img_size"], info["img_size"])
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
-        summary_path = Path(checkpoint).parent.parent / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-        card = {**{k: v for k, v in info.items() if k != "config"}, "summary": summary}
+        card = {**{k: v for k, v in info.items() if k != "config"}, "summary": run_summary(checkpoint)}
         card_path(out).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         return [out, card_path(out)]
     if fmt == "torchscript":
@@ -41,3 +43,95 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path) -> list[Path]:
         dynamic_shapes={"x": {0: batch}}, opset_version=ONNX_OPSET, dynamo=True, external_data=False,
     )  # fmt: skip
     return [out]
+
+
+def run_summary(checkpoint: str | Path) -> dict[str, Any] | None:
+    """The ``summary.json`` of the run a checkpoint belongs to (RUN/checkpoints/best.pt), if any."""
+    path = Path(checkpoint).parent.parent / "summary.json"
+    return json.loads(path.read_text()) if Path(checkpoint).is_file() and path.exists() else None
+
+
+def export_hub(model: torch.nn.Module, info: dict[str, Any], checkpoint: str | Path, out: Path) -> list[Path]:
+    """``out/config.json``, ``out/model.safetensors`` and ``out/README.md``: a folder to upload as it is."""
+    from safetensors.torch import save_file
+
+    from cnl.engine.hub import CARD, CONFIG, WEIGHTS, hub_config
+    from cnl.models.backbones import head_name
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary = run_summary(checkpoint)
+    config = hub_config(info, head_name(model), summary)
+    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS))
+    (out / CARD).write_text(model_card(config, out.name, Path(str(checkpoint)).name), encoding="utf-8")
+    return [out / CONFIG, out / WEIGHTS, out / CARD]
+
+
+def model_card(config: dict[str, Any], name: str, source: str) -> str:
+    """The Hub's README.md: what the model is, how well it does and how that was chosen,
+    its recipe and provenance, licence and citation."""
+    cnl = config["cnl"]
+    recipe, summary = cnl["config"], cnl["summary"] or {}
+    chosen = (
+        "on the validation split carved from the training images (--val-split)"
+        if recipe.get("val_split")
+        else "on the test split itself, as the paper does: an optimistic figure"
+    )
+    results = (
+        f"| top-1 | top-5 | epoch |\n|---|---|---|\n| {summary['best_top1']:.2f} | {summary['best_top5']:.2f} | "
+        f"{summary['best_epoch']} of {summary['epochs']} |\n\nTest-split accuracy (%) of the run's best epoch "
+        f"(its best.pt), chosen {chosen}. These weights come from its {source}."
+        if summary.get("best_top1") is not None
+        else f"No results were recorded with {source} (no summary.json beside its run)."
+    )
+    provenance = summary.get("provenance", {})
+    settings = "\n".join(f"{key}: {json.dumps(value)}" for key, value in recipe.items())
+    return f"""---
+library_name: timm
+license: mit
+tags:
+- image-classification
+- timm
+- cnl
+- fine-grained
+---
+
+# {name}: {cnl["model"]} ({config["num_classes"]} classes)
+
+A cross-layer non-local (CNL) network for fine-grained recognition, trained with
+[cnl](https://arxiv.org/abs/2005.09153), {config["pretrained_cfg"]["input_size"][1]} px input.
+
+```python
+import cnl, timm
+model = timm.create_model("hf-hub:ORG/{name}", pretrained=True)   # or "local-dir:PATH"
+model, classes = cnl.load_model("hf-hub:ORG/{name}")
+```
+
+## Dataset
+
+{recipe.get("dataset", "unknown")} (`{recipe.get("data_root", "")}`), {config["num_classes"]} classes.
+
+## Results
+
+{results}
+
+## Recipe
+
+```yaml
+{settings}
+```
+
+## Provenance
+
+{json.dumps(provenance, indent=2) if provenance else "Not recorded."}
+
+## License
+
+MIT (the cnl code). The weights inherit the terms of the dataset they were trained on and
+of any pretrained backbone.
+
+## Citation
+
+Ye, Hu, Liu, Xia, Lyu, Liu. Associating Multi-Scale Receptive Fields for Fine-Grained
+Recognition. ICIP 2020. arXiv:2005.09153.
+"""

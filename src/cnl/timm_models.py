@@ -19,7 +19,9 @@ from typing import Any
 from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
 
 from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RESIZE_RATIO
+from cnl.engine.hub import GENERIC
 from cnl.models import create_model, list_models
+from cnl.models.weights import current_keys
 
 NAMES = [name for name in list_models() if name.endswith(("_nl5", "_cnl5"))]
 PAPER_WEIGHTS = "IMAGENET1K_V1"  # what every preset names; torchvision's DEFAULT is V2 for ResNet-50 and up
@@ -59,22 +61,46 @@ def _cfg(name: str) -> dict[str, Any]:
 
 
 default_cfgs = generate_default_cfgs(
-    {**{name: _cfg(name) for name in NAMES}, **{name: _foreign_cfg(name) for name in FOREIGN}}
+    {
+        **{name: _cfg(name) for name in NAMES},
+        **{name: _foreign_cfg(name) for name in FOREIGN},
+        GENERIC: {"url": "", "architecture": GENERIC},
+    }
 )
+
+
+def _hub_model(target: str, num_classes: int, hub_cfg: dict[str, Any], kwargs: dict[str, Any]) -> Any:
+    """A model exported by ``cnl export --format hf``, which timm found by ``local-dir:`` or
+    ``hf-hub:``: built as it was trained, with its own weights (nothing else is downloaded)."""
+    from cnl.engine.hub import HUB_PREFIX, read_hub
+
+    location = hub_cfg["file"] if hub_cfg["source"] == "local-dir" else HUB_PREFIX + hub_cfg["hf_hub_id"]
+    _, weights = read_hub(location)
+    model = create_model(kwargs.pop("cnl_name", target), num_classes=num_classes, **kwargs)
+    model.load_state_dict(current_keys(weights))
+    model.pretrained_cfg = model.default_cfg = hub_cfg
+    return model
 
 
 def _entrypoint(name: str, target: str, pretrained_weights: str, doc: str, cfg: dict[str, Any] | None = None):
     """timm's entry point ``name``: ``cnl.create_model(target)``, with ``pretrained_weights``
-    when pretrained=True; ``cfg`` replaces the model's pretrained_cfg (ours), None keeps
-    timm's (a timm backbone's own)."""
+    when pretrained=True (a Hub model's own weights when timm found it by ``local-dir:`` or
+    ``hf-hub:``); ``cfg`` replaces the model's pretrained_cfg (ours), None keeps timm's (a
+    timm backbone's own)."""
 
-    def entrypoint(pretrained: bool = False, num_classes: int = 1000, **kwargs: Any) -> Any:
-        for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+    def entrypoint(pretrained: bool = False, num_classes: int | None = None, **kwargs: Any) -> Any:
+        given_cfg = kwargs.pop("pretrained_cfg", None)
+        for key in ("pretrained_cfg_overlay", "cache_dir", "pretrained_model_args"):
             kwargs.pop(key, None)
         if kwargs.get("drop_rate") is None:
             kwargs.pop("drop_rate", None)
+        hub = isinstance(given_cfg, dict) and given_cfg.get("source") in ("local-dir", "hf-hub")
+        if num_classes is None:
+            num_classes = given_cfg["num_classes"] if hub else 1000
+        if hub and pretrained:
+            return _hub_model(target, num_classes, given_cfg, kwargs)
         weights = kwargs.pop("weights", pretrained_weights if pretrained else None)
-        model = create_model(target, num_classes=num_classes, weights=weights, **kwargs)
+        model = create_model(kwargs.pop("cnl_name", target), num_classes=num_classes, weights=weights, **kwargs)
         if cfg is not None:
             model.pretrained_cfg = model.default_cfg = cfg
         return model
@@ -91,3 +117,8 @@ for _name in NAMES:
 for _name in FOREIGN:
     _doc = f"timm's {FOREIGN[_name]} with cnl's modules (timm's weights when pretrained=True)."
     globals()[_name] = register_model(_entrypoint(_name, f"timm:{_name}", "pretrained", _doc))
+# Any other cnl model (a plain ResNet, a tv: backbone, ...) exported in the Hub format: its
+# config.json names it in model_args (cnl_name).
+globals()[GENERIC] = register_model(
+    _entrypoint(GENERIC, "resnet50_cnl5", PAPER_WEIGHTS, "any cnl model, named by cnl_name (cnl export --format hf).")
+)

@@ -105,7 +105,9 @@ def build_model(
     model = given
     if model is None:
         overrides = model_overrides(config.to_dict())
-        model = create_model(config.model, num_classes=num_classes, weights=config.weights, **overrides)
+        model = create_model(
+            config.model, num_classes=num_classes, weights=config.weights, img_size=config.img_size, **overrides
+        )
     if ctx.is_main:
         distributed.barrier()
     if config.sync_bn and ctx.distributed:

@@ -202,8 +202,14 @@ def load_model_with_info(
 ) -> tuple[torch.nn.Module, list[str], dict[str, Any]]:
     """``load_model`` plus what describes the model: name, classes, image size, placement
     overrides, mean/std, and (for training checkpoints) the run's ``config``. The file is
-    read once."""
-    if Path(path).suffix == ".safetensors":
+    read once. ``path``: a training checkpoint, exported ``.safetensors`` with their card, or
+    a Hub model (a folder written by ``cnl export --format hf``, or ``hf-hub:ORG/NAME``)."""
+    from cnl.engine.hub import is_hub, read_hub
+
+    if is_hub(path):
+        info, weights = read_hub(path)
+        weights = current_keys(weights)
+    elif Path(path).suffix == ".safetensors":
         from safetensors.torch import load_file
 
         card = card_path(path)
@@ -215,7 +221,7 @@ def load_model_with_info(
         state = read_checkpoint(path)
         info, weights = _describe(state), state.get("model_ema", state["model"])  # EMA weights when trained with
     classes = list(info["classes"])
-    model = create_model(info["model"], num_classes=len(classes), **info["overrides"])
+    model = create_model(info["model"], num_classes=len(classes), img_size=info["img_size"], **info["overrides"])
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:

@@ -36,6 +36,7 @@ from cnl.engine.predictions import PREDICTIONS, image_names, write_image_predict
 from cnl.engine.provenance import provenance
 from cnl.engine.runlock import RunLock
 from cnl.errors import InvalidValue, MissingFile
+from cnl.models.registry import check_input_size
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -110,6 +111,8 @@ def build_run(
     """The builders in order: data, model, what trains it, loaders, step settings."""
     output.mkdir(parents=True, exist_ok=True)
     set_determinism(config)
+    if given_model is None:
+        check_input_size(config.model, config.img_size, config.weights)  # before any data is read
     train_set: Any
     test_set: Any
     val_set: Any = None

@@ -48,28 +48,77 @@ def is_foreign(name: str) -> bool:
     return name.partition(":")[0] in SOURCES and ":" in name
 
 
-def _torchvision(backbone: str, num_classes: int, weights: str | Path | None) -> nn.Module:
+def _torchvision(backbone: str, num_classes: int, weights: str | Path | None, img_size: int | None = None) -> nn.Module:
     import torchvision
 
     if backbone not in torchvision.models.list_models(torchvision.models):
         raise InvalidValue(f"unknown torchvision classifier {backbone!r}; see torchvision.models.list_models()")
-    model = torchvision.models.get_model(backbone, num_classes=num_classes)
+    fixed = fixed_size(backbone, "tv")
+    resize = img_size is not None and fixed is not None and img_size != fixed
+    if resize and weights is not None:
+        raise InvalidValue(
+            f"tv:{backbone} takes {fixed} px with pretrained weights (its position embeddings are fixed), not "
+            f"{img_size}: train at {fixed}, or use a timm model (timm:vit_base_patch16_224, ...), whose position "
+            "embeddings timm resizes"
+        )
+    model = torchvision.models.get_model(
+        backbone, num_classes=num_classes, **({"image_size": img_size} if resize else {})
+    )
     if weights is not None:
         load_pretrained(model, backbone, weights, head=head_name(model) + ".")
     return model
 
 
-def _timm(backbone: str, num_classes: int, weights: str | Path | None) -> nn.Module:
+def _timm(backbone: str, num_classes: int, weights: str | Path | None, img_size: int | None = None) -> nn.Module:
     try:
         import timm
     except ImportError as error:
         raise MissingDependency("timm: models need timm (from a checkout: pip install -e '.[timm]')") from error
     if not timm.list_models(backbone) and backbone not in timm.list_models():
         raise InvalidValue(f"unknown timm model {backbone!r}; see timm.list_models()")
-    model = timm.create_model(backbone, pretrained=weights == "pretrained", num_classes=num_classes)
+    # A model of fixed input size (ViT, Swin, ...) is told the size: timm resizes its
+    # position embeddings (and windows) to it, pretrained weights included.
+    sized: dict[str, Any] = {"img_size": img_size} if img_size and fixed_size(backbone, "timm") is not None else {}
+    try:
+        model = timm.create_model(backbone, pretrained=weights == "pretrained", num_classes=num_classes, **sized)
+    except TypeError as error:  # a fixed-size model whose constructor takes no size
+        raise InvalidValue(f"timm:{backbone} cannot take {img_size} px input: {error}") from error
     if weights not in (None, "pretrained"):
         load_pretrained(model, backbone, weights, head=head_name(model) + ".")
     return model
+
+
+def fixed_size(backbone: str, source: str) -> int | None:
+    """The input size a backbone is built for when it takes no other (ViT, Swin), else None."""
+    if source == "timm":
+        import timm
+
+        cfg = timm.get_pretrained_cfg(backbone)
+        return int(cfg.input_size[-1]) if cfg is not None and cfg.fixed_input_size else None
+    import torchvision
+
+    with torch.device("meta"):
+        model = torchvision.models.get_model(backbone)
+    size = getattr(model, "image_size", None)
+    return int(size) if isinstance(size, int) else None
+
+
+def check_input_size(name: str, img_size: int, weights: str | Path | None) -> None:
+    """Before any data is read: an error if backbone ``name`` cannot take ``img_size`` px."""
+    spec = Spec.parse(name)
+    if spec.source == "tv":
+        fixed = fixed_size(spec.backbone, "tv")
+        if fixed is not None and img_size != fixed and weights is not None:
+            _torchvision(spec.backbone, 1, weights, img_size)  # raises, naming the size it takes
+        return
+    if fixed_size(spec.backbone, "timm") is not None:
+        import timm
+
+        try:
+            with torch.device("meta"):
+                timm.create_model(spec.backbone, num_classes=1, img_size=img_size)
+        except TypeError as error:
+            raise InvalidValue(f"timm:{spec.backbone} cannot take {img_size} px input: {error}") from error
 
 
 def head_name(model: nn.Module) -> str:
@@ -93,7 +142,9 @@ def layout(spec: Spec, model: nn.Module) -> tuple[str, int]:
     return ("NHWC", 0) if family == "SwinTransformer" else ("NCHW", 0)
 
 
-def probe_input(spec: Spec, model: nn.Module) -> torch.Tensor:
+def probe_input(spec: Spec, model: nn.Module, img_size: int | None = None) -> torch.Tensor:
+    if img_size is not None:
+        return torch.zeros(1, 3, img_size, img_size)
     size = getattr(model, "pretrained_cfg", {}).get("input_size", (3, PROBE_SIZE, PROBE_SIZE))
     return torch.zeros(1, *size)
 
@@ -188,11 +239,13 @@ def create_foreign(
     responses: Sequence[str] | None = None,
     nl_layers: Sequence[str] | None = None,
     inner_channels: int | None = None,
+    img_size: int | None = None,
 ) -> nn.Module:
-    """A torchvision or timm classifier with NL/CNL modules (see the module docstring)."""
+    """A torchvision or timm classifier with NL/CNL modules (see the module docstring).
+    ``img_size``: the input size, for backbones built for one (ViT, Swin); None keeps theirs."""
     spec = Spec.parse(name)
     build = _timm if spec.source == "timm" else _torchvision
-    model = build(spec.backbone, num_classes, weights)
+    model = build(spec.backbone, num_classes, weights, img_size)
     layout_name, prefix = layout(spec, model)
     by_rule = bool(spec.variant) and responses is None and nl_layers is None
     entries = stage_entries(spec, model) if by_rule else []
@@ -203,7 +256,7 @@ def create_foreign(
         raise InvalidValue(f"{name} has no modules {unknown}; module names are as model.named_modules() gives them")
     # One probe forward gives the stages' strides and every candidate site's channels.
     candidates = [block for entry in entries for block in blocks_of(model, entry)]
-    probe = probe_input(spec, model)
+    probe = probe_input(spec, model, img_size if fixed_size(spec.backbone, spec.source) is not None else None)
     outputs = record_outputs(model, list(dict.fromkeys([*entries, *candidates, *by_hand])), probe)
     if by_rule:
         rule_query, rule_responses = default_placement(stages(model, entries, outputs, probe.shape[-1], layout_name))

@@ -16,7 +16,7 @@ from cnl.models.weights import load_pretrained
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 OVERRIDES = ("nl_layers", "query", "responses", "inner_channels", "drop_rate", "width")
-FOREIGN_OVERRIDES = ("nl_layers", "query", "responses", "inner_channels")
+FOREIGN_OVERRIDES = ("nl_layers", "query", "responses", "inner_channels", "img_size")
 
 
 def _variants(arch: str) -> dict[str, dict[str, Any]]:
@@ -58,7 +58,9 @@ def create_model(name: str, num_classes: int = 1000, weights: str | Path | None 
             ``"pretrained"`` for timm's own, or a local ``.pth``/``.safetensors`` file;
             None for random init.
         **overrides: ``query`` and ``responses`` (module names such as "layer4.2"),
-            ``nl_layers``, ``inner_channels``; ours also ``drop_rate`` and ``width``.
+            ``nl_layers``, ``inner_channels``; ours also ``drop_rate`` and ``width``;
+            ``img_size``, the input size, for backbones built for one size (ViT, Swin: timm
+            resizes their position embeddings); our ResNets take any size and ignore it.
     """
     if is_foreign(name):
         unknown = sorted(set(overrides) - set(FOREIGN_OVERRIDES))
@@ -70,6 +72,7 @@ def create_model(name: str, num_classes: int = 1000, weights: str | Path | None 
             f"unknown model {name!r}; valid models: {', '.join(list_models())}, "
             "or any torchvision or timm classifier as tv:NAME or timm:NAME (with _nl5 or _cnl5)"
         )
+    overrides.pop("img_size", None)  # a ResNet takes any input size
     unknown = sorted(set(overrides) - set(OVERRIDES))
     if unknown:
         raise InvalidArgument(f"unknown arguments {unknown} for {name}; valid overrides: {', '.join(OVERRIDES)}")
@@ -77,3 +80,12 @@ def create_model(name: str, num_classes: int = 1000, weights: str | Path | None 
     if weights is not None:
         load_pretrained(model, model.arch, weights)
     return model
+
+
+def check_input_size(name: str, img_size: int, weights: str | Path | None = None) -> None:
+    """An error, before any data is read, when model ``name`` cannot take ``img_size`` px
+    (a fixed-size backbone whose pretrained weights pin its size); ours take any size."""
+    if is_foreign(name):
+        from cnl.models.backbones import check_input_size as check_backbone
+
+        check_backbone(name, img_size, weights)

@@ -1,0 +1,113 @@
+"""The Hugging Face Hub format that timm reads: a folder with ``config.json``,
+``model.safetensors`` and a ``README.md`` model card.
+
+``config.json`` is timm's: ``architecture`` (the timm name cnl registers for the model:
+the model's own name where timm knows it, else ``cnl_model`` with the name in
+``model_args``), ``num_classes``, ``label_names``, ``model_args`` and ``pretrained_cfg``
+(input size, mean, std, crop, interpolation, classifier), so that
+``timm.create_model("local-dir:DIR", pretrained=True)`` and ``"hf-hub:ORG/NAME"`` build it.
+Its ``cnl`` entry keeps what cnl itself needs again: the model name, placement
+overrides, image size and the run's training config (for ``cnl eval``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RESIZE_RATIO
+from cnl.errors import MissingDependency, MissingFile
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+CARD = "README.md"
+HUB_PREFIX = "hf-hub:"
+GENERIC = "cnl_model"  # the timm name of any cnl model timm has no name of its own for
+
+
+def is_hub(path: str | Path) -> bool:
+    """A Hub model: ``hf-hub:ORG/NAME`` or a folder holding ``config.json``."""
+    return str(path).startswith(HUB_PREFIX) or (Path(path) / CONFIG).is_file()
+
+
+def hub_folder(path: str | Path) -> Path:
+    """The local folder of a Hub model: ``path`` itself, or huggingface_hub's cached copy of
+    ``hf-hub:ORG/NAME`` (downloaded once; offline, read from the cache)."""
+    text = str(path)
+    if not text.startswith(HUB_PREFIX):
+        return Path(path)
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as error:
+        raise MissingDependency("hf-hub: models need huggingface_hub (pip install huggingface_hub)") from error
+    repo, _, revision = text[len(HUB_PREFIX) :].partition("@")
+    return Path(snapshot_download(repo, revision=revision or None, allow_patterns=[CONFIG, WEIGHTS, CARD]))
+
+
+def read_hub(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(info, weights)`` of a Hub model, ``info`` as ``load_model_with_info`` describes a checkpoint."""
+    from safetensors.torch import load_file
+
+    folder = hub_folder(path)
+    for name in (CONFIG, WEIGHTS):
+        if not (folder / name).is_file():
+            raise MissingFile(f"{folder / name} does not exist: a Hub model folder holds {CONFIG} and {WEIGHTS}")
+    config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+    cnl = config.get("cnl")
+    if cnl is None:
+        raise MissingFile(f"{folder / CONFIG} has no 'cnl' entry: it was not written by cnl export --format hf")
+    info = {
+        "model": cnl["model"],
+        "classes": list(config["label_names"]),
+        "img_size": cnl["img_size"],
+        "overrides": cnl["overrides"],
+        "mean": list(config["pretrained_cfg"]["mean"]),
+        "std": list(config["pretrained_cfg"]["std"]),
+        "config": cnl.get("config", {}),
+    }
+    return info, load_file(str(folder / WEIGHTS))
+
+
+def timm_name(model_name: str) -> str:
+    """The name timm builds this model by (registered by ``cnl.timm_models``)."""
+    from cnl.models import list_models
+
+    ours = {name for name in list_models() if name.endswith(("_nl5", "_cnl5"))}
+    return model_name if model_name in ours else GENERIC
+
+
+def hub_config(info: dict[str, Any], classifier: str, summary: dict[str, Any] | None) -> dict[str, Any]:
+    """``config.json`` of a model ``info`` describes (as ``load_model_with_info`` gives it)."""
+    classes, size = info["classes"], info["img_size"]
+    architecture = timm_name(info["model"])
+    model_args = {
+        **info["overrides"],
+        "img_size": size,  # a fixed-size backbone (ViT, Swin) is built for it; a ResNet ignores it
+        **({"cnl_name": info["model"]} if architecture == GENERIC else {}),
+    }
+    return {
+        "architecture": architecture,
+        "num_classes": len(classes),
+        "label_names": classes,
+        "model_args": model_args,
+        "pretrained_cfg": {
+            "input_size": [3, size, size],
+            "interpolation": "bilinear",
+            "crop_pct": 1 / RESIZE_RATIO,
+            "crop_mode": "center",
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "num_classes": len(classes),
+            "classifier": classifier,
+        },
+        "cnl": {
+            "model": info["model"],
+            "overrides": info["overrides"],
+            "img_size": size,
+            "config": info.get("config", {}),
+            "summary": summary,
+        },
+    }
