@@ -315,3 +315,20 @@ def test_ctrl_c_mid_download_then_a_clean_resume(server, tmp_path, monkeypatch):
     assert server.requests[-1] == ("fgvc-aircraft-2013b.tar.gz", f"bytes={kept}-")
     assert (root / "downloads" / "fgvc-aircraft-2013b.tar.gz").read_bytes() == archive
     assert len(build_dataset("aircraft", fetcher.folder, "val")) == 3
+
+
+def test_without_a_published_digest_the_first_download_records_one(server, tmp_path, monkeypatch):
+    serve(server, "flowers102", tmp_path / "served", monkeypatch)
+    source = download_module.SOURCES["flowers102"]
+    unpinned = tuple(dataclasses.replace(a, digest=None, size=None) for a in source.archives)
+    monkeypatch.setitem(download_module.SOURCES, "flowers102", dataclasses.replace(source, archives=unpinned))
+    root = tmp_path / "data"
+    get_dataset("flowers102", root, server.url, progress=False)
+    recorded = root / "downloads" / "setid.mat.recorded"
+    assert recorded.read_text().strip() == hashlib.sha256(server.files["setid.mat"]).hexdigest()
+    # A later copy that differs from the first is refused like any mismatch.
+    for name in ("setid.mat", "setid.mat.verified", "setid.mat.unpacked"):
+        (root / "downloads" / name).unlink()
+    server.files["setid.mat"] = server.files["setid.mat"] + b"changed"
+    with pytest.raises(ChecksumError, match="setid.mat .*is not the copy recorded on first download"):
+        get_dataset("flowers102", root, server.url, progress=False)

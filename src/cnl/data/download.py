@@ -356,8 +356,9 @@ class Fetcher:
         if (expected and actual != expected) or (archive.size is not None and size != archive.size):
             kept = path.with_name(path.name + ".mismatch")
             part.replace(kept)
+            which = "the published file" if archive.digest else "the copy recorded on first download"
             raise ChecksumError(
-                f"{archive.file} from {self.url_of(archive)} is not the published file: {kind} {actual} "
+                f"{archive.file} from {self.url_of(archive)} is not {which}: {kind} {actual} "
                 f"({size:,} bytes), expected {expected}"
                 + (f" ({archive.size:,} bytes)" if archive.size else "")
                 + f". Kept as {kept} for inspection; the next call downloads it again"
