@@ -66,16 +66,18 @@ def blocks(text: str) -> list[re.Match]:
     return list(FENCE.finditer(text))
 
 
-def commands(body: str) -> list[str]:
-    """The ``$ `` commands of a block, continuation lines (``\\``) joined."""
-    found: list[str] = []
+def commands(body: str) -> list[tuple[str, str]]:
+    """Each ``$ `` command of a block: as the page writes it (continuation lines included),
+    and as one line to run."""
+    found: list[tuple[str, str]] = []
     lines = iter(body.splitlines())
     for line in lines:
         if line.startswith("$ "):
-            command = line[2:]
+            written, command = [line], line[2:]
             while command.endswith("\\"):
-                command = command[:-1] + " " + next(lines).strip()
-            found.append(command)
+                written.append(next(lines))
+                command = command[:-1] + " " + written[-1].strip()
+            found.append(("\n".join(written), command))
     return found
 
 
@@ -97,26 +99,14 @@ def run(command: str, folder: Path) -> str:
 
 
 def checked_body(body: str, folder: Path) -> str:
-    """The block as the commands print today: each command's lines, then its output."""
+    """The block as the commands print today: each command as written, then its output."""
     parts = []
-    for command in commands(body):
-        shown = [line for line in body.splitlines() if line.startswith("$ ")]
-        original = next((line for line in shown if line[2:].split()[:3] == command.split()[:3]), None)
-        parts.append(_command_lines(body, original) if original else f"$ {command}")
+    for written, command in commands(body):
+        parts.append(written)
         output = run(command, folder)
         if output:
             parts.append(output)
     return "\n".join(parts) + "\n"
-
-
-def _command_lines(body: str, first: str) -> str:
-    """A command as the page writes it, with its continuation lines."""
-    lines = body.splitlines()
-    start = lines.index(first)
-    end = start
-    while lines[end].endswith("\\"):
-        end += 1
-    return "\n".join(lines[start : end + 1])
 
 
 def regenerate_blocks(text: str) -> str:
