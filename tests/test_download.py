@@ -259,8 +259,10 @@ def child(root: Path, url: str, archive: bytes, site: Path, limit: int | None = 
         f"size={len(archive)})\n"
         "d.SOURCES['aircraft'] = dataclasses.replace(d.SOURCES['aircraft'], archives=(a,))\n"
     )
-    limited = (
-        "import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+    # Ctrl-C raises KeyboardInterrupt, as in a terminal: a process that a non-interactive
+    # shell started in the background (CI) inherits SIGINT ignored.
+    limited = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); " + (
+        "import resource; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
         f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
         if limit
         else ""
