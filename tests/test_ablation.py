@@ -232,6 +232,7 @@ def test_ablate_over_two_seeds_keeps_every_run_and_reports_error_bars(tmp_path, 
     assert (tmp_path / "report" / "ablation.png").is_file()
 
 
+@pytest.mark.slow
 def test_the_same_ablation_twice_gives_the_same_table(tmp_path, capsys):
     data = generate(tmp_path / "data", SynthConfig(classes=3, train_per_class=4, test_per_class=3, image_size=40))
     tables = []

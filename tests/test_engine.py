@@ -216,6 +216,7 @@ def torchrun(*args, port):
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_in_sync_and_evaluate_exactly(data, tmp_path, capsys):
     output = tmp_path / "ddp"
     done = torchrun(*train_args(data, output, "--epochs", "1"), port=29531)

@@ -18,6 +18,8 @@ from runs import assert_same_weights, deterministic_run_args, lock_free, wait_fo
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
+pytestmark = pytest.mark.slow  # full disks, locks and chaos: runs in child processes
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
@@ -161,7 +163,6 @@ def test_one_run_per_folder_and_a_killed_runs_lock_is_taken_over(data, tmp_path)
     assert (output / ".lock").read_text() == ""  # a clean end leaves nothing to take over
 
 
-@pytest.mark.slow
 def test_chaos_stops_lose_nothing(tmp_path):
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "chaos.py"), "--kills", "4", "--epochs", "4", "--seed", "1",

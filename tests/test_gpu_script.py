@@ -5,7 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow  # runs the whole GPU script's rehearsal
 
 
 def test_the_gpu_script_runs_every_step_on_the_cpu(tmp_path):

@@ -132,6 +132,7 @@ def test_two_ranks_never_share_an_augmentation_stream(tmp_path):
     assert not torch.equal(augmented(dataset, 0, 1, workers=0, epoch=1), one_process)
 
 
+@pytest.mark.slow
 def test_kill_9_with_loader_workers_then_resume_is_bit_identical(data, tmp_path):
     straight = tmp_path / "straight"
     assert main(train_args(data, straight, epochs=4)) == 0
@@ -154,6 +155,7 @@ def two_processes(data, tmp_path_factory):
     return output, done.stdout
 
 
+@pytest.mark.slow
 def test_two_processes_sigterm_then_resume_is_bit_identical(data, two_processes, tmp_path):
     reference, _ = two_processes
     output = tmp_path / "run"
@@ -171,6 +173,7 @@ def test_two_processes_sigterm_then_resume_is_bit_identical(data, two_processes,
 # --- 3. what is logged is what cnl eval gives --------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_processes_log_what_cnl_eval_gives(two_processes, capsys):
     output, stdout = two_processes
     assert "2 processes x batch 2 x 1 accumulation = global batch 4; lr 0.01, 3 epochs" in stdout
@@ -185,6 +188,7 @@ def test_two_processes_log_what_cnl_eval_gives(two_processes, capsys):
     assert (best["top1"], best["top5"]) == (summary["best_top1"], summary["best_top5"])
 
 
+@pytest.mark.slow
 def test_sync_bn_needs_cuda(data, tmp_path):
     done = subprocess.run(
         torchrun_command(*train_args(data, tmp_path / "run", "--sync-bn")),
@@ -209,6 +213,7 @@ def worker_pids(launcher_pid: int) -> dict[int, int]:
     return ranks
 
 
+@pytest.mark.slow
 def test_torchrun_restarts_after_a_killed_worker_and_ends_bit_identical(data, two_processes, tmp_path):
     reference, _ = two_processes
     output = tmp_path / "run"
@@ -227,6 +232,7 @@ def test_torchrun_restarts_after_a_killed_worker_and_ends_bit_identical(data, tw
     assert epochs_logged(output) == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_two_launchers_as_two_nodes_train_as_one_launcher_with_two_processes(data, two_processes, tmp_path):
     reference, _ = two_processes
     output, port = tmp_path / "run", free_port()
@@ -260,6 +266,7 @@ def test_two_launchers_as_two_nodes_train_as_one_launcher_with_two_processes(dat
 # --- 5. provenance -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_folder_records_its_recipe_and_provenance(data, two_processes, tmp_path):
     output, _ = two_processes
     recipe = yaml.safe_load((output / "config.yaml").read_text())
@@ -295,6 +302,7 @@ def test_python_dash_m_cnl():
 # --- 7. interruptions, file modes, durable renames ---------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_during_set_up_exits_within_a_second_in_one_line(data, tmp_path, number):
     output = tmp_path / "run"
@@ -310,6 +318,7 @@ def test_ctrl_c_during_set_up_exits_within_a_second_in_one_line(data, tmp_path, 
     assert not (output / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_during_training_exits_at_once(data, tmp_path):
     output = tmp_path / "run"
     process = start(
