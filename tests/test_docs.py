@@ -192,3 +192,14 @@ def test_datasets_md_shows_what_a_complete_copy_prints():
         reports = [SplitReport(split, sizes[split], [str(k) for k in range(classes)], Counter()) for split in splits]
         (line,) = compare_official(name, reports)
         assert f"| {line} |" in text, f"docs/datasets.md should show {line!r} for {name}"
+
+
+def test_every_test_the_docs_name_exists():
+    """docs/ names tests as evidence (reliability.md's tables): each must be a test in tests/."""
+    defined = set()
+    for path in (REPO / "tests").glob("test_*.py"):
+        defined |= set(re.findall(r"^def (test_\w+)\(", path.read_text(), re.M))
+    for page in DOCS:
+        for name in re.findall(r"(?<![\w/.])(test_\w+)(?=[`:\[,\s)]|$)", page.read_text(encoding="utf-8")):
+            if "_" in name[5:] and not name.endswith("_py"):
+                assert name in defined, f"{page.name} names {name}, which no test in tests/ defines"
