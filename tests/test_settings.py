@@ -133,3 +133,16 @@ def test_ablate_writes_where_the_preset_says(tmp_path, monkeypatch):
 def test_no_field_is_described_twice():
     for setting in dataclasses.fields(TrainConfig):
         assert setting.metadata.get("help"), f"{setting.name} has no help"
+
+
+def test_resume_from_a_checkpoint_path_continues_its_run_folder(tmp_path):
+    from cnl.data.synth import SynthConfig, generate
+    from runs import tiny_run_args
+
+    data = generate(tmp_path / "data", SynthConfig(classes=2, train_per_class=2, test_per_class=1, image_size=40))
+    run = tmp_path / "run"
+    assert main(tiny_run_args(data, run)) == 0
+    last = run / "checkpoints" / "last.pt"
+    assert main(["train", "--resume", str(last), "--set", "epochs=2"]) == 0  # no --output: the checkpoint's run
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2] and "epochs: 2" in (run / "config.yaml").read_text()
