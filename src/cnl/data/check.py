@@ -38,24 +38,21 @@ class SplitReport:
         return not self.missing and not self.unreadable
 
 
-def missing_samples(dataset: FineGrainedDataset) -> list[int]:
-    """Indices of the samples whose image file does not exist."""
-    return [index for index, (path, _) in enumerate(dataset.samples) if not Path(path).is_file()]
-
-
-def inspect_split(dataset: FineGrainedDataset, split: str) -> SplitReport:
-    """``cnl data check``: every missing file, and every image that does not decode."""
+def inspect_split(dataset: FineGrainedDataset, split: str, decode: bool = True) -> SplitReport:
+    """``cnl data check``: every missing file, and (``decode``) every image that does not decode."""
     report = SplitReport(split, len(dataset), dataset.classes, Counter(dataset.targets))
-    missing = set(missing_samples(dataset))
-    report.missing = [str(dataset.samples[index][0]) for index in sorted(missing)]
+    missing = dataset.missing()
+    report.missing = [str(dataset.samples[index][0]) for index in missing]
     report.missing_per_class = Counter(dataset.classes[dataset.samples[index][1]] for index in missing)
-    for index, (path, _) in enumerate(dataset.samples):
-        if index in missing:
-            continue
-        try:
-            dataset.load(index)
-        except ImageError as error:
-            report.unreadable.append((str(path), str(error)))
+    if decode:
+        absent = set(missing)
+        for index, (path, _) in enumerate(dataset.samples):
+            if index in absent:
+                continue
+            try:
+                dataset.load(index)
+            except ImageError as error:
+                report.unreadable.append((str(path), str(error)))
     return report
 
 
@@ -63,7 +60,7 @@ def preflight(dataset: FineGrainedDataset, split: str, root: str) -> None:
     """Before training: stop on metadata that names missing files or leaves a class without
     training images (decoding every image is ``cnl data check``'s job, not each run's)."""
     origins = dataset.origins or [str(path) for path, _ in dataset.samples]
-    missing = [f"{origins[k]}: {dataset.samples[k][0]}" for k in missing_samples(dataset)]
+    missing = [f"{origins[k]}: {dataset.samples[k][0]}" for k in dataset.missing()]
     if missing:
         shown = "\n  ".join(missing[:10]) + ("\n  ..." if len(missing) > 10 else "")
         raise DataError(
@@ -83,18 +80,7 @@ def check_dataset(
     """The dataset's layout name and a report per split; ``decode=False`` counts and looks
     for missing files only (``cnl data get``), without decoding every image."""
     name = detect_layout(Path(root)) if name == "auto" else name
-    reports = []
-    for split in splits:
-        dataset = build_dataset(name, root, split, **options)
-        if decode:
-            reports.append(inspect_split(dataset, split))
-        else:
-            missing = missing_samples(dataset)
-            report = SplitReport(split, len(dataset), dataset.classes, Counter(dataset.targets))
-            report.missing = [str(dataset.samples[k][0]) for k in missing]
-            report.missing_per_class = Counter(dataset.classes[dataset.samples[k][1]] for k in missing)
-            reports.append(report)
-    return name, reports
+    return name, [inspect_split(build_dataset(name, root, split, **options), split, decode) for split in splits]
 
 
 def compare_official(name: str, reports: list[SplitReport], root: str | Path | None = None) -> list[str]:

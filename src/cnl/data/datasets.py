@@ -80,6 +80,10 @@ class FineGrainedDataset(Dataset):
             origins=[self.origins[i] for i in indices] if self.origins else None,
         )
 
+    def missing(self) -> list[int]:
+        """Indices of the samples whose image file does not exist."""
+        return [index for index, (path, _) in enumerate(self.samples) if not Path(path).is_file()]
+
     @property
     def targets(self) -> list[int]:
         return [label for _, label in self.samples]
@@ -317,13 +321,6 @@ def _cars_devkit(root: Path, split: str) -> tuple[Path, Path, Path]:
     return meta, annotations, images
 
 
-def _cars_in_order(samples: list[tuple[Path, int]], origins: list[str]) -> None:
-    """Community copies drop or rename files: the first annotation whose image is missing is an error."""
-    for (path, _), origin in zip(samples, origins):
-        if not path.exists():
-            raise LayoutError(f"{origin} names {path}, which does not exist; expected the {CARS_LAYOUT}")
-
-
 def build_cars(root: Path, split: str, crop_to_box: bool = False, **kwargs: Any) -> FineGrainedDataset:
     check_split(split, ("train", "test"))
     by_class = cars_by_class(root)
@@ -350,8 +347,12 @@ def build_cars(root: Path, split: str, crop_to_box: bool = False, **kwargs: Any)
     ]
     boxes = [_car_box(a) for a in annotations] if crop_to_box else None
     origins = [f"{where}, annotation {i + 1}" for i in range(len(samples))]
-    _cars_in_order(samples, origins)
-    return FineGrainedDataset(samples, classes, boxes=boxes, origins=origins, **kwargs)
+    dataset = FineGrainedDataset(samples, classes, boxes=boxes, origins=origins, **kwargs)
+    missing = dataset.missing()  # community copies drop or rename files: the first is named
+    if missing:
+        path = samples[missing[0]][0]
+        raise LayoutError(f"{origins[missing[0]]} names {path}, which does not exist; expected the {CARS_LAYOUT}")
+    return dataset
 
 
 # --- Oxford 102 Flowers ------------------------------------------------------------
