@@ -184,12 +184,14 @@ def test_no_measured_speed_is_claimed_in_the_code():
 def test_datasets_md_shows_what_a_complete_copy_prints():
     from collections import Counter
 
-    from cnl.data.check import OFFICIAL, SplitReport, compare_official
+    from cnl.data.check import OFFICIAL, SplitReport, compare_official, published_splits
 
     text = (REPO / "docs" / "datasets.md").read_text()
     for name, (sizes, classes) in OFFICIAL.items():
-        splits = ["train_without_val", "val", "test"] if name == "aircraft" else list(sizes)
-        reports = [SplitReport(split, sizes[split], [str(k) for k in range(classes)], Counter()) for split in splits]
+        reports = [
+            SplitReport(split, sizes[split], [str(k) for k in range(classes)], Counter())
+            for split in published_splits(name)
+        ]
         (line,) = compare_official(name, reports)
         assert f"| {line} |" in text, f"docs/datasets.md should show {line!r} for {name}"
 

@@ -106,16 +106,14 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_data_get(args: argparse.Namespace) -> int:
-    from cnl.data.check import OFFICIAL, check_dataset, compare_official
+    from cnl.data.check import check_dataset, compare_official, published_splits
     from cnl.data.download import SOURCES, get_dataset
 
     fetcher = get_dataset(args.name, args.root, args.mirror)
     fetched = ", ".join(fetcher.fetched) or "nothing: every file was there and verified"
     print(f"downloaded {fetched}")
     source = SOURCES[args.name]
-    splits = (
-        tuple(OFFICIAL[source.dataset][0]) if source.dataset != "aircraft" else ("train_without_val", "val", "test")
-    )
+    splits = published_splits(source.dataset)
     _, reports = check_dataset(source.dataset, fetcher.folder, splits, decode=False)
     print("\n".join(compare_official(source.dataset, reports)))
     print(f"{source.title} is in {fetcher.folder}: --dataset {source.dataset} --data-root {fetcher.folder}")

@@ -21,6 +21,12 @@ OFFICIAL: dict[str, tuple[dict[str, int], int]] = {
 }
 
 
+def published_splits(name: str) -> tuple[str, ...]:
+    """The splits the publisher gives, in our names: Aircraft's are its train alone, val and
+    test (our "train" is their trainval); every other dataset's, those of ``OFFICIAL``."""
+    return ("train_without_val", "val", "test") if name == "aircraft" else tuple(OFFICIAL[name][0])
+
+
 @dataclass
 class SplitReport:
     """Counts, classes and bad files of one split."""
