@@ -56,11 +56,7 @@ def _torchvision(backbone: str, num_classes: int, weights: str | Path | None, im
     fixed = fixed_size(backbone, "tv")
     resize = img_size is not None and fixed is not None and img_size != fixed
     if resize and weights is not None:
-        raise InvalidValue(
-            f"tv:{backbone} takes {fixed} px with pretrained weights (its position embeddings are fixed), not "
-            f"{img_size}: train at {fixed}, or use a timm model (timm:vit_base_patch16_224, ...), whose position "
-            "embeddings timm resizes"
-        )
+        raise _fixed_with_weights(backbone, fixed, img_size)
     model = torchvision.models.get_model(
         backbone, num_classes=num_classes, **({"image_size": img_size} if resize else {})
     )
@@ -82,7 +78,7 @@ def _timm(backbone: str, num_classes: int, weights: str | Path | None, img_size:
     try:
         model = timm.create_model(backbone, pretrained=weights == "pretrained", num_classes=num_classes, **sized)
     except TypeError as error:  # a fixed-size model whose constructor takes no size
-        raise InvalidValue(f"timm:{backbone} cannot take {img_size} px input: {error}") from error
+        raise _takes_no_size(backbone, img_size, error) from error
     if weights not in (None, "pretrained"):
         load_pretrained(model, backbone, weights, head=head_name(model) + ".")
     return model
@@ -103,22 +99,35 @@ def fixed_size(backbone: str, source: str) -> int | None:
     return int(size) if isinstance(size, int) else None
 
 
+def _fixed_with_weights(backbone: str, fixed: int | None, img_size: int | None) -> InvalidValue:
+    return InvalidValue(
+        f"tv:{backbone} takes {fixed} px with pretrained weights (its position embeddings are fixed), not "
+        f"{img_size}: train at {fixed}, or use a timm model (timm:vit_base_patch16_224, ...), whose position "
+        "embeddings timm resizes"
+    )
+
+
+def _takes_no_size(backbone: str, img_size: int | None, error: TypeError) -> InvalidValue:
+    return InvalidValue(f"timm:{backbone} cannot take {img_size} px input: {error}")
+
+
 def check_input_size(name: str, img_size: int, weights: str | Path | None) -> None:
     """Before any data is read: an error if backbone ``name`` cannot take ``img_size`` px."""
     spec = Spec.parse(name)
-    if spec.source == "tv":
-        fixed = fixed_size(spec.backbone, "tv")
-        if fixed is not None and img_size != fixed and weights is not None:
-            _torchvision(spec.backbone, 1, weights, img_size)  # raises, naming the size it takes
+    fixed = fixed_size(spec.backbone, spec.source)
+    if fixed is None or img_size == fixed:
         return
-    if fixed_size(spec.backbone, "timm") is not None:
-        import timm
+    if spec.source == "tv":
+        if weights is not None:
+            raise _fixed_with_weights(spec.backbone, fixed, img_size)
+        return
+    import timm
 
-        try:
-            with torch.device("meta"):
-                timm.create_model(spec.backbone, num_classes=1, img_size=img_size)
-        except TypeError as error:
-            raise InvalidValue(f"timm:{spec.backbone} cannot take {img_size} px input: {error}") from error
+    try:
+        with torch.device("meta"):
+            timm.create_model(spec.backbone, num_classes=1, img_size=img_size)
+    except TypeError as error:
+        raise _takes_no_size(spec.backbone, img_size, error) from error
 
 
 def head_name(model: nn.Module) -> str:
@@ -142,8 +151,16 @@ def layout(spec: Spec, model: nn.Module) -> tuple[str, int]:
     return ("NHWC", 0) if family == "SwinTransformer" else ("NCHW", 0)
 
 
+def built_for_one_size(model: nn.Module) -> bool:
+    """A backbone that takes one input size (torchvision's ViT: ``image_size``; timm's ViT,
+    Swin: ``fixed_input_size``), read from the built model."""
+    cfg = getattr(model, "pretrained_cfg", {})
+    return isinstance(getattr(model, "image_size", None), int) or bool(cfg.get("fixed_input_size", False))
+
+
 def probe_input(spec: Spec, model: nn.Module, img_size: int | None = None) -> torch.Tensor:
-    if img_size is not None:
+    """The probe's input: ``img_size`` for a backbone built for that one size, else its own default."""
+    if img_size is not None and built_for_one_size(model):
         return torch.zeros(1, 3, img_size, img_size)
     size = getattr(model, "pretrained_cfg", {}).get("input_size", (3, PROBE_SIZE, PROBE_SIZE))
     return torch.zeros(1, *size)
@@ -256,7 +273,7 @@ def create_foreign(
         raise InvalidValue(f"{name} has no modules {unknown}; module names are as model.named_modules() gives them")
     # One probe forward gives the stages' strides and every candidate site's channels.
     candidates = [block for entry in entries for block in blocks_of(model, entry)]
-    probe = probe_input(spec, model, img_size if fixed_size(spec.backbone, spec.source) is not None else None)
+    probe = probe_input(spec, model, img_size)
     outputs = record_outputs(model, list(dict.fromkeys([*entries, *candidates, *by_hand])), probe)
     if by_rule:
         rule_query, rule_responses = default_placement(stages(model, entries, outputs, probe.shape[-1], layout_name))
