@@ -56,7 +56,7 @@ def _torchvision(backbone: str, num_classes: int, weights: str | Path | None, im
     fixed = fixed_size(backbone, "tv")
     resize = img_size is not None and fixed is not None and img_size != fixed
     if resize and weights is not None:
-        raise _fixed_with_weights(backbone, fixed, img_size)
+        raise InvalidValue(_fixed_with_weights(backbone, fixed, img_size))
     model = torchvision.models.get_model(
         backbone, num_classes=num_classes, **({"image_size": img_size} if resize else {})
     )
@@ -78,7 +78,7 @@ def _timm(backbone: str, num_classes: int, weights: str | Path | None, img_size:
     try:
         model = timm.create_model(backbone, pretrained=weights == "pretrained", num_classes=num_classes, **sized)
     except TypeError as error:  # a fixed-size model whose constructor takes no size
-        raise _takes_no_size(backbone, img_size, error) from error
+        raise InvalidValue(_takes_no_size(backbone, img_size, error)) from error
     if weights not in (None, "pretrained"):
         load_pretrained(model, backbone, weights, head=head_name(model) + ".")
     return model
@@ -99,16 +99,16 @@ def fixed_size(backbone: str, source: str) -> int | None:
     return int(size) if isinstance(size, int) else None
 
 
-def _fixed_with_weights(backbone: str, fixed: int | None, img_size: int | None) -> InvalidValue:
-    return InvalidValue(
+def _fixed_with_weights(backbone: str, fixed: int | None, img_size: int | None) -> str:
+    return (
         f"tv:{backbone} takes {fixed} px with pretrained weights (its position embeddings are fixed), not "
         f"{img_size}: train at {fixed}, or use a timm model (timm:vit_base_patch16_224, ...), whose position "
         "embeddings timm resizes"
     )
 
 
-def _takes_no_size(backbone: str, img_size: int | None, error: TypeError) -> InvalidValue:
-    return InvalidValue(f"timm:{backbone} cannot take {img_size} px input: {error}")
+def _takes_no_size(backbone: str, img_size: int | None, error: TypeError) -> str:
+    return f"timm:{backbone} cannot take {img_size} px input: {error}"
 
 
 def check_input_size(name: str, img_size: int, weights: str | Path | None) -> None:
@@ -119,7 +119,7 @@ def check_input_size(name: str, img_size: int, weights: str | Path | None) -> No
         return
     if spec.source == "tv":
         if weights is not None:
-            raise _fixed_with_weights(spec.backbone, fixed, img_size)
+            raise InvalidValue(_fixed_with_weights(spec.backbone, fixed, img_size))
         return
     import timm
 
@@ -127,7 +127,7 @@ def check_input_size(name: str, img_size: int, weights: str | Path | None) -> No
         with torch.device("meta"):
             timm.create_model(spec.backbone, num_classes=1, img_size=img_size)
     except TypeError as error:
-        raise _takes_no_size(spec.backbone, img_size, error) from error
+        raise InvalidValue(_takes_no_size(spec.backbone, img_size, error)) from error
 
 
 def head_name(model: nn.Module) -> str:
