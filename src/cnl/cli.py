@@ -174,7 +174,7 @@ def add_train_flags(parser: argparse.ArgumentParser, resume: bool = True) -> Non
     here and are typed by the config (``flag_values``), as YAML files and ``--set`` are."""
     import dataclasses
 
-    from cnl.engine.config import TrainConfig
+    from cnl.engine.config import HINTS, TrainConfig, flag_of, takes_list
 
     parser.add_argument("--config", help="a YAML file of settings (a preset in configs/); flags override it")
     for setting in dataclasses.fields(TrainConfig):
@@ -186,13 +186,13 @@ def add_train_flags(parser: argparse.ArgumentParser, resume: bool = True) -> Non
         if default is not None and default != "":
             help_text += f" (default: {default_text(default)})"
         options: dict[str, Any] = {"help": help_text, "default": None, **meta}
-        if setting.type == "bool":
+        if HINTS[setting.name] is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif setting.name == "resume":
             options.update(nargs="?", const="yes")
-        elif "list[" in setting.type:
+        elif takes_list(setting.name):
             options.setdefault("nargs", "+")
-        parser.add_argument("--" + setting.name.replace("_", "-"), **options)
+        parser.add_argument(flag_of(setting.name), **options)
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="set any setting, typed as in a config file (repeatable), e.g. --set lr=0.02 --set lr_steps=30,60",
@@ -201,13 +201,12 @@ def add_train_flags(parser: argparse.ArgumentParser, resume: bool = True) -> Non
 
 def flag_values(args: argparse.Namespace) -> dict[str, Any]:
     """The settings given as flags (the others None), typed and checked as the config's fields."""
-    from cnl.engine.config import FIELDS, parse_text
+    from cnl.engine.config import FIELDS, flag_of, parse_text
 
     values = {}
     for name in sorted(FIELDS):
         given = getattr(args, name, None)
-        flag = "--" + name.replace("_", "-")
-        values[name] = given if given is None or isinstance(given, bool) else parse_text(name, given, flag)
+        values[name] = given if given is None or isinstance(given, bool) else parse_text(name, given, flag_of(name))
     return values
 
 

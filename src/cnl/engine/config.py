@@ -217,6 +217,16 @@ def _as(kind: Any, value: Any) -> Any:
     return value if isinstance(value, accepted) else _WRONG
 
 
+def takes_list(name: str) -> bool:
+    """Whether setting ``name`` holds a list (a flag of several values)."""
+    return any(typing.get_origin(kind) is list for kind in _kinds(HINTS[name]))
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of setting ``name``: ``lr_steps`` -> ``--lr-steps``."""
+    return "--" + name.replace("_", "-")
+
+
 def describe(name: str) -> str:
     """What setting ``name`` accepts, in words: 'an integer', 'a list of numbers or null', ..."""
     words = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
@@ -245,7 +255,7 @@ def parse_text(name: str, text: str | list[str], where: str) -> Any:
     if isinstance(text, list):  # nargs: each word, and commas within words
         text = ",".join(text)
     kinds = _kinds(HINTS[name])
-    if any(typing.get_origin(kind) is list for kind in kinds) and not text.strip().startswith("["):
+    if takes_list(name) and not text.strip().startswith("["):
         text = "[" + ",".join(part.strip() for part in text.split(",") if part.strip()) + "]"
     try:
         value = yaml.safe_load(text)
