@@ -5,7 +5,7 @@ connection, a full disk or Ctrl-C leaves in place and the next call continues wi
 Range request; then checked against a published digest (MD5 or SHA-256, and the size
 where known) and only then given its name; then unpacked into the layout that
 ``build_dataset`` reads. A second call finds every archive verified (a stamp beside it
-records the size, time and digest it was verified with) and every folder unpacked, and
+records the size and digest it was verified with) and every folder unpacked, and
 downloads nothing.
 
 The standard library does the work (urllib, hashlib, tarfile) with tqdm's progress bar:
@@ -365,20 +365,28 @@ class Fetcher:
             )
         if not expected:  # no digest is published: record this one, and check later copies against it
             self.stamp(path, "recorded").write_text(f"{actual}\n")
-        self.stamp(path, "verified").write_text(json.dumps({"size": size, "digest": actual}) + "\n")
+        self.seal(path, actual, size)
 
     def verified(self, archive: Archive, path: Path) -> bool:
         """Whether ``path`` was verified as it is now (same size), else check it again."""
-        stamp = self.stamp(path, "verified")
         expected = archive.digest or self.recorded(path)
-        if stamp.exists() and expected:
-            seen = json.loads(stamp.read_text())
-            if seen == {"size": path.stat().st_size, "digest": expected}:
-                return True
-        if expected and digest_of(path, kind_of(expected), self.progress) == expected:
-            stamp.write_text(json.dumps({"size": path.stat().st_size, "digest": expected}) + "\n")
+        if not expected:
+            return False
+        if self.sealed(path) == {"size": path.stat().st_size, "digest": expected}:
+            return True
+        if digest_of(path, kind_of(expected), self.progress) == expected:
+            self.seal(path, expected, path.stat().st_size)
             return True
         return False
+
+    def seal(self, path: Path, digest: str, size: int) -> None:
+        """Record that ``path``, of ``size`` bytes, was verified against ``digest``."""
+        self.stamp(path, "verified").write_text(json.dumps({"size": size, "digest": digest}) + "\n")
+
+    def sealed(self, path: Path) -> dict | None:
+        """What ``path`` was last verified as (size and digest), if it was."""
+        stamp = self.stamp(path, "verified")
+        return json.loads(stamp.read_text()) if stamp.exists() else None
 
     def recorded(self, path: Path) -> str | None:
         stamp = self.stamp(path, "recorded")
@@ -392,7 +400,9 @@ class Fetcher:
         """Into ``root/archive.into``, once per verified archive (a marker records it)."""
         target = self.root / archive.into
         marker = self.downloads / f"{archive.file}.unpacked"
-        digest = json.loads(self.stamp(path, "verified").read_text())["digest"]
+        sealed = self.sealed(path)
+        assert sealed is not None  # unpack follows ensure, which seals
+        digest = sealed["digest"]
         if marker.exists() and marker.read_text().strip() == digest:
             return
         target.mkdir(parents=True, exist_ok=True)
