@@ -2,7 +2,7 @@
 ``model.safetensors`` and a ``README.md`` model card.
 
 ``config.json`` is timm's: ``architecture`` (the timm name cnl registers for the model:
-the model's own name where timm knows it, else ``cnl_model`` with the name in
+a paper ResNet's own name, ``resnet50_cnl5``, else ``cnl_model`` with the cnl name in
 ``model_args``), ``num_classes``, ``label_names``, ``model_args`` and ``pretrained_cfg``
 (input size, mean, std, crop, interpolation, classifier), so that
 ``timm.create_model("local-dir:DIR", pretrained=True)`` and ``"hf-hub:ORG/NAME"`` build it.
