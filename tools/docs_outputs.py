@@ -121,27 +121,24 @@ def regenerate_blocks(text: str) -> str:
 
 
 def parser_commands() -> list[tuple[str, str, argparse.ArgumentParser]]:
-    """``(name, help, parser)`` of every command and subcommand, in the order of ``cnl --help``."""
+    """``(name, help, parser)`` of every command and subcommand, in the order of ``cnl --help``,
+    each command followed by its subcommands."""
     os.environ["COLUMNS"] = WIDTH
-    sys.path.insert(0, str(REPO / "src"))
+    if str(REPO / "src") not in sys.path:
+        sys.path.insert(0, str(REPO / "src"))
     from cnl.cli import build_parser
 
-    found, queue = [], [("", build_parser())]
-    while queue:
-        name, parser = queue.pop(0)
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                helps = {choice.dest: choice.help or "" for choice in action._choices_actions}
-                subs = [(f"{name} {sub}".strip(), sub_parser) for sub, sub_parser in action.choices.items()]
-                found += [(sub_name, helps[sub_name.split()[-1]], sub_parser) for sub_name, sub_parser in subs]
-                queue += subs
-    return sorted(found, key=lambda row: _order(row[0], [n for n, _, _ in found]))
+    return list(_walk("", build_parser()))
 
 
-def _order(name: str, names: list[str]) -> tuple[int, int]:
-    """A command, then its subcommands."""
-    top = name.split()[0]
-    return (names.index(top), names.index(name))
+def _walk(name: str, parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help or "" for choice in action._choices_actions}
+            for sub, sub_parser in action.choices.items():
+                full = f"{name} {sub}".strip()
+                yield full, helps[sub], sub_parser
+                yield from _walk(full, sub_parser)
 
 
 def guide_table() -> str:
