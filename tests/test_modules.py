@@ -1,13 +1,25 @@
 """The NL and CNL modules against the paper's equations, written out with einsum."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import cnl
 from cnl.nn import CrossLayerNonLocal, NonLocal2d, configure_attention
 from cnl.nn.attention import paper_order_macs, reassociated_macs, use_reassociated
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# The CUDA cases carry the cuda marker, so benchmarks/run_gpu.sh (pytest -m cuda) runs them.
+CUDA = pytest.param(
+    "cuda",
+    marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")],
+)
+DEVICES = ["cpu", CUDA]
+# Kernels that never store the attention map: under these alone, a fallback to the math
+# kernel raises "No available kernel" instead of running silently.
+FUSED = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
 
 
 def conv1x1(x, conv):
@@ -218,3 +230,57 @@ def test_auto_order_picks_the_cheaper_per_shape():
     assert not use_reassociated("auto", 784, 784, 1024, 512)
     with pytest.raises(ValueError, match="unknown attention order 'fast'"):
         use_reassociated("fast", 1, 1, 1, 1)
+
+
+def fused_and_reference(module, device, dtype, memory_format):
+    """``module`` forced onto the fused branch and a copy on bmm + softmax, on ``device``."""
+    fused = configure_attention(randomise_norms(module), use_sdpa=True).train()
+    fused = fused.to(device, dtype).to(memory_format=memory_format)
+    return fused, configure_attention(copy.deepcopy(fused), use_sdpa=False)
+
+
+def feature_map(shape, device, dtype, memory_format):
+    return torch.randn(shape, device=device, dtype=dtype).to(memory_format=memory_format).requires_grad_()
+
+
+LAYOUTS = [
+    pytest.param(dtype, memory_format, id=f"{str(dtype)[6:]}-{str(memory_format)[6:]}")
+    for dtype in (torch.float32, torch.bfloat16)
+    for memory_format in (torch.contiguous_format, torch.channels_last)
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype, memory_format", LAYOUTS)
+@pytest.mark.parametrize("order", ["paper", "reassociated"])
+def test_the_fused_branch_runs_a_fused_kernel_forward_and_backward(device, dtype, memory_format, order):
+    torch.manual_seed(0)
+    nl, nl_reference = fused_and_reference(NonLocal2d(16, order=order), device, dtype, memory_format)
+    cnl_module, cnl_reference = fused_and_reference(
+        CrossLayerNonLocal(32, [16, 32], inner_channels=8, order=order), device, dtype, memory_format
+    )
+    x = feature_map((2, 16, 6, 5), device, dtype, memory_format)
+    query, responses = (
+        feature_map((2, 32, 3, 2), device, dtype, memory_format),
+        [
+            feature_map((2, 16, 6, 5), device, dtype, memory_format),
+            feature_map((2, 32, 4, 3), device, dtype, memory_format),
+        ],
+    )
+    with sdpa_kernel(FUSED):
+        outputs = [nl(x), cnl_module(query, responses)]
+        sum(out.float().square().sum() for out in outputs).backward()
+    tolerance = {"rtol": 0.05, "atol": 0.15} if dtype == torch.bfloat16 else {"rtol": 1e-4, "atol": 1e-4}
+    torch.testing.assert_close(outputs[0], nl_reference(x), **tolerance)
+    torch.testing.assert_close(outputs[1], cnl_reference(query, responses), **tolerance)
+    assert all(torch.isfinite(t.grad).all() for t in [x, query, *responses])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_nl_baselines_blocks_run_fused_in_a_train_step(device):
+    """The model path: theta's tokens and the phi/g maps come from the backbone's layers."""
+    model = cnl.create_model("resnet18_nl5", num_classes=4, width=8).to(device).train()
+    images = torch.randn(2, 3, 64, 64, device=device)
+    with sdpa_kernel(FUSED):
+        nn.functional.cross_entropy(model(images), torch.tensor([0, 3], device=device)).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -7,8 +7,10 @@ code (``use_scale=True``).
 
 Layout: queries are tokens ``[B, Nq, E]`` (one row per position, as X in the paper);
 keys, values and the aggregate stay channels-first ``[B, E, N]``, the layout of a
-flattened feature map. No transpose of a response map is ever materialised, so the
-gradients that flow back into the backbone keep its layout.
+flattened feature map. The bmm path never materialises a transpose of a response map, so
+the gradients that flow back into the backbone keep its layout. The fused path
+(``scaled_dot_product_attention``) copies its inputs to token rows first, since its kernels
+take rows of stride 1 only (the copy is free under channels_last, where they already are).
 """
 
 from __future__ import annotations
@@ -68,9 +70,12 @@ class DotProductAttention(nn.Module):
         scale = query.shape[-1] ** -0.5 if scale is None else scale
         fused = self.use_sdpa if self.use_sdpa is not None else query.shape[1] > query.shape[2]
         if fused and not return_attention:
+            # Fused kernels read rows of stride 1 and refuse anything else, and PyTorch then
+            # falls back silently to the math kernel, which stores the map. A channels-first
+            # map gives rows of stride N, so they are copied (a no-op under channels_last).
             # One head as a dimension of its own: ONNX's attention op takes 4-D inputs only.
-            heads = (query.unsqueeze(1), key.transpose(1, 2).unsqueeze(1), value.transpose(1, 2).unsqueeze(1))
-            out = F.scaled_dot_product_attention(*heads, scale=scale).squeeze(1)
+            q, k, v = (t.contiguous().unsqueeze(1) for t in (query, key.transpose(1, 2), value.transpose(1, 2)))
+            out = F.scaled_dot_product_attention(q, k, v, scale=scale).squeeze(1)
             return out.transpose(1, 2), None
         logits = torch.bmm(query, key) * scale
         # The softmax runs in at least float32 so that bf16/fp16 rows still sum to one.
