@@ -3,9 +3,16 @@
 import json
 
 import pytest
+import torch
 
+from cnl.analysis import bench
 from cnl.analysis.bench import parse_spec
 from cnl.cli import main
+
+CUDA = pytest.param(
+    "cuda",
+    marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")],
+)
 
 
 def test_model_bench_reports_times_memory_and_ratios(capsys):
@@ -30,6 +37,9 @@ def test_module_and_input_benches(capsys):
         ("reassociated", "sdpa"),
         ("reassociated", "bmm"),
     }
+    # The fused rows ran a fused kernel, not the math fallback that stores the map.
+    assert {r["ran"] for r in rows if r["kernel"] == "sdpa"} <= {"flash", "efficient"}
+    assert {r["ran"] for r in rows if r["kernel"] == "bmm"} == {"bmm + softmax"}
     assert main(["bench", "input", "--img-size", "64", "--repeats", "1", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["decoder"] for r in rows] == ["pil", "torchvision"] and all(r["images_per_s"] > 0 for r in rows)
@@ -47,7 +57,26 @@ def test_old_bench_spellings_work_or_name_the_subcommand(capsys):
 
 
 def test_spec_parsing():
-    assert parse_spec("resnet50_cnl5") == ("resnet50_cnl5", "auto", None)
-    assert parse_spec("resnet50_nl5:paper:bmm") == ("resnet50_nl5", "paper", False)
+    assert parse_spec("resnet50_cnl5") == ("resnet50_cnl5", "auto", None, False)
+    assert parse_spec("resnet50_nl5:paper:bmm") == ("resnet50_nl5", "paper", False, False)
+    assert parse_spec("resnet50_cnl5+compile") == ("resnet50_cnl5", "auto", None, True)
+    assert parse_spec("tv:resnet50_cnl5:paper+compile") == ("tv:resnet50_cnl5", "paper", None, True)
     with pytest.raises(ValueError, match="unknown attention kernel 'cuda'"):
         parse_spec("resnet50:paper:cuda")
+
+
+def test_plus_compile_compiles_that_model_alone(monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
+    rows = bench.bench_models(["resnet18", "resnet18+compile"], repeats=1, img_size=32, device="cpu")
+    assert [r.model for r in rows] == ["resnet18", "resnet18+compile"] and len(compiled) == 1
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_a_models_peak_memory_is_its_own_whatever_was_benched_before(device):
+    """On CUDA the allocator's peak also counts the models built earlier; they are taken off."""
+    settings = {"repeats": 1, "img_size": 64, "batch_size": 2, "device": device}
+    alone = bench.bench_models(["resnet18"], **settings)[0].peak_memory_mb
+    after_others = bench.bench_models(["resnet50", "resnet18_cnl5", "resnet18"], **settings)
+    assert after_others[2].peak_memory_mb == pytest.approx(alone, rel=0.02)
+    assert after_others[0].peak_memory_mb > 2 * alone  # 25.6M parameters against 11.7M

@@ -402,8 +402,8 @@ def add_bench(subparsers: argparse._SubParsersAction) -> None:
                 448, 2, cmd_bench_model)  # fmt: skip
     model.add_argument(
         "--models", nargs="+", default=["resnet50,resnet50_nl5,resnet50_cnl5"],
-        help="names, optionally NAME:ORDER:KERNEL (order paper|reassociated|auto, kernel sdpa|bmm); "
-        "default resnet50,resnet50_nl5,resnet50_cnl5",
+        help="names, optionally NAME:ORDER:KERNEL (order paper|reassociated|auto, kernel sdpa|bmm) and "
+        "+compile (that model under torch.compile); default resnet50,resnet50_nl5,resnet50_cnl5",
     )  # fmt: skip
     model.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision (default none)")
     model.add_argument("--channels-last", action="store_true", help="channels-last memory format")

@@ -1,21 +1,25 @@
 """``cnl bench``: train-step time, inference throughput and peak memory, as ratios within one run.
 
-A model is named as in ``create_model``, optionally with the attention path:
-``resnet50_cnl5:paper:bmm`` runs the paper's order with ``bmm`` + softmax (the authors'
-arithmetic), ``resnet50_cnl5`` our default (``auto`` order, fused kernels).
+A model is named as in ``create_model``, optionally with the attention path and
+``+compile``: ``resnet50_cnl5:paper:bmm`` runs the paper's order with ``bmm`` + softmax
+(the authors' arithmetic), ``resnet50_cnl5`` our default (``auto`` order, fused kernels),
+``resnet50_cnl5+compile`` the default under ``torch.compile``, so that one run can time a
+model with and without compiling it.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from cnl.engine.distributed import pick_device
 from cnl.engine.loop import AMP_DTYPES
@@ -25,6 +29,11 @@ from cnl.models.backbones import SOURCES
 from cnl.nn import CrossLayerNonLocal, NonLocal2d, configure_attention
 
 KERNELS = {"sdpa": True, "bmm": False, "auto": None}
+# The kernels that never store the attention map; the math kernel, which does, is left out.
+FUSED_KERNELS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+COMPILED = "+compile"
+# What scaled_dot_product_attention raises when no allowed kernel takes the inputs.
+REFUSALS = ("No available kernel", "No viable backend")
 
 
 @dataclass
@@ -35,15 +44,24 @@ class BenchResult:
     train_step_s: float
     inference_images_per_s: float
     peak_memory_mb: float
+    first_steps_s: tuple[float, float] = (0.0, 0.0)  # the first train and inference steps: compile, lazy set-up
     train_ratio: float = 1.0
     inference_ratio: float = 1.0
     memory_ratio: float = 1.0
 
 
-def parse_spec(spec: str) -> tuple[str, str, bool | None]:
-    """``"name[:order[:kernel]]"`` -> (name, order, use_sdpa); defaults ``auto``. A name may
-    carry its source (``timm:convnext_tiny_cnl5:paper``)."""
-    parts = spec.split(":")
+class Spec(NamedTuple):
+    name: str
+    order: str
+    use_sdpa: bool | None
+    compiled: bool
+
+
+def parse_spec(spec: str) -> Spec:
+    """``"name[:order[:kernel]][+compile]"``; order and kernel default to ``auto``. A name
+    may carry its source (``timm:convnext_tiny_cnl5:paper``)."""
+    compiled = spec.endswith(COMPILED)
+    parts = spec.removesuffix(COMPILED).split(":")
     source = parts.pop(0) + ":" if parts[0] in SOURCES and len(parts) > 1 else ""
     name, *rest = parts
     name = source + name
@@ -51,18 +69,26 @@ def parse_spec(spec: str) -> tuple[str, str, bool | None]:
     kernel = rest[1] if len(rest) > 1 else "auto"
     if kernel not in KERNELS:
         raise InvalidValue(f"unknown attention kernel {kernel!r} in {spec!r}; valid kernels: {', '.join(KERNELS)}")
-    return name, order, KERNELS[kernel]
+    return Spec(name, order, KERNELS[kernel], compiled)
 
 
-def build(spec: str, num_classes: int, device: torch.device, channels_last: bool) -> nn.Module:
-    name, order, use_sdpa = parse_spec(spec)
-    model = configure_attention(create_model(name, num_classes=num_classes), order, use_sdpa).to(device)
+def build(spec: Spec, num_classes: int, device: torch.device, channels_last: bool) -> nn.Module:
+    model = create_model(spec.name, num_classes=num_classes)
+    model = configure_attention(model, spec.order, spec.use_sdpa).to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def synchronise(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed(step: Callable[[], None], device: torch.device) -> float:
+    synchronise(device)
+    start = time.perf_counter()
+    step()
+    synchronise(device)
+    return time.perf_counter() - start
 
 
 def interleaved_medians(steps: list[Callable[[], None]], repeats: int, device: torch.device) -> list[float]:
@@ -73,11 +99,7 @@ def interleaved_medians(steps: list[Callable[[], None]], repeats: int, device: t
     times: list[list[float]] = [[] for _ in steps]
     for _ in range(repeats):
         for k, step in enumerate(steps):
-            synchronise(device)
-            start = time.perf_counter()
-            step()
-            synchronise(device)
-            times[k].append(time.perf_counter() - start)
+            times[k].append(timed(step, device))
     return [statistics.median(t) for t in times]
 
 
@@ -85,19 +107,26 @@ def median_time(step: Callable[[], None], repeats: int, device: torch.device) ->
     return interleaved_medians([step], repeats, device)[0]
 
 
-def peak_memory_mb(model: nn.Module, step: Callable[[], None], device: torch.device) -> float:
-    """Peak bytes of tensors alive during one train step: parameters, gradients, optimizer
-    state, activations and temporaries.
+def allocated_mb(device: torch.device) -> float:
+    """Bytes the CUDA allocator holds for tensors now; 0 elsewhere."""
+    return torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
 
-    CUDA: the allocator's peak. CPU: torch's MemTracker, which follows every tensor. It
-    runs as a dispatch mode, under which scaled_dot_product_attention takes its math path
-    and materialises the map, so for fused attention it is an upper bound.
+
+def peak_memory_mb(model: nn.Module, step: Callable[[], None], device: torch.device, held_before: float = 0.0) -> float:
+    """Peak MB of the tensors of one train step: the model's parameters, gradients,
+    optimizer state, inputs, activations and temporaries.
+
+    CUDA: the allocator's peak during the step less ``held_before``, what was allocated
+    before this model was built (the models built before it), so that each model's figure
+    is its own. CPU: torch's MemTracker, which follows the model's and optimizer's tensors
+    and every tensor made during the step (the inputs, made before, are not counted).
     """
     if device.type == "cuda":
+        synchronise(device)
         torch.cuda.reset_peak_memory_stats(device)
         step()
         synchronise(device)
-        return torch.cuda.max_memory_allocated(device) / 2**20
+        return torch.cuda.max_memory_allocated(device) / 2**20 - held_before
     from torch.distributed._tools.mem_tracker import MemTracker
 
     optimizer = getattr(step, "optimizer", None)
@@ -106,6 +135,24 @@ def peak_memory_mb(model: nn.Module, step: Callable[[], None], device: torch.dev
     with tracker:
         step()
     return tracker.get_tracker_snapshot("peak")[device]["Total"] / 2**20
+
+
+def make_shared_workspaces(device: torch.device) -> None:
+    """cuBLAS keeps a workspace per stream from its first call on; made here, before the
+    first model, it is held before every model alike instead of counted in the first's peak."""
+    if device.type != "cuda":
+        return
+    weight = torch.ones(8, 8, device=device, requires_grad=True)
+    for dtype in (torch.float32, torch.bfloat16):
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            nn.functional.linear(torch.ones(8, 8, device=device), weight, torch.ones(8, device=device)).sum().backward()
+    synchronise(device)
+
+
+MEMORY_METHODS = {
+    "cuda": "CUDA allocator peak of a train step less what the models built before it hold",
+    "cpu": "MemTracker peak of a train step",
+}
 
 
 def _setup(
@@ -121,12 +168,13 @@ def _setup(
     """The model and its train and inference steps on random data."""
     target = pick_device(device)
     torch.manual_seed(0)
-    model = build(spec, num_classes, target, channels_last)
+    parsed = parse_spec(spec)
+    model = build(parsed, num_classes, target, channels_last)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     images = torch.randn(batch_size, 3, img_size, img_size, device=target).to(memory_format=memory_format)
     labels = torch.randint(0, num_classes, (batch_size,), device=target)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    runner = torch.compile(model) if compile else model
+    runner = torch.compile(model) if compile or parsed.compiled else model
     dtype = AMP_DTYPES.get(amp, torch.bfloat16)
 
     def train_step() -> None:
@@ -150,14 +198,27 @@ def _setup(
 
 def bench_models(specs: list[str], repeats: int = 3, **settings) -> list[BenchResult]:
     """Median train-step time, inference images/s and peak train-step memory of each model,
-    and each one's ratio to the first."""
-    setups = [_setup(spec, **settings) for spec in specs]
-    device = next(setups[0][0].parameters()).device
-    step_times = interleaved_medians([train for _, train, _ in setups], repeats, device)
-    infer_times = interleaved_medians([infer for _, _, infer in setups], repeats, device)
-    memories = [peak_memory_mb(model, train, device) for model, train, _ in setups]
+    and each one's ratio to the first.
+
+    Each model's first train and inference steps are timed (they compile under
+    ``+compile``) and its memory is taken in the next train step, as it is built, before the
+    next model exists; the medians are then taken in interleaved rounds."""
+    target = pick_device(settings.get("device", "auto"))
+    make_shared_workspaces(target)
+    setups, memories, first_steps = [], [], []
+    for spec in specs:
+        held_before = allocated_mb(target)
+        model, train, infer = _setup(spec, **settings)
+        first_steps.append((timed(train, target), timed(infer, target)))
+        memories.append(peak_memory_mb(model, train, target, held_before))
+        setups.append((train, infer))
+    step_times = interleaved_medians([train for train, _ in setups], repeats, target)
+    infer_times = interleaved_medians([infer for _, infer in setups], repeats, target)
     batch = settings.get("batch_size", 2)
-    results = [BenchResult(s, t, batch / i, m) for s, t, i, m in zip(specs, step_times, infer_times, memories)]
+    results = [
+        BenchResult(s, t, batch / i, m, f)
+        for s, t, i, m, f in zip(specs, step_times, infer_times, memories, first_steps)
+    ]
     first = results[0]
     for r in results:
         r.train_ratio = r.train_step_s / first.train_step_s
@@ -168,20 +229,22 @@ def bench_models(specs: list[str], repeats: int = 3, **settings) -> list[BenchRe
 
 def format_results(results: list[BenchResult], settings: dict) -> str:
     lines = [
-        "| model | train step (s) | vs first | inference img/s | vs first | peak memory (MB) | vs first |",
-        "|---|---|---|---|---|---|---|",
+        "| model | train step (s) | vs first | inference img/s | vs first | peak memory (MB) | vs first "
+        "| first train + inference step (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r.model} | {r.train_step_s:.3f} | {r.train_ratio:.2f}x | {r.inference_images_per_s:.2f} | "
-            f"{r.inference_ratio:.2f}x | {r.peak_memory_mb:.0f} | {r.memory_ratio:.2f}x |"
+            f"{r.inference_ratio:.2f}x | {r.peak_memory_mb:.0f} | {r.memory_ratio:.2f}x | "
+            f"{r.first_steps_s[0]:.2f} + {r.first_steps_s[1]:.2f} |"
         )
     described = ", ".join(f"{k}={v}" for k, v in settings.items())
-    memory = "CUDA allocator peak" if pick_device(settings.get("device", "auto")).type == "cuda" else "MemTracker peak"
+    memory = MEMORY_METHODS["cuda" if pick_device(settings.get("device", "auto")).type == "cuda" else "cpu"]
     lines += [
         "",
-        f"Median of {settings.get('repeats', 3)} interleaved rounds after one warm-up; memory: {memory} "
-        f"of a train step; {described}; "
+        f"Median of {settings.get('repeats', 3)} interleaved rounds after one warm-up; memory: {memory}; "
+        f"{described}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads.",
     ]
     return "\n".join(lines)
@@ -218,14 +281,36 @@ def bench_module(img_size: int = 448, batch_size: int = 2, device: str = "auto",
                 ("NL (one res3 block)", nl, lambda: nl(nl_input)),
             ):
                 configure_attention(module, order, use_sdpa)
-                seconds = median_time(lambda run=run: run().sum().backward(), repeats, target)  # type: ignore[misc]
-                rows.append({"module": name, "order": order, "kernel": kernel, "forward_backward_s": seconds})
+                step = lambda run=run: run().sum().backward()  # noqa: E731
+                ran = kernel_that_runs(step) if use_sdpa else "bmm + softmax"
+                seconds = median_time(step, repeats, target)  # type: ignore[arg-type]
+                row = {"module": name, "order": order, "kernel": kernel, "ran": ran}
+                rows.append({**row, "forward_backward_s": seconds})
     return rows
 
 
+def kernel_that_runs(step: Callable[[], None]) -> str:
+    """Which kernel ``scaled_dot_product_attention`` takes in ``step``: ``flash`` or
+    ``efficient`` (fused, the map never stored), else ``math``, the fallback PyTorch takes
+    silently when the fused kernels refuse the inputs (their layout, dtype or sizes)."""
+    for name, backend in zip(("flash", "efficient"), FUSED_KERNELS):
+        try:
+            with warnings.catch_warnings(), sdpa_kernel([backend]):
+                warnings.simplefilter("ignore")  # each refusal warns why; the answer is the name
+                step()
+            return name
+        except RuntimeError as error:
+            if not any(refusal in str(error) for refusal in REFUSALS):
+                raise
+    return "math"
+
+
 def format_module_rows(rows: list[dict]) -> str:
-    lines = ["| module | order | kernel | forward + backward (ms) |", "|---|---|---|---|"]
-    lines += [f"| {r['module']} | {r['order']} | {r['kernel']} | {1000 * r['forward_backward_s']:.1f} |" for r in rows]
+    lines = ["| module | order | kernel | ran | forward + backward (ms) |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {r['module']} | {r['order']} | {r['kernel']} | {r['ran']} | {1000 * r['forward_backward_s']:.1f} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
