@@ -19,7 +19,7 @@ from cnl.data.transforms import batch_mix
 from cnl.engine import distributed
 from cnl.engine.checkpoint import model_overrides
 from cnl.engine.config import TrainConfig
-from cnl.engine.loop import StepSettings, TrainParts
+from cnl.engine.loop import StepSettings, TrainParts, wants_progress_bars
 from cnl.engine.randomness import seed_model_init, validation_indices
 from cnl.engine.schedule import build_scheduler
 from cnl.errors import DataError, InvalidValue
@@ -177,7 +177,7 @@ def build_step_settings(
         num_classes,
         amp=config.amp,
         channels_last=config.channels_last,
-        show_progress=ctx.is_main,
+        show_progress=wants_progress_bars(ctx.is_main),
         accum_steps=config.accum_steps,
         global_batch=global_batch,
         world_size=ctx.world_size,

@@ -21,7 +21,7 @@ from cnl.engine import distributed
 from cnl.engine.checkpoint import load_model_with_info
 from cnl.engine.config import make_config
 from cnl.engine.loaders import eval_loader
-from cnl.engine.loop import StepSettings, evaluate
+from cnl.engine.loop import StepSettings, evaluate, wants_progress_bars
 from cnl.engine.predictions import image_names
 from cnl.errors import DataError, InvalidValue, MissingFile
 
@@ -51,7 +51,8 @@ def evaluate_checkpoint(
             raise DataError(
                 f"the test split of {config.data_root} does not name the checkpoint's {len(classes)} classes"
             )
-        settings = StepSettings(ctx.device, len(classes), config.amp, config.channels_last, show_progress=ctx.is_main)
+        bars = wants_progress_bars(ctx.is_main)
+        settings = StepSettings(ctx.device, len(classes), config.amp, config.channels_last, show_progress=bars)
         batch_size = batch_size or config.batch_size or max(1, (config.global_batch_size or 1) // ctx.world_size)
         runnable: torch.nn.Module = torch.compile(model) if config.compile else model  # type: ignore[assignment]
         loader = eval_loader(test, batch_size, config.workers, ctx)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,13 @@ from cnl.engine.randomness import seed_step
 from cnl.errors import TrainingDiverged
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def wants_progress_bars(is_main: bool) -> bool:
+    """Bars on the main process and only on a terminal: in a log file or a pipe their
+    redraws would bury the per-epoch lines (and reading the running figures for them costs
+    a device sync per step)."""
+    return is_main and sys.stderr.isatty()
 
 
 @dataclass
