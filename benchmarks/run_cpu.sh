@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CPU numbers of docs/benchmarks.md: targets at 448, scaling, attention paths, input pipeline.
-# Usage: bash benchmarks/run_cpu.sh [OUT_DIR]   (about 15 minutes on 2 cores)
+# Usage: bash benchmarks/run_cpu.sh [OUT_DIR]   (about 20 minutes on 2 cores)
 set -euo pipefail
 out=${1:-runs/benchmarks}
 mkdir -p "$out"
@@ -16,6 +16,11 @@ $cnl bench input --img-size 448 --repeats 3 | tee "$out/input_448.md"
 # Any backbone (issue 13): each family's CNL against its plain backbone.
 for family in timm:convnext_tiny timm:efficientnet_b0 tv:convnext_tiny tv:efficientnet_b0; do
     $cnl bench model --models "$family,${family}_cnl5" --img-size 448 --batch-size 2 | tee "$out/backbone_${family/:/_}.md"
+done
+# What compiling costs up front (the first steps; docs/benchmarks.md "CUDA"), from a cold cache.
+for arch in resnet50 resnet18; do
+    TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) $cnl bench model --models "${arch}_cnl5,${arch}_cnl5+compile" \
+        --img-size 64 --batch-size 2 --repeats 1 --device cpu | tee "$out/compile_$arch.md"
 done
 $cnl bench predict | tee "$out/predict.md"
 $cnl bench predict --width 64 | tee "$out/predict_width64.md"

@@ -156,7 +156,7 @@ def test_the_files_a_project_is_expected_to_have():
 def bench_commands(text: str) -> set[tuple[str, frozenset[str]]]:
     """``(job, flags)`` of every ``cnl bench JOB --flag ...`` in a text."""
     found = set()
-    for job, rest in re.findall(r"cnl bench (model|module|input|predict)((?:[ \t]+(?:\\\n)?[^\s`|]+)*)", text):
+    for job, rest in re.findall(r"cnl bench (model|module|input|predict)((?:[ \t]+(?:\\\n[ \t]*)?[^\s`|]+)*)", text):
         found.add((job, frozenset(re.findall(r"(?<![\w-])(--[\w-]+)", rest))))
     return found
 

@@ -1,27 +1,95 @@
-"""benchmarks/run_gpu.sh, rehearsed on the CPU: every step runs and its checks pass."""
+"""benchmarks/run_gpu.sh, rehearsed on the CPU: every step runs, a failing or hanging step is
+recorded and the script goes on, a spent budget skips what is left, and the summary says so."""
 
+import json
 import os
+import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+SLOW = pytest.mark.slow  # runs the GPU script's rehearsal
+STEPS = ["machine", "cuda-tests", "bench-module", "bench-models", "bench-compile"]
+STEPS += ["data", "train", "eval", "train-check"]
 
-pytestmark = pytest.mark.slow  # runs the whole GPU script's rehearsal
+
+def rehearse(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, Path, dict[str, dict]]:
+    out, scratch = tmp_path / "out", tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "CNL_DEVICE": "cpu", "CNL_SMOKE": "1", "PYTHON": sys.executable, "TMPDIR": str(scratch), **env}
+    script = REPO / "benchmarks" / "run_gpu.sh"
+    done = subprocess.run(["bash", str(script), str(out)], capture_output=True, text=True, env=env, timeout=600)
+    steps = {row["step"]: row for row in json.loads((out / "summary.json").read_text())["steps"]}
+    return done, out, steps
 
 
-def test_the_gpu_script_runs_every_step_on_the_cpu(tmp_path):
-    env = {**os.environ, "CNL_DEVICE": "cpu", "CNL_SMOKE": "1", "PYTHON": sys.executable}
-    done = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "run_gpu.sh"), str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
+@SLOW
+def test_the_script_goes_on_past_a_failing_and_a_hanging_step_and_sums_up(tmp_path):
+    done, out, steps = rehearse(tmp_path, CNL_REHEARSE_FAULTS="1")
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert list(steps) == ["fails-on-purpose", "hangs-on-purpose", *STEPS]
+    assert steps["fails-on-purpose"]["status"] == "failed"
+    assert steps["hangs-on-purpose"]["status"] == "timed out" and int(steps["hangs-on-purpose"]["seconds"]) < 15
+    assert steps["bench-compile"]["status"] == "skipped"  # the CPU rehearsal does not compile
+    failed = {name: (row["status"], row["log_tail"]) for name, row in steps.items()}
+    assert {name for name, row in steps.items() if row["status"] == "passed"} == set(STEPS) - {"bench-compile"}, failed
+
+    # The summary is printed last, and written as Markdown and JSON.
+    summary = (out / "summary.md").read_text()
+    assert done.stdout.rstrip().endswith(summary.rstrip())
+    assert "8 passed, 1 failed, 1 timed out, 1 skipped" in summary.splitlines()[0]
+    assert "| fails-on-purpose | failed |" in summary and "| hangs-on-purpose | timed out |" in summary
+    record = json.loads((out / "summary.json").read_text())
+    figures = {step["step"]: step["figures"] for step in record["steps"]}
+    assert figures["train-check"] == "OK: loss went down, eval equals logged"
+    assert re.fullmatch(r"top1 \d+\.\d\d, top5 \d+\.\d\d on 32 images", figures["eval"])  # one whole batch
+    assert figures["cuda-tests"].startswith("19 skipped")  # no GPU here: the marker skips them
+    assert "resnet18_cnl5: train step" in figures["bench-models"] and "NL (one res3 block): " in figures["bench-module"]
+    assert set(record["tables"]) == {"bench-module", "bench-models"}
+    assert record["tables"]["bench-module"].count("| sdpa | flash |") == 4  # fused, not the math fallback
+
+    # Four small files come back; data, checkpoints and the temporary folder are gone.
+    files = {f.name: f.stat().st_size for f in out.iterdir()}
+    assert set(files) == {"summary.md", "summary.json", "logs.tar.gz", "train_metrics.jsonl"}
+    assert sum(files.values()) < 1_000_000
+    assert not [p for p in (tmp_path / "tmp").iterdir() if p.name.startswith("cnl-gpu.")]
+    with tarfile.open(out / "logs.tar.gz") as logs:
+        assert {Path(name).name for name in logs.getnames()} >= {f"{step}.log" for step in steps} | {"steps.tsv"}
+        train_log = logs.extractfile("./train.log").read().decode()  # type: ignore[union-attr]
+    assert "epoch 4/4" in train_log and "\r" not in train_log  # no progress bars in a log
+
+
+@SLOW
+def test_a_spent_budget_skips_the_remaining_steps_and_still_sums_up(tmp_path):
+    done, out, steps = rehearse(tmp_path, CNL_BUDGET_S="21")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for step in ("== 1. CUDA tests", "== 2. bench at 64", "== 3. train"):
-        assert step in done.stdout
-    assert "skipped" in (tmp_path / "cuda_tests.txt").read_text()  # no GPU here: the marker skips them
-    bench = (tmp_path / "bench.md").read_text()
-    assert all(f"| {name} |" in bench for name in ("resnet18", "resnet18_nl5", "resnet18_cnl5"))
-    assert (tmp_path / "train_check.txt").read_text().splitlines()[-1] == "OK: loss went down, eval equals logged"
+    assert list(steps) == STEPS
+    skipped = [name for name, row in steps.items() if row["status"] == "skipped"]
+    assert skipped and skipped == STEPS[-len(skipped) :]
+    assert steps[skipped[-1]]["figures"] == "skipped: the budget of 21s is spent"
+    assert (out / "summary.md").read_text().splitlines()[0].endswith(f"{len(skipped)} skipped")
+
+
+def test_the_summary_reads_the_tables_cnl_bench_prints(tmp_path, monkeypatch):
+    """gpu_summary.py parses `cnl bench`'s own table, so a change of its columns shows here."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from gpu_summary import summarise
+
+    from cnl.analysis.bench import BenchResult, format_results
+
+    eager = BenchResult("resnet50_cnl5", 0.2, 100.0, 900.0, (1.5, 0.4))
+    compiled = BenchResult("resnet50_cnl5+compile", 0.15, 150.0, 800.0, (61.0, 17.5), 0.75, 1.5, 0.89)
+    logs, out = tmp_path / "logs", tmp_path / "out"
+    logs.mkdir(), out.mkdir()
+    (logs / "bench-compile.log").write_text(format_results([eager, compiled], {"device": "cpu"}) + "\n")
+    (logs / "steps.tsv").write_text("step\tstatus\tseconds\tlimit\texit\nbench-compile\tpassed\t95\t180\t0\n")
+    summary = summarise(logs, out, "95")
+    assert (
+        "| bench-compile | passed | 95 | 180 | resnet50_cnl5: train step 1.00x, first steps 1.50 + 0.40 s; "
+        "resnet50_cnl5+compile: train step 0.75x, first steps 61.00 + 17.50 s |"
+    ) in summary
+    assert "### bench-compile" in summary and "| resnet50_cnl5+compile | 0.150 | 0.75x |" in summary
