@@ -205,3 +205,16 @@ def test_every_test_the_docs_name_exists():
         for name in re.findall(r"(?<![\w/.])(test_\w+)(?=[`:\[,\s)]|$)", page.read_text(encoding="utf-8")):
             if "_" in name[5:] and not name.endswith("_py"):
                 assert name in defined, f"{page.name} names {name}, which no test in tests/ defines"
+
+
+@pytest.mark.slow  # it starts pytest, so it is one of the tests it counts
+def test_the_readme_counts_the_tests_that_the_fast_subset_leaves_out():
+    stated = re.search(r"leaves out the (\d+) tests that start processes", (REPO / "README.md").read_text())
+    assert stated, "README.md no longer says how many tests -m 'not slow' leaves out"
+    collected = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "slow", "-p", "no:cacheprovider", "tests"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    summary = re.search(r"(\d+)/\d+ tests collected", collected.stdout)
+    assert summary, collected.stdout[-2000:] + collected.stderr[-2000:]
+    assert int(stated.group(1)) == int(summary.group(1))
