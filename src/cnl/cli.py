@@ -386,6 +386,8 @@ def cmd_bench_predict(args: argparse.Namespace) -> int:
 
 
 def add_bench(subparsers: argparse._SubParsersAction) -> None:
+    from cnl.engine.config import AMP_CHOICES
+
     parser = subparsers.add_parser("bench", help="train-step time, inference speed and peak memory, as ratios")
     jobs = parser.add_subparsers(dest="bench_command", required=True, metavar="{model,module,input,predict}")
 
@@ -405,7 +407,7 @@ def add_bench(subparsers: argparse._SubParsersAction) -> None:
         help="names, optionally NAME:ORDER:KERNEL (order paper|reassociated|auto, kernel sdpa|bmm) and "
         "+compile (that model under torch.compile); default resnet50,resnet50_nl5,resnet50_cnl5",
     )  # fmt: skip
-    model.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision (default none)")
+    model.add_argument("--amp", choices=AMP_CHOICES, default="none", help="mixed precision (default none)")
     model.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     model.add_argument("--compile", action="store_true", help="torch.compile each model")
     module = job("module", "the attention paths alone (paper, reassociated; sdpa, bmm) on the paper's shapes",

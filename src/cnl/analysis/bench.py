@@ -30,7 +30,7 @@ from cnl.nn import CrossLayerNonLocal, NonLocal2d, configure_attention
 
 KERNELS = {"sdpa": True, "bmm": False, "auto": None}
 # The kernels that never store the attention map; the math kernel, which does, is left out.
-FUSED_KERNELS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+FUSED_KERNELS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION}
 COMPILED = "+compile"
 # What scaled_dot_product_attention raises when no allowed kernel takes the inputs.
 REFUSALS = ("No available kernel", "No viable backend")
@@ -91,11 +91,15 @@ def timed(step: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_medians(steps: list[Callable[[], None]], repeats: int, device: torch.device) -> list[float]:
-    """Median seconds of each step, timed in rounds (one of each per round) after a warm-up,
-    so that drifts of the machine fall on every model alike."""
-    for step in steps:
-        step()
+def interleaved_medians(
+    steps: list[Callable[[], None]], repeats: int, device: torch.device, warm_up: bool = True
+) -> list[float]:
+    """Median seconds of each step, timed in rounds (one of each per round) after a warm-up
+    (``warm_up=False``: the steps have run already), so that drifts of the machine fall on
+    every model alike."""
+    if warm_up:
+        for step in steps:
+            step()
     times: list[list[float]] = [[] for _ in steps]
     for _ in range(repeats):
         for k, step in enumerate(steps):
@@ -202,7 +206,8 @@ def bench_models(specs: list[str], repeats: int = 3, **settings) -> list[BenchRe
 
     Each model's first train and inference steps are timed (they compile under
     ``+compile``) and its memory is taken in the next train step, as it is built, before the
-    next model exists; the medians are then taken in interleaved rounds."""
+    next model exists; the medians are then taken in interleaved rounds, those steps having
+    been the warm-up."""
     target = pick_device(settings.get("device", "auto"))
     make_shared_workspaces(target)
     setups, memories, first_steps = [], [], []
@@ -212,8 +217,8 @@ def bench_models(specs: list[str], repeats: int = 3, **settings) -> list[BenchRe
         first_steps.append((timed(train, target), timed(infer, target)))
         memories.append(peak_memory_mb(model, train, target, held_before))
         setups.append((train, infer))
-    step_times = interleaved_medians([train for train, _ in setups], repeats, target)
-    infer_times = interleaved_medians([infer for _, infer in setups], repeats, target)
+    step_times = interleaved_medians([train for train, _ in setups], repeats, target, warm_up=False)
+    infer_times = interleaved_medians([infer for _, infer in setups], repeats, target, warm_up=False)
     batch = settings.get("batch_size", 2)
     results = [
         BenchResult(s, t, batch / i, m, f)
@@ -293,7 +298,7 @@ def kernel_that_runs(step: Callable[[], None]) -> str:
     """Which kernel ``scaled_dot_product_attention`` takes in ``step``: ``flash`` or
     ``efficient`` (fused, the map never stored), else ``math``, the fallback PyTorch takes
     silently when the fused kernels refuse the inputs (their layout, dtype or sizes)."""
-    for name, backend in zip(("flash", "efficient"), FUSED_KERNELS):
+    for name, backend in FUSED_KERNELS.items():
         try:
             with warnings.catch_warnings(), sdpa_kernel([backend]):
                 warnings.simplefilter("ignore")  # each refusal warns why; the answer is the name
