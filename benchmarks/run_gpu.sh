@@ -105,9 +105,10 @@ EOF
 
 # The GPU cases of the suite (modules on the GPU, fused kernels, bf16, channels_last, one
 # compiled model against eager, per-model bench memory); they skip where no GPU is.
-# The files with CUDA cases, not the whole suite: a file that fails to import for want of
-# a package the GPU machine lacks (a browser driver, say) does not stop this step.
-mapfile -t cuda_files < <(grep -l "mark.cuda" tests/test_*.py)
+# The files with CUDA cases (those that import tests/devices.py), not the whole suite: a
+# file that fails to import for want of a package the GPU machine lacks (a browser driver,
+# say) does not stop this step.
+mapfile -t cuda_files < <(grep -l "^from devices import" tests/test_*.py)
 step cuda-tests 150 "$py" -m pytest -q -m cuda -p no:cacheprovider "${cuda_files[@]}"
 
 step bench-module 60 "$py" -m cnl bench module --device "$device" --img-size "$size" --batch-size 2 --repeats "$repeats"

@@ -8,11 +8,7 @@ import torch
 from cnl.analysis import bench
 from cnl.analysis.bench import parse_spec
 from cnl.cli import main
-
-CUDA = pytest.param(
-    "cuda",
-    marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")],
-)
+from devices import DEVICES
 
 
 def test_model_bench_reports_times_memory_and_ratios(capsys):
@@ -72,7 +68,7 @@ def test_plus_compile_compiles_that_model_alone(monkeypatch):
     assert [r.model for r in rows] == ["resnet18", "resnet18+compile"] and len(compiled) == 1
 
 
-@pytest.mark.parametrize("device", ["cpu", CUDA])
+@pytest.mark.parametrize("device", DEVICES)
 def test_a_models_peak_memory_is_its_own_whatever_was_benched_before(device):
     """On CUDA the allocator's peak also counts the models built earlier; they are taken off."""
     settings = {"repeats": 1, "img_size": 64, "batch_size": 2, "device": device}

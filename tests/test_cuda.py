@@ -1,21 +1,21 @@
 """The CUDA paths: modules, kernels, mixed precision, channels_last, compile.
 
 Marked ``cuda``: skipped where no GPU is present, run by benchmarks/run_gpu.sh
-(``pytest -m cuda tests``, with the CUDA cases of other files) on a GPU machine. The
+(``pytest -m cuda`` over the files that import ``tests/devices.py``) on a GPU machine. The
 training run on the GPU (bf16, channels_last, compile, then ``cnl eval``) is the script's
 own step, so that it is done once.
 """
 
 import pytest
 import torch
+from torch.nn.attention import sdpa_kernel
 
 import cnl
+from cnl.analysis.bench import FUSED_KERNELS
 from cnl.nn import CrossLayerNonLocal, NonLocal2d
+from devices import NEEDS_CUDA
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-]
+pytestmark = NEEDS_CUDA
 GPU = torch.device("cuda")
 
 
@@ -82,11 +82,9 @@ def test_compiled_model_equals_eager():
 def test_the_nl_baselines_paper_shapes_train_on_fused_kernels(amp):
     """ResNet-50's NL blocks (c = 256 and 512) as the bench runs them: channels_last, fp32 or
     bf16. Fused kernels alone are allowed, so a fallback to the math kernel raises."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     model = cnl.create_model("resnet50_nl5", num_classes=10).to(GPU, memory_format=torch.channels_last)
     images = torch.randn(2, 3, 224, 224, device=GPU).to(memory_format=torch.channels_last)
-    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
+    with sdpa_kernel(list(FUSED_KERNELS.values())):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             loss = torch.nn.functional.cross_entropy(model(images).float(), torch.tensor([1, 2], device=GPU))
         loss.backward()

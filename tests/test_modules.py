@@ -5,21 +5,17 @@ import copy
 import pytest
 import torch
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import sdpa_kernel
 
 import cnl
+from cnl.analysis.bench import FUSED_KERNELS
 from cnl.nn import CrossLayerNonLocal, NonLocal2d, configure_attention
 from cnl.nn.attention import paper_order_macs, reassociated_macs, use_reassociated
+from devices import DEVICES
 
-# The CUDA cases carry the cuda marker, so benchmarks/run_gpu.sh (pytest -m cuda) runs them.
-CUDA = pytest.param(
-    "cuda",
-    marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")],
-)
-DEVICES = ["cpu", CUDA]
 # Kernels that never store the attention map: under these alone, a fallback to the math
 # kernel raises "No available kernel" instead of running silently.
-FUSED = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+FUSED = list(FUSED_KERNELS.values())
 
 
 def conv1x1(x, conv):
