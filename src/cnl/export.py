@@ -27,9 +27,7 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path) -> list[Path]:
         return export_hub(model, info, checkpoint, out)
     example = torch.randn(2, 3, info["img_size"], info["img_size"])
     if fmt == "safetensors":
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
+        save_weights(model, out)
         card = {**{k: v for k, v in info.items() if k != "config"}, "summary": run_summary(checkpoint)}
         card_path(out).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         return [out, card_path(out)]
@@ -45,6 +43,13 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path) -> list[Path]:
     return [out]
 
 
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """The state dict as safetensors (which stores contiguous tensors only)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+
+
 def run_summary(checkpoint: str | Path) -> dict[str, Any] | None:
     """The ``summary.json`` of the run a checkpoint belongs to (RUN/checkpoints/best.pt), if any."""
     path = Path(checkpoint).parent.parent / "summary.json"
@@ -53,8 +58,6 @@ def run_summary(checkpoint: str | Path) -> dict[str, Any] | None:
 
 def export_hub(model: torch.nn.Module, info: dict[str, Any], checkpoint: str | Path, out: Path) -> list[Path]:
     """``out/config.json``, ``out/model.safetensors`` and ``out/README.md``: a folder to upload as it is."""
-    from safetensors.torch import save_file
-
     from cnl.engine.hub import CARD, CONFIG, WEIGHTS, hub_config
     from cnl.models.backbones import head_name
 
@@ -62,7 +65,7 @@ def export_hub(model: torch.nn.Module, info: dict[str, Any], checkpoint: str | P
     summary = run_summary(checkpoint)
     config = hub_config(info, head_name(model), summary)
     (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS))
+    save_weights(model, out / WEIGHTS)
     (out / CARD).write_text(model_card(config, out.name, Path(str(checkpoint)).name), encoding="utf-8")
     return [out / CONFIG, out / WEIGHTS, out / CARD]
 

@@ -231,14 +231,12 @@ def load_mat(path: Path, layout: str) -> dict[str, Any]:
         raise LayoutError(f"{path}: not a readable .mat file ({error}); expected the {layout}") from error
 
 
-def mat_field(mat: dict[str, Any], key: str, path: Path, layout: str) -> Any:
+def mat_list(mat: dict[str, Any], key: str, path: Path, layout: str) -> list[Any]:
+    """Variable ``key`` of a loaded .mat file as a list (squeezed, an array of one element
+    is a scalar: it becomes a list of one)."""
     if key not in mat:
         raise LayoutError(f"{path}: no variable {key!r}; expected the {layout}")
-    return mat[key]
-
-
-def as_list(value: Any) -> list[Any]:
-    """A squeezed MATLAB array (a scalar when it held one element) as a list."""
+    value = mat[key]
     return list(value) if hasattr(value, "__len__") and not isinstance(value, str) else [value]
 
 
@@ -246,8 +244,8 @@ def build_dogs(root: Path, split: str, **kwargs: Any) -> FineGrainedDataset:
     check_split(split, ("train", "test"))
     path = root / "lists" / f"{split}_list.mat"
     mat = load_mat(path, DOGS_LAYOUT)
-    files = [str(f) for f in as_list(mat_field(mat, "file_list", path, DOGS_LAYOUT))]
-    labels = [int(v) for v in as_list(mat_field(mat, "labels", path, DOGS_LAYOUT))]
+    files = [str(f) for f in mat_list(mat, "file_list", path, DOGS_LAYOUT)]
+    labels = [int(v) for v in mat_list(mat, "labels", path, DOGS_LAYOUT)]
     if len(files) != len(labels):
         raise LayoutError(f"{path}: {len(files)} files but {len(labels)} labels")
     # The breed folders, in wnid order, are the 120 classes; the lists number them 1..120.
@@ -272,7 +270,7 @@ CARS_LAYOUT = (
 
 
 def _car_class_names(mat: dict[str, Any], path: Path) -> list[str]:
-    return [str(n) for n in as_list(mat_field(mat, "class_names", path, CARS_LAYOUT))]
+    return [str(n) for n in mat_list(mat, "class_names", path, CARS_LAYOUT)]
 
 
 def _car_box(a: Any) -> Box:
@@ -331,15 +329,13 @@ def build_cars(root: Path, split: str, crop_to_box: bool = False, **kwargs: Any)
         mat = load_mat(combined, CARS_LAYOUT)
         classes = _car_class_names(mat, combined)
         want_test = split == "test"
-        annotations = [
-            a for a in as_list(mat_field(mat, "annotations", combined, CARS_LAYOUT)) if bool(a.test) == want_test
-        ]
+        annotations = [a for a in mat_list(mat, "annotations", combined, CARS_LAYOUT) if bool(a.test) == want_test]
         images = [root / str(a.relative_im_path) for a in annotations]
         where = combined
     else:
         meta, where, folder = _cars_devkit(root, split)
         classes = _car_class_names(load_mat(meta, CARS_LAYOUT), meta)
-        annotations = as_list(mat_field(load_mat(where, CARS_LAYOUT), "annotations", where, CARS_LAYOUT))
+        annotations = mat_list(load_mat(where, CARS_LAYOUT), "annotations", where, CARS_LAYOUT)
         images = [folder / str(a.fname) for a in annotations]
     samples = [
         (path, parse_label(str(getattr(a, "class")), f"{where}, annotation {i + 1}", len(classes)))
@@ -373,12 +369,9 @@ def build_flowers102(root: Path, split: str, **kwargs: Any) -> FineGrainedDatase
     check_split(split, tuple(FLOWERS_SPLITS))
     root = flowers_root(root)
     labels_path, ids_path = root / "imagelabels.mat", root / "setid.mat"
-    labels = [
-        int(v) for v in as_list(mat_field(load_mat(labels_path, FLOWERS_LAYOUT), "labels", labels_path, FLOWERS_LAYOUT))
-    ]
+    labels = [int(v) for v in mat_list(load_mat(labels_path, FLOWERS_LAYOUT), "labels", labels_path, FLOWERS_LAYOUT)]
     ids = [
-        int(v)
-        for v in as_list(mat_field(load_mat(ids_path, FLOWERS_LAYOUT), FLOWERS_SPLITS[split], ids_path, FLOWERS_LAYOUT))
+        int(v) for v in mat_list(load_mat(ids_path, FLOWERS_LAYOUT), FLOWERS_SPLITS[split], ids_path, FLOWERS_LAYOUT)
     ]
     classes = [f"flower {k}" for k in range(1, max(labels, default=0) + 1)]
     samples, origins = [], []
