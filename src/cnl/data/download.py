@@ -399,7 +399,7 @@ class Fetcher:
     def unpack(self, archive: Archive, path: Path) -> None:
         """Into ``root/archive.into``, once per verified archive (a marker records it)."""
         target = self.root / archive.into
-        marker = self.downloads / f"{archive.file}.unpacked"
+        marker = self.stamp(path, "unpacked")
         sealed = self.sealed(path)
         assert sealed is not None  # unpack follows ensure, which seals
         digest = sealed["digest"]
