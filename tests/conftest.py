@@ -17,6 +17,18 @@ import os
 import signal
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# The property-based tests (tests/test_boundaries.py and others): in CI derandomized, so a
+# run is repeatable and its time bounded; HYPOTHESIS_PROFILE=long draws many more inputs,
+# at random (docs/reliability.md).
+settings.register_profile(
+    "ci", derandomize=True, max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+settings.register_profile(
+    "long", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 STOPPING = (signal.SIGINT, signal.SIGTERM)
 _received, _sent = os.pipe()

@@ -35,6 +35,9 @@ class Server:
         self.files: dict[str, bytes] = {}
         self.drop: dict[str, int] = {}
         self.slow: set[str] = set()
+        self.trickle: set[str] = set()  # one byte every 0.2 s
+        self.unsized: set[str] = set()  # no Content-Length
+        self.claimed: dict[str, int] = {}  # a Content-Length other than the file's
         self.requests: list[tuple[str, str | None]] = []
         server = self
 
@@ -55,9 +58,16 @@ class Server:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 else:
                     self.send_response(200)
-                self.send_header("Content-Length", str(len(data) - start))
+                if name not in server.unsized:
+                    self.send_header("Content-Length", str(server.claimed.get(name, len(data) - start)))
                 self.end_headers()
                 body = data[start:]
+                if name in server.trickle:
+                    for offset in range(len(body)):
+                        self.wfile.write(body[offset : offset + 1])
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                    return
                 cut = server.drop.pop(name, None)
                 if cut is not None:
                     self.wfile.write(body[:cut])
@@ -334,3 +344,62 @@ def test_without_a_published_digest_the_first_download_records_one(server, tmp_p
     server.files["setid.mat"] = server.files["setid.mat"] + b"changed"
     with pytest.raises(ChecksumError, match="setid.mat .*is not the copy recorded on first download"):
         get_dataset("flowers102", root, server.url, progress=False)
+
+
+# --- a server that does not answer, crawls, or sends too much ----------------------------------
+
+
+def test_a_mirror_that_never_answers_is_given_up_in_one_line(tmp_path, monkeypatch, capsys):
+    import socket
+
+    monkeypatch.setattr(download_module, "TIMEOUT_S", 0.5)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # the connection is accepted by the kernel; nothing is ever sent back
+    try:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        assert main(["data", "get", "dogs", "--root", str(tmp_path / "data"), "--mirror", url]) == 2
+        assert time.monotonic() - started < 10
+    finally:
+        silent.close()
+    err = capsys.readouterr().err
+    said = f"{url}/images.tar did not answer (nothing for 0.5 s); run the same command again, or give --mirror URL"
+    assert err == f"cnl data: error: {said}\n"
+
+
+def test_a_transfer_below_the_minimum_rate_is_given_up_and_kept(server, tmp_path, monkeypatch, capsys):
+    serve(server, "dogs", tmp_path / "served", monkeypatch)
+    server.trickle.add("images.tar")  # 5 bytes a second, each within the read time-out
+    monkeypatch.setattr(download_module, "STALL_WINDOW_S", 1.0)
+    monkeypatch.setattr(download_module, "MIN_RATE", 100)
+    root = tmp_path / "data"
+    assert main(["data", "get", "dogs", "--root", str(root), "--mirror", server.url]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "images.tar sent" in err and "bytes in the last 1 s (below 100 bytes/s): given up at byte" in err
+    assert len(err.splitlines()) == 1 and (root / "downloads" / "images.tar.part").stat().st_size > 0
+
+
+def test_more_than_the_published_size_is_refused(server, tmp_path, monkeypatch, capsys):
+    serve(server, "dogs", tmp_path / "served", monkeypatch)
+    size = len(server.files["images.tar"])
+    server.claimed["images.tar"] = 10 * 2**30  # a declared 10 GB
+    root = tmp_path / "data"
+    assert main(["data", "get", "dogs", "--root", str(root), "--mirror", server.url]) == 2
+    assert f"declares 10,737,418,240 bytes, but the published file has {size:,}: refusing it" in capsys.readouterr().err
+    assert not (root / "downloads" / "images.tar.part").exists()
+    del server.claimed["images.tar"]
+    server.files["images.tar"] += b"x" * 5000  # and a stream that does not say how long it is
+    server.unsized.add("images.tar")
+    assert main(["data", "get", "dogs", "--root", str(root), "--mirror", server.url]) == 2
+    assert f"sent more than the published {size:,} bytes: stopped there" in capsys.readouterr().err
+    assert (root / "downloads" / "images.tar.part").stat().st_size == size
+
+
+def test_a_part_file_that_cannot_be_written_is_named(server, tmp_path, monkeypatch, capsys):
+    serve(server, "dogs", tmp_path / "served", monkeypatch)
+    root = tmp_path / "data"
+    (root / "downloads" / "images.tar.part").mkdir(parents=True)  # in the way of the file, for root too
+    assert main(["data", "get", "dogs", "--root", str(root), "--mirror", server.url]) == 2
+    err = capsys.readouterr().err
+    assert "images.tar.part" in err and "No such file" not in err and len(err.strip().splitlines()) == 1

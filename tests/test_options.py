@@ -133,10 +133,10 @@ def test_cosine_schedule_after_the_same_warmup():
 
 def test_bad_option_values_are_refused():
     for values, message in [
-        ({"label_smoothing": 1.0}, "label_smoothing must be in"),
-        ({"ema": 1.5}, "ema must be a decay in"),
-        ({"clip_grad": 0}, "clip_grad must be positive"),
-        ({"mixup": -1}, "mixup must not be negative"),
+        ({"label_smoothing": 1.0}, r"label_smoothing must be a finite number in \[0, 1\), got 1.0"),
+        ({"ema": 1.5}, r"ema must be a finite number in \(0, 1\), got 1.5"),
+        ({"clip_grad": 0}, "clip_grad must be a finite number > 0, got 0"),
+        ({"mixup": -1}, "mixup must be a finite number >= 0, got -1"),
         ({"schedule": "linear"}, "schedule must be one of step, cosine"),
     ]:
         with pytest.raises(ValueError, match=message):

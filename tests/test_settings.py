@@ -3,6 +3,7 @@ sets anything, and old spellings keep working."""
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,8 @@ def test_every_field_is_a_flag_whose_help_shows_the_dataclass_default():
     for name in ("epochs", "lr", "lr_steps", "warmup_epochs", "momentum", "img_size", "crop_scale", "output"):
         value = getattr(defaults, name)
         shown = " ".join(map(str, value)) if isinstance(value, list) else str(value)
-        assert f"(default: {shown})" in text, name
-    assert "(default: 110)" in text and "(default: 50 70 90)" in text
+        assert f"(default: {shown}" in text, name
+    assert "(default: 110; >= 1)" in text and "(default: 50 70 90; >= 1)" in text  # and the range
 
 
 def test_flags_are_typed_by_the_fields():
@@ -61,7 +62,7 @@ def test_set_types_and_checks_any_setting():
     assert (config.lr, config.lr_steps, config.amp) == (0.02, [30, 60], "bf16")
     assert (config.batch_size, config.global_batch_size) == (8, None)  # one way of giving the batch replaces the other
     assert parse("--lr", "0.5", "--set", "lr=0.25").lr == 0.25  # --set comes last
-    with pytest.raises(InvalidValue, match="unknown setting 'learning_rate'; valid settings: .*lr, lr_decay"):
+    with pytest.raises(InvalidValue, match="unknown setting 'learning_rate'; did you mean lr"):
         parse("--set", "learning_rate=0.1")
     with pytest.raises(InvalidValue, match="--set epochs=1.5: epochs must be an integer, got 1.5"):
         parse("--set", "epochs=1.5")
@@ -73,7 +74,7 @@ def test_set_types_and_checks_any_setting():
 
 def test_main_reports_a_bad_setting_in_one_line(capsys):
     assert main(["train", "--data-root", "x", "--set", "epoch=3"]) == 2
-    assert "unknown setting 'epoch'; valid settings:" in capsys.readouterr().err
+    assert capsys.readouterr().err == "cnl train: error: --set epoch=3: unknown setting 'epoch'; did you mean epochs?\n"
 
 
 def test_presets_inherit_and_resolve_as_before_they_did():
@@ -123,7 +124,8 @@ def test_old_spellings_keep_working():
 
 def test_ablate_writes_where_the_preset_says(tmp_path, monkeypatch):
     preset = tmp_path / "p.yaml"
-    preset.write_text(yaml.safe_dump({"base": str(REPO / "configs" / "cub_resnet50.yaml"), "output": "here"}))
+    base = os.path.relpath(REPO / "configs" / "cub_resnet50.yaml", tmp_path)  # a base is relative to its preset
+    preset.write_text(yaml.safe_dump({"base": base, "output": "here"}))
     args = build_parser().parse_args(["ablate", "--models", "resnet18", "--config", str(preset), "--data-root", "x"])
     assert resolve_train_config(args, default_output="runs/ablation").output == "here"
     args = build_parser().parse_args(["ablate", "--models", "resnet18", "--data-root", "x"])

@@ -109,7 +109,7 @@ def cmd_data_get(args: argparse.Namespace) -> int:
     from cnl.data.check import check_dataset, compare_official, published_splits
     from cnl.data.download import SOURCES, get_dataset
 
-    fetcher = get_dataset(args.name, args.root, args.mirror)
+    fetcher = get_dataset(args.name, args.root, args.mirror, progress=sys.stderr.isatty())  # no bars in a log
     fetched = ", ".join(fetcher.fetched) or "nothing: every file was there and verified"
     print(f"downloaded {fetched}")
     source = SOURCES[args.name]
@@ -182,9 +182,12 @@ def add_train_flags(parser: argparse.ArgumentParser, resume: bool = True) -> Non
             continue
         meta = dict(setting.metadata)
         help_text = meta.pop("help")
+        rule = meta.pop("range", None)  # checked by validate, as every layer of settings is, not by argparse
         default = setting.default_factory() if callable(setting.default_factory) else setting.default
-        if default is not None and default != "":
-            help_text += f" (default: {default_text(default)})"
+        shown = [f"default: {default_text(default)}"] if default is not None and default != "" else []
+        shown += [rule.bounds()] if rule is not None and rule.bounds() else []
+        if shown:
+            help_text += f" ({'; '.join(shown)})"
         options: dict[str, Any] = {"help": help_text, "default": None, **meta}
         if HINTS[setting.name] is bool:
             options["action"] = argparse.BooleanOptionalAction
@@ -342,7 +345,7 @@ def add_training(subparsers: argparse._SubParsersAction) -> None:
 
     demo = subparsers.add_parser("demo", help="the synthetic benchmark and a small ablation, on a CPU in minutes")
     demo.add_argument("--output", default="runs/demo")
-    demo.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tiny data, 1 epoch)")
+    demo.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tiny data, into OUTPUT/quick)")
     demo.set_defaults(func=cmd_demo)
 
 
@@ -443,7 +446,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
     from cnl.engine.checkpoint import load_model_with_info
 
     model, classes, info = load_model_with_info(args.checkpoint)
-    img_size = args.img_size or info["img_size"]
+    img_size = args.img_size or info.img_size
     images = [*([args.image] if args.image else []), *args.images]
     if not images:
         raise InvalidValue("no image: give IMAGE... (or --image)")
@@ -451,7 +454,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
         if args.html:
             from cnl.analysis.explorer import write_explorer
 
-            title = f"{info['model']} ({args.checkpoint}): what the modules attend to"
+            title = f"{info.model} ({args.checkpoint}): what the modules attend to"
             page = write_explorer(model, classes, images, img_size, args.html, title)
             print(f"wrote {page}: {len(images)} images, {page.stat().st_size / 2**20:.1f} MB")
             return 0

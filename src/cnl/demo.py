@@ -46,8 +46,9 @@ QUICK_DATA = SynthConfig(classes=4, train_per_class=4, test_per_class=2, image_s
 
 
 def run_demo(output: str | Path = "runs/demo", quick: bool = False) -> str:
-    """Run the demo into ``output``; returns the Markdown table it also writes."""
-    output = Path(output)
+    """Run the demo into ``output`` (the quick run into ``output/quick``: an ablation keeps
+    its runs, so the two must not share a folder); returns the Markdown table it also writes."""
+    output = Path(output) / "quick" if quick else Path(output)
     started = time.perf_counter()
     synth = SynthConfig() if not quick else QUICK_DATA
     data = output / "data"

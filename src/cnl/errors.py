@@ -40,3 +40,26 @@ class DataError(UserError, ValueError):
 
 class TrainingDiverged(UserError, FloatingPointError):
     """The loss is not finite: training stopped before the update (``cnl`` exits 3)."""
+
+
+EXCERPT = 60  # characters of a value an error message quotes
+
+
+def excerpt(value: object, limit: int = EXCERPT) -> str:
+    """``repr(value)``, cut to about ``limit`` characters: what an error may quote of a value
+    that came from a file or a flag, so that a message stays one short line whatever it holds.
+    ``reprlib`` bounds the work too: a long list is not rendered before it is cut."""
+    import reprlib
+
+    shorter = reprlib.Repr()
+    shorter.maxstring = shorter.maxother = limit
+    shorter.maxlist = shorter.maxtuple = shorter.maxdict = shorter.maxset = 6
+    shorter.maxlevel = 3
+    text = " ".join(shorter.repr(value).split())  # no line breaks: one line
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def cut(text: str, limit: int = EXCERPT) -> str:
+    """``text`` as it is (no quotes), on one line and cut to about ``limit`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

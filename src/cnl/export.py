@@ -10,6 +10,8 @@ from typing import Any
 import torch
 
 from cnl.engine.checkpoint import card_path, load_model_with_info
+from cnl.engine.modelinfo import ModelInfo
+from cnl.engine.runfolder import RunFolder
 from cnl.errors import InvalidValue
 
 FORMATS = ("onnx", "torchscript", "safetensors", "hf")
@@ -25,10 +27,10 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path) -> list[Path]:
     model, _, info = load_model_with_info(checkpoint)
     if fmt == "hf":
         return export_hub(model, info, checkpoint, out)
-    example = torch.randn(2, 3, info["img_size"], info["img_size"])
+    example = torch.randn(2, 3, info.img_size, info.img_size)
     if fmt == "safetensors":
         save_weights(model, out)
-        card = {**{k: v for k, v in info.items() if k != "config"}, "summary": run_summary(checkpoint)}
+        card = {**{k: v for k, v in info.to_json().items() if k != "config"}, "summary": run_summary(checkpoint)}
         card_path(out).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         return [out, card_path(out)]
     if fmt == "torchscript":
@@ -52,11 +54,12 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
 
 def run_summary(checkpoint: str | Path) -> dict[str, Any] | None:
     """The ``summary.json`` of the run a checkpoint belongs to (RUN/checkpoints/best.pt), if any."""
-    path = Path(checkpoint).parent.parent / "summary.json"
-    return json.loads(path.read_text()) if Path(checkpoint).is_file() and path.exists() else None
+    if not Path(checkpoint).is_file() or Path(checkpoint).parent.name != "checkpoints":
+        return None
+    return RunFolder.of_checkpoint(checkpoint).read_summary()
 
 
-def export_hub(model: torch.nn.Module, info: dict[str, Any], checkpoint: str | Path, out: Path) -> list[Path]:
+def export_hub(model: torch.nn.Module, info: ModelInfo, checkpoint: str | Path, out: Path) -> list[Path]:
     """``out/config.json``, ``out/model.safetensors`` and ``out/README.md``: a folder to upload as it is."""
     from cnl.engine.hub import CARD, CONFIG, WEIGHTS, hub_config
     from cnl.models.backbones import head_name

@@ -4,6 +4,10 @@ Each model gets mean and standard deviation over seeds, and every model after th
 its comparison with the first, paired twice: by seed (the same seed gives the same initial
 head, data order and crops) and, within a seed, image by image on the test split, read
 from each run's ``predictions.csv`` (the tests are in ``cnl.analysis.paired``).
+
+Run again over the same folder, an ablation keeps what it did: a finished run with the same
+settings is reused, an interrupted one continues where it stopped (``--resume auto``), a
+missing one is trained; a folder holding a run of other settings is refused, never overwritten.
 """
 
 from __future__ import annotations
@@ -23,11 +27,14 @@ from cnl.analysis.paired import (
     verdict,
 )
 from cnl.analysis.profile import profile_model
-from cnl.engine.checkpoint import model_overrides
-from cnl.engine.config import TrainConfig
-from cnl.engine.predictions import PREDICTIONS, read_correct
-from cnl.engine.trainer import RunInterrupted, fit
-from cnl.errors import InvalidValue
+from cnl.engine import distributed
+from cnl.engine.checkpoint import model_overrides, read_for_resume
+from cnl.engine.config import TrainConfig, recipe_differences
+from cnl.engine.predictions import Answers, read_correct
+from cnl.engine.runfolder import RunFolder
+from cnl.engine.trainer import RunInterrupted, RunState, fit
+from cnl.errors import DataError, InvalidValue, excerpt
+from cnl.tables import markdown_cell
 
 PER_SEED = ("top1", "top5", "best_epoch", "final_top1", "train_images_per_s")
 
@@ -51,8 +58,12 @@ def run_ablation(
     for seed in seeds:
         for name in models:
             folder = run_folder(name, seed, seeds)
+            config = dataclasses.replace(base, model=name, seed=seed, output=str(output / folder), resume="auto")
+            note = what_is_there(config)
+            if note and distributed.is_main_process():
+                print(note, flush=True)
             try:
-                summary = fit(dataclasses.replace(base, model=name, seed=seed, output=str(output / folder)))
+                summary = fit(config)
             except RunInterrupted:
                 write_ablation(summarise(base, results), base, output, seeds)  # what finished is still tabled
                 raise
@@ -67,7 +78,7 @@ def run_ablation(
                     "train_images_per_s": summary["train_images_per_s"],
                     "params": summary["params"],
                     "classes": summary["classes"],
-                    "predictions": output / folder / PREDICTIONS,
+                    "predictions": RunFolder(output / folder).predictions,
                 }
             )
     rows = summarise(base, results)
@@ -75,19 +86,60 @@ def run_ablation(
     return rows
 
 
-def paired_with(runs: list[dict[str, Any]], first_answers: dict[int, tuple[Path, list[str], Any]]) -> dict[str, Any]:
+def what_is_there(config: TrainConfig) -> str | None:
+    """What an ablation does with the run folder ``config.output``: None when it holds no
+    run (it is trained), else a line saying the run is reused or continued. A run of other
+    settings there is an InvalidValue that names the settings: it is never trained over."""
+    folder = RunFolder(config.output)
+    if not folder.last.is_file():
+        return None
+    state, _, _ = read_for_resume(folder.last)
+    _, global_batch = config.batch_plan(distributed.world_size())
+    differences = recipe_differences(state.get("config", {}), config.recipe(global_batch))
+    if state["model_name"] != config.model:
+        differences.insert(0, f"model: {excerpt(state['model_name'])} there, {config.model} here")
+    if differences:
+        more = f" and {len(differences) - 2} more" if len(differences) > 2 else ""
+        raise InvalidValue(
+            f"{folder.root} holds a run of other settings ({'; '.join(differences[:2])}{more}): give another "
+            "--output, or remove that folder to train it again"
+        )
+    run = RunState.of(state)
+    if run.finished(config.epochs):
+        return f"reusing {folder.root}: the same settings, finished at epoch {run.start_epoch}"
+    return f"continuing {folder.root}: the same settings, stopped at epoch {run.start_epoch}, step {run.start_step}"
+
+
+def paired_answers(first: tuple[Path, Answers], other: tuple[Path, Answers]) -> tuple[Any, Any]:
+    """The two runs' top-1 correctness as two bool arrays in the same image order. Both must
+    hold the same images (in any order); otherwise a DataError names both files."""
+    import numpy as np
+
+    (first_file, first_answers), (other_file, other_answers) = first, other
+    if first_answers.keys() != other_answers.keys():
+        only_first = sorted(first_answers.keys() - other_answers.keys())
+        only_other = sorted(other_answers.keys() - first_answers.keys())
+        example = excerpt((only_first or only_other)[0][1])
+        raise DataError(
+            f"{other_file} and {first_file} are of different test images: cannot pair them ({len(only_first)} only "
+            f"in the second, {len(only_other)} only in the first, e.g. {example})"
+        )
+    keys = sorted(first_answers)
+    return np.array([first_answers[k] for k in keys]), np.array([other_answers[k] for k in keys])
+
+
+def paired_with(runs: list[dict[str, Any]], first_answers: dict[int, tuple[Path, Answers]]) -> dict[str, Any]:
     """``compare_over_seeds`` of ``runs`` against the first model's answers of the same seeds
-    (``first_answers``: seed -> its predictions.csv, images, top-1 correctness), image by
-    image on the test split of each run's predictions.csv."""
+    (``first_answers``: seed -> its predictions.csv and answers), image by image on the test
+    split of each run's predictions.csv."""
     per_seed = []
     for run in runs:
         if run["seed"] not in first_answers:
             continue  # an interrupted ablation: the first model's run of this seed never finished
-        first_file, first_images, first_correct = first_answers[run["seed"]]
-        images, correct = read_correct(run["predictions"])
-        if images != first_images:
-            raise InvalidValue(f"{run['predictions']} and {first_file} are of different test images: cannot pair them")
-        per_seed.append(compare_seed(first_correct, correct, run["seed"]))
+        first, other = paired_answers(
+            first_answers[run["seed"]], (run["predictions"], read_correct(run["predictions"]))
+        )
+        per_seed.append(compare_seed(first, other, run["seed"]))
     return compare_over_seeds(per_seed)
 
 
@@ -97,7 +149,7 @@ def summarise(base: TrainConfig, results: dict[str, list[dict[str, Any]]]) -> li
     first model (see ``paired_with``)."""
     rows = []
     reference = next(iter(results.values()), [])
-    first_answers = {run["seed"]: (run["predictions"], *read_correct(run["predictions"])) for run in reference}
+    first_answers = {run["seed"]: (run["predictions"], read_correct(run["predictions"])) for run in reference}
     for name, runs in results.items():
         top1 = mean_and_interval([r["top1"] for r in runs])
         top5 = mean_and_interval([r["top5"] for r in runs])
@@ -149,7 +201,8 @@ def format_paired(rows: list[dict[str, Any]]) -> str:
     over seeds, the stratified test."""
     first = rows[0]["model"]
     lines = [
-        f"| model | seed | top-1 vs {first} | paired bootstrap 95% | only this right | only {first} right "
+        f"| model | seed | top-1 vs {markdown_cell(first)} | paired bootstrap 95% | only this right "
+        f"| only {markdown_cell(first)} right "
         "| McNemar p |",
         "|---" * 7 + "|",
     ]
@@ -159,12 +212,14 @@ def format_paired(rows: list[dict[str, Any]]) -> str:
             continue
         for seed in diff["per_seed"]:
             lines.append(
-                f"| {row['model']} | {seed['seed']} | {seed['diff']:+.2f} | [{seed['low']:+.2f}, {seed['high']:+.2f}] "
+                f"| {markdown_cell(row['model'])} | {seed['seed']} | {seed['diff']:+.2f} "
+                f"| [{seed['low']:+.2f}, {seed['high']:+.2f}] "
                 f"| {seed['only_other']} | {seed['only_first']} | {p_number(seed['p'])} |"
             )
         if len(diff["per_seed"]) > 1:
             lines.append(
-                f"| {row['model']} | all: better in {diff['better']}, worse in {diff['worse']} | {diff['mean']:+.2f} | "
+                f"| {markdown_cell(row['model'])} | all: better in {diff['better']}, worse in {diff['worse']} "
+                f"| {diff['mean']:+.2f} | "
                 f"| {diff['only_other']} | {diff['only_first']} | {p_number(diff['stratified_p'])} (stratified) |"
             )
     return "\n".join(lines)
@@ -190,7 +245,7 @@ def format_ablation(
     reference = rows[0]["train_images_per_s"] if rows else None
     for row in rows:
         line = (
-            f"| {row['model']} | {_plus_minus(row['top1'], row.get('top1_std'))} | "
+            f"| {markdown_cell(row['model'])} | {_plus_minus(row['top1'], row.get('top1_std'))} | "
             f"{_plus_minus(row['top5'], row.get('top5_std'))} | {_difference(row)} | {row['params'] / 1e6:.2f} | "
             f"{row['macs'] / 1e9:.3f} | {row['macs_all'] / 1e9:.3f} |"
         )

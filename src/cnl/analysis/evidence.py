@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from cnl.engine.predictions import PREDICTIONS, write_image_predictions
+from cnl.tables import csv_row
 
 PER_CLASS = "per_class.csv"
 CONFUSION = "confusion.png"
@@ -36,7 +37,7 @@ def write_per_class(confusion: np.ndarray, classes: list[str], path: Path) -> Pa
             wrong = int(off[k].argmax())
             top1 = f"{100 * correct / images:.2f}" if images else ""
             writer.writerow(
-                [k, name, images, correct, top1, classes[wrong] if off[k, wrong] else "", int(off[k, wrong])]
+                csv_row([k, name, images, correct, top1, classes[wrong] if off[k, wrong] else "", int(off[k, wrong])])
             )
     return path
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import html
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,10 @@ from typing import Any
 from cnl.analysis.ablation import format_ablation
 from cnl.analysis.evidence import CONFUSION, PER_CLASS
 from cnl.engine.checkpoint import load_model_with_info
-from cnl.engine.config import TrainConfig
-from cnl.errors import MissingFile
+from cnl.engine.config import stored_config
+from cnl.engine.runfolder import RunFolder, read_json
+from cnl.errors import DataError, MissingFile
+from cnl.tables import from_csv_cell, markdown_cell
 
 EVIDENCE_FOLDER = "eval"  # cnl eval --checkpoint RUN/checkpoints/best.pt --report RUN/eval
 
@@ -24,18 +25,16 @@ def expand_runs(paths: list[str | Path]) -> tuple[list[tuple[str, Path]], list[d
     runs, rows, ablation = [], [], None
     for path in map(Path, paths):
         if (path / "ablation.json").exists():
-            ablation = json.loads((path / "ablation.json").read_text())
+            ablation = read_json(path / "ablation.json")
+            if not isinstance(ablation, dict) or not isinstance(ablation.get("rows"), list):
+                raise DataError(f"{path / 'ablation.json'} is damaged: no list of rows")
             rows += ablation["rows"]
             runs += [(run, path / run) for row in ablation["rows"] for run in row.get("runs", [row["model"]])]
-        elif (path / "metrics.jsonl").exists():
+        elif RunFolder(path).metrics.exists():
             runs.append((path.name, path))
         else:
             raise MissingFile(f"{path} holds neither metrics.jsonl (a run) nor ablation.json (an ablation)")
     return runs, rows, ablation
-
-
-def read_metrics(run: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
 
 
 def plot_curves(runs: list[tuple[str, Path]], out: Path) -> Path:
@@ -46,7 +45,7 @@ def plot_curves(runs: list[tuple[str, Path]], out: Path) -> Path:
 
     figure, (loss_axis, top1_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
     for label, run in runs:
-        metrics = read_metrics(run)
+        metrics = RunFolder(run).read_metrics()
         epochs = [m["epoch"] for m in metrics]
         line = loss_axis.plot(epochs, [m["train_loss"] for m in metrics], label=f"{label} train")[0]
         loss_axis.plot(epochs, [m["test_loss"] for m in metrics], "--", color=line.get_color(), label=f"{label} test")
@@ -95,11 +94,11 @@ def attention_figures(label: str, run: Path, out_dir: Path, images: int) -> list
     from cnl.analysis.explorer import write_explorer
     from cnl.data import build_dataset
 
-    checkpoint = run / "checkpoints" / "best.pt"
+    checkpoint = RunFolder(run).best
     if not checkpoint.exists():
         return []
     model, classes, info = load_model_with_info(checkpoint)
-    config = TrainConfig(**info["config"])
+    config = stored_config(info.config)
     if not (model.responses or model.nl_layers):
         return []
     test = build_dataset(config.dataset, config.data_root, "test")
@@ -111,7 +110,7 @@ def attention_figures(label: str, run: Path, out_dir: Path, images: int) -> list
     for k, image_path in zip(positions, chosen):
         rows = attention_rows(model, image_path, config.img_size, count=2)
         paths.append(render(rows, out_dir / f"attention_{name}_{k}.png"))
-    title = f"{label} ({info['model']}): what the modules attend to"
+    title = f"{label} ({info.model}): what the modules attend to"
     paths.append(write_explorer(model, classes, chosen, config.img_size, out_dir / f"explorer_{name}.html", title))
     return paths
 
@@ -126,7 +125,8 @@ def class_evidence(label: str, run: Path, out_dir: Path, worst: int = 10) -> tup
     rows.sort(key=lambda row: float(row["top1"]))
     lines = ["| class | test images | top-1 | most confused with |", "|---|---|---|---|"]
     lines += [
-        f"| {r['class']} | {r['images']} | {float(r['top1']):.1f} | {r['most_confused_with']} ({r['times']}) |"
+        f"| {markdown_cell(from_csv_cell(r['class']))} | {r['images']} | {float(r['top1']):.1f} | "
+        f"{markdown_cell(from_csv_cell(r['most_confused_with']))} ({r['times']}) |"
         for r in rows[:worst]
     ]
     figure = out_dir / f"confusion_{label.replace('/', '_')}.png"
@@ -148,11 +148,10 @@ def build_report(paths: list[str | Path], out: str | Path, images: int = 2) -> P
         )
     )
     if rows and ablation is not None:
-        table = format_ablation(rows, TrainConfig(**ablation["config"]), ablation.get("seeds"))
+        table = format_ablation(rows, stored_config(ablation["config"]), ablation.get("seeds"))
         sections.append(("Ablation", table, [plot_bars(rows, out / "ablation.png")]))
     for label, run in runs:
-        summary_path = run / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        summary = RunFolder(run).read_summary() or {}
         figures = attention_figures(label, run, out, images)
         text = ", ".join(
             f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items() if k != "provenance"
@@ -204,7 +203,10 @@ def _table_html(text: str) -> str:
 
 def _one_table(lines: list[str]) -> str:
     cells = [
-        [html.escape(c.strip()) for c in line.strip("|").split("|")] for line in lines if not line.startswith("|---")
+        # a cell's own |, < and & are character references (markdown_cell): one escape of the text they stand for
+        [html.escape(html.unescape(c.strip())) for c in line.strip("|").split("|")]
+        for line in lines
+        if not line.startswith("|---")
     ]
     head = "".join(f"<th>{c}</th>" for c in cells[0])
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[1:])

@@ -514,8 +514,13 @@ BUILDERS: dict[str, Callable[..., FineGrainedDataset]] = {
 }
 
 
-def detect_layout(root: Path) -> str:
+def detect_layout(root: str | os.PathLike[str]) -> str:
     """The dataset name whose official files are found under ``root``."""
+    root = Path(root)
+    if not root.exists():
+        raise MissingFile(f"dataset root {root} does not exist")
+    if not root.is_dir():
+        raise MissingFile(f"dataset root {root} is not a folder")
     checks = [
         ("cub", cub_root(root) / "images.txt"),
         ("dogs", root / "lists" / "train_list.mat"),
@@ -554,7 +559,7 @@ def build_dataset(
     """
     root = Path(root)
     if not root.is_dir():
-        raise MissingFile(f"dataset root {root} is not a folder")
+        raise MissingFile(f"dataset root {root} {'is not a folder' if root.exists() else 'does not exist'}")
     if name == "auto":
         name = detect_layout(root)
     if name not in BUILDERS:

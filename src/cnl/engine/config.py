@@ -1,8 +1,20 @@
-"""The training configuration: defaults are the paper's recipe; a YAML file, then flags, override them."""
+"""The training configuration: defaults are the paper's recipe; a YAML file, then flags, override them.
+
+Each setting is declared once (``setting``): its default, its help, and the numbers it
+accepts (``Range``), which ``TrainConfig.validate`` checks before any work starts.
+
+Settings files and values typed on the command line are read by ``SettingsLoader``: YAML
+with YAML 1.2's numbers (``1e-3`` is the number 0.001, as in JSON and Python; PyYAML's YAML
+1.1 wants ``1.0e-3`` and reads ``1e-3`` as text), and without anchors and aliases, which no
+settings file needs and which let a few hundred bytes expand to gigabytes.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -11,24 +23,89 @@ from typing import Any
 
 import yaml
 
-from cnl.errors import InvalidValue, MissingFile
+from cnl.errors import InvalidValue, MissingFile, cut, excerpt
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine")
 RESUME_CHOICES = ("no", "yes", "auto")
+DEVICES = ("auto", "cpu", "cuda")
+SETTINGS_FILE_LIMIT = 1 << 20  # bytes: a preset is a few hundred
+SETTINGS_DEPTH_LIMIT = 8  # nesting of a settings document: a mapping of values and lists needs 2
 # Two ways to give the batch; a layer that sets one unsets the other from the layers below.
 BATCH_FIELDS = ("global_batch_size", "batch_size")
 # How and where this invocation runs, not the recipe: left out of a run's config.yaml.
 INVOCATION_FIELDS = ("output", "resume")
+# Where the modules sit and how wide they are: the settings create_model takes besides the name.
+MODEL_SETTINGS = ("query", "responses", "nl_layers", "inner_channels", "width")
+# How a run is carried out, not what it trains: a run may be continued or reused with other values.
+HOW_FIELDS = ("workers", "device")
 
 
-def setting(default: Any, help: str, **flag: Any) -> Any:
-    """A field of TrainConfig with its command-line help and flag options (``choices``,
-    ``metavar``, ``type``): the one place a setting is described; ``cnl train`` reads it."""
+def _number(value: float) -> str:
+    """``0.5``, ``1``, ``2**63``: a bound as a reader writes it."""
+    if isinstance(value, int) and value >= 10**6 and value & (value - 1) == 0:
+        return f"2**{value.bit_length() - 1}"
+    return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a setting accepts: finite, from ``low`` to ``high`` (None: unbounded; each
+    bound closed unless ``low_open``/``high_open``). For a list setting every item, and
+    ``order``: "increasing" (strictly) or "non-decreasing"; ``length``: how many items."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    order: str = ""
+    length: int | None = None
+
+    def bounds(self) -> str:
+        """``> 0``, ``>= 1``, ``in [0, 1)``, ``<= 1``."""
+        low, high = ("" if x is None else _number(x) for x in (self.low, self.high))
+        if low and high:
+            return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        if low:
+            return f"{'>' if self.low_open else '>='} {low}"
+        return f"{'<' if self.high_open else '<='} {high}" if high else ""
+
+    def holds(self, number: Any) -> bool:
+        try:
+            if not math.isfinite(number):
+                return False
+        except (OverflowError, TypeError):  # an integer too large for a float, or not a number
+            return False
+        if self.low is not None and (number <= self.low if self.low_open else number < self.low):
+            return False
+        return self.high is None or (number < self.high if self.high_open else number <= self.high)
+
+    def holds_list(self, values: list[Any]) -> bool:
+        if self.length is not None and len(values) != self.length:
+            return False
+        if not all(self.holds(value) for value in values):
+            return False
+        pairs = list(zip(values, values[1:]))
+        if self.order == "increasing":
+            return all(a < b for a, b in pairs)
+        return all(a <= b for a, b in pairs) if self.order == "non-decreasing" else True
+
+
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_ONE = Range(1)
+FRACTION = Range(0, 1, high_open=True)  # [0, 1)
+
+
+def setting(default: Any, help: str, range: Range | None = None, **flag: Any) -> Any:
+    """A field of TrainConfig with its command-line help, the numbers it accepts (``range``)
+    and flag options (``choices``, ``metavar``, ``nargs``): the one place a setting is
+    described; ``cnl train`` and ``validate`` read it."""
+    metadata = {"help": help, **({"range": range} if range is not None else {}), **flag}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **flag})
-    return field(default=default, metadata={"help": help, **flag})
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -56,43 +133,52 @@ class TrainConfig:
     query: str | None = setting(None, "CNL query layer, e.g. layer4.2 (default: the model's)")
     responses: list[str] | None = setting(None, "CNL response layers (default: the model's)", metavar="LAYER")
     nl_layers: list[str] | None = setting(None, "NL block layers (default: the model's)", metavar="LAYER")
-    inner_channels: int | None = setting(None, "width c of the NL/CNL embeddings (default: the model's)")
-    width: int | None = setting(None, "channels of a ResNet's first stage (default 64; others train from scratch)")
+    inner_channels: int | None = setting(None, "width c of the NL/CNL embeddings (default: the model's)", AT_LEAST_ONE)
+    width: int | None = setting(
+        None, "channels of a ResNet's first stage (default 64; others train from scratch)", Range(1, 1024)
+    )
     # A validation set: a fraction of each class of the training split (seeded), "official"
     # (the dataset's own, FGVC-Aircraft) or None (the paper: best.pt is the best test epoch).
     val_split: float | str | None = setting(
         None, "FRACTION of each training class, or 'official', to choose best.pt on (default: none, the paper)",
         metavar="FRACTION|official",
     )  # fmt: skip
-    img_size: int = setting(448, "train and test crop, pixels")
-    epochs: int = setting(110, "epochs to train")
-    warmup_epochs: float = setting(10, "linear warmup from lr/1000, epochs")
-    global_batch_size: int | None = setting(64, "batch over all processes and accumulation steps")
-    batch_size: int | None = setting(None, "batch per process, instead of --global-batch-size")
-    lr: float = setting(0.01, "base learning rate")
-    lr_steps: list[int] = setting([50, 70, 90], "epochs at which lr is multiplied by --lr-decay", metavar="EPOCH")
-    lr_decay: float = setting(0.1, "lr factor at each of --lr-steps")
+    img_size: int = setting(448, "train and test crop, pixels (a ResNet needs at least 32)", Range(32, 4096))
+    epochs: int = setting(110, "epochs to train", AT_LEAST_ONE)
+    warmup_epochs: float = setting(10, "linear warmup from lr/1000, epochs", NON_NEGATIVE)
+    global_batch_size: int | None = setting(64, "batch over all processes and accumulation steps", AT_LEAST_ONE)
+    batch_size: int | None = setting(None, "batch per process, instead of --global-batch-size", AT_LEAST_ONE)
+    lr: float = setting(0.01, "base learning rate", POSITIVE)
+    lr_steps: list[int] = setting(
+        [50, 70, 90], "epochs at which lr is multiplied by --lr-decay", Range(1, order="increasing"), metavar="EPOCH"
+    )
+    lr_decay: float = setting(0.1, "lr factor at each of --lr-steps", Range(0, 1, low_open=True))
     schedule: str = setting("step", "after warmup: step decay (the paper) or cosine", choices=SCHEDULES)
     optimizer: str = setting("sgd", "sgd (the paper) or adamw", choices=OPTIMIZERS)
-    momentum: float = setting(0.9, "SGD momentum")
-    weight_decay: float = setting(1e-4, "weight decay")
-    crop_scale: list[float] = setting([0.08, 1.25], "RandomResizedCrop area range", nargs=2, metavar=("LOW", "HIGH"))
+    momentum: float = setting(0.9, "SGD momentum", FRACTION)
+    weight_decay: float = setting(1e-4, "weight decay", NON_NEGATIVE)
+    crop_scale: list[float] = setting(
+        [0.08, 1.25], "RandomResizedCrop area range", Range(0, low_open=True, order="non-decreasing", length=2),
+        nargs=2, metavar=("LOW", "HIGH"),
+    )  # fmt: skip
     # Fine-tuning options since the paper, all off by default (the paper's recipe).
-    label_smoothing: float = setting(0.0, "cross-entropy label smoothing; 0 is off")
-    clip_grad: float | None = setting(None, "clip the norm of all gradients to this (default: off)")
+    label_smoothing: float = setting(0.0, "cross-entropy label smoothing; 0 is off", FRACTION)
+    clip_grad: float | None = setting(None, "clip the norm of all gradients to this (default: off)", POSITIVE)
     ema: float | None = setting(
-        None, "keep an EMA of the weights with this decay, e.g. 0.9998; it is evaluated and used (default: off)"
+        None,
+        "keep an EMA of the weights with this decay, e.g. 0.9998; it is evaluated and used (default: off)",
+        Range(0, 1, low_open=True, high_open=True),
     )
-    mixup: float = setting(0.0, "MixUp alpha; 0 is off")
-    cutmix: float = setting(0.0, "CutMix alpha; 0 is off; with --mixup, one of the two per batch")
+    mixup: float = setting(0.0, "MixUp alpha; 0 is off", NON_NEGATIVE)
+    cutmix: float = setting(0.0, "CutMix alpha; 0 is off; with --mixup, one of the two per batch", NON_NEGATIVE)
     wd_norm_bias: bool = setting(True, "weight decay on norms and biases too (--no-wd-norm-bias: on weights only)")
-    head_lr_mult: float = setting(1.0, "lr multiplier of the NL/CNL modules and the head")
-    workers: int = setting(4, "data loading processes per training process")
+    head_lr_mult: float = setting(1.0, "lr multiplier of the NL/CNL modules and the head", POSITIVE)
+    workers: int = setting(4, "data loading processes per training process", NON_NEGATIVE)
     amp: str = setting("none", "mixed precision", choices=AMP_CHOICES)
     channels_last: bool = setting(False, "channels-last memory format")
     compile: bool = setting(False, "torch.compile the model")
-    accum_steps: int = setting(1, "micro-batches per optimizer step")
-    seed: int = setting(0, "the seed every random draw derives from")
+    accum_steps: int = setting(1, "micro-batches per optimizer step", AT_LEAST_ONE)
+    seed: int = setting(0, "the seed every random draw derives from", Range(0, 2**63, high_open=True))
     output: str = setting("runs/train", "run folder")
     resume: str | None = setting(
         None, "continue from OUTPUT/checkpoints/last.pt (no value, or yes); auto: when it exists (the default after "
@@ -100,49 +186,31 @@ class TrainConfig:
     )  # fmt: skip
     deterministic: bool = setting(False, "deterministic kernels only")
     sync_bn: bool = setting(False, "SyncBatchNorm across processes (CUDA)")
-    device: str = setting("auto", "auto, cpu or cuda")
+    device: str = setting("auto", "auto, cpu or cuda", choices=DEVICES)
 
-    def validate(self) -> None:
-        """Reject impossible values before any work starts."""
-        problems = []
-        if not self.data_root:
+    def validate(self, data_root: bool = True) -> None:
+        """Reject impossible values before any work starts: each setting against its type and
+        ``Range``, then the settings that must agree with each other. ``data_root``: whether
+        the data are read from ``data_root`` (not when ``fit`` is handed datasets)."""
+        problems = [problem for f in dataclasses.fields(self) if (problem := out_of_range(f, getattr(self, f.name)))]
+        if data_root and not self.data_root:
             problems.append("data_root is required (--data-root)")
-        for name in ("img_size", "epochs", *BATCH_FIELDS, "accum_steps"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.img_size < 32:
-            problems.append(f"img_size {self.img_size} is too small: a ResNet needs at least 32 pixels")
-        for name in ("lr", "lr_decay"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("warmup_epochs", "weight_decay", "momentum", "workers"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must not be negative, got {getattr(self, name)}")
-        if not 0 <= self.label_smoothing < 1:
-            problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.ema is not None and not 0 < self.ema < 1:
-            problems.append(f"ema must be a decay in (0, 1), e.g. 0.9998, got {self.ema}")
-        for name in ("clip_grad", "head_lr_mult"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                problems.append(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("mixup", "cutmix"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must not be negative (0 is off), got {getattr(self, name)}")
+        for name, choices in (("schedule", SCHEDULES), ("optimizer", OPTIMIZERS), ("amp", AMP_CHOICES),
+                              ("device", DEVICES)):  # fmt: skip
+            if getattr(self, name) not in choices:
+                problems.append(f"{name} must be one of {', '.join(choices)}, got {excerpt(getattr(self, name))}")
         if self.val_split is not None and self.val_split != "official":
-            if not isinstance(self.val_split, float | int) or not 0 < self.val_split < 1:
-                problems.append(f"val_split must be a fraction in (0, 1) or 'official', got {self.val_split!r}")
-        if self.schedule not in SCHEDULES:
-            problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.optimizer not in OPTIMIZERS:
-            problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.amp not in AMP_CHOICES:
-            problems.append(f"amp must be one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
+            if isinstance(self.val_split, bool) or not FRACTION.holds(self.val_split) or self.val_split == 0:
+                problems.append(f"val_split must be a fraction in (0, 1) or 'official', got {excerpt(self.val_split)}")
         if (self.batch_size is None) == (self.global_batch_size is None):
             problems.append("give exactly one of global_batch_size and batch_size (per process)")
         if self.resume == "":
             problems.append(f"resume must be one of {', '.join(RESUME_CHOICES)} or a checkpoint's path, got ''")
-        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1]:
-            problems.append(f"crop_scale must be two increasing positive numbers, got {self.crop_scale}")
+        for name in ("data_root", "dataset", "model", "weights", "output", "resume", "query"):
+            if "\0" in (getattr(self, name) or ""):
+                problems.append(
+                    f"{name} holds a NUL character, which no path or name can: {excerpt(getattr(self, name))}"
+                )
         if problems:
             raise InvalidValue("invalid configuration: " + "; ".join(problems))
 
@@ -174,7 +242,26 @@ class TrainConfig:
         return {**values, "global_batch_size": global_batch_size, "batch_size": None}
 
 
-FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+def stored_config(values: dict[str, Any]) -> TrainConfig:
+    """A config as a run or an ablation recorded it, by any version: old names upgraded,
+    settings since removed dropped, not validated (a record is read as it was written)."""
+    return TrainConfig(**{k: v for k, v in upgrade(values).items() if k in FIELDS})
+
+
+def recipe_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """The settings in which a run's recipe (``TrainConfig.recipe``, as its checkpoint stores
+    it, by any version: a setting added since has its default) differs from ``wanted``, each
+    as ``"key: STORED there, WANTED here"``; ``HOW_FIELDS`` are not compared."""
+    known = {**TrainConfig().recipe(0), **{k: v for k, v in upgrade(stored).items() if k in FIELDS}}
+    return [
+        f"{key}: {excerpt(known.get(key), 24)} there, {excerpt(value, 24)} here"
+        for key, value in wanted.items()
+        if key not in HOW_FIELDS and key not in INVOCATION_FIELDS and known.get(key) != value
+    ]
+
+
+FIELD_INFO = {f.name: f for f in dataclasses.fields(TrainConfig)}
+FIELDS = set(FIELD_INFO)
 HINTS = typing.get_type_hints(TrainConfig)  # the annotations as types: what each setting accepts
 # Settings renamed since runs were written: old name -> (new name, how the value maps).
 RENAMED = {"no_wd_norm_bias": ("wd_norm_bias", lambda value: not value)}
@@ -196,6 +283,31 @@ def upgrade(values: dict[str, Any]) -> dict[str, Any]:
     if isinstance(values.get("resume"), bool):  # checkpoints written before resume took modes
         values["resume"] = None
     return values
+
+
+def rule_text(name: str) -> str:
+    """What setting ``name`` accepts, with its range: 'a finite number > 0', 'an integer >= 1',
+    'a list of integers >= 1, increasing'."""
+    rule: Range = FIELD_INFO[name].metadata.get("range") or Range()
+    kind = next(kind for kind in _kinds(HINTS[name]) if kind is not type(None))
+    listed = typing.get_origin(kind) is list
+    item = typing.get_args(kind)[0] if listed else kind
+    noun = "integer" if item is int else "finite number"
+    if not listed:
+        return " ".join(filter(None, (("an " if item is int else "a ") + noun, rule.bounds())))
+    count = f"{rule.length} " if rule.length else ""
+    order = {"increasing": ", increasing", "non-decreasing": ", none smaller than the one before"}.get(rule.order, "")
+    return " ".join(filter(None, (f"a list of {count}{noun}s", rule.bounds()))) + order
+
+
+def out_of_range(setting: dataclasses.Field, value: Any) -> str | None:
+    """Why ``value`` is outside ``setting``'s declared range, or None when it is inside (or
+    the setting declares none)."""
+    rule: Range | None = setting.metadata.get("range")
+    if rule is None or value is None:
+        return None
+    inside = rule.holds_list(value) if isinstance(value, list) else (not isinstance(value, bool) and rule.holds(value))
+    return None if inside else f"{setting.name} must be {rule_text(setting.name)}, got {excerpt(value)}"
 
 
 def _kinds(hint: Any) -> tuple[Any, ...]:
@@ -245,7 +357,63 @@ def coerce(name: str, value: Any, where: str) -> Any:
         converted = _as(kind, value)
         if converted is not _WRONG:
             return converted
-    raise InvalidValue(f"{where}: {name} must be {describe(name)}, got {value!r}")
+    raise InvalidValue(f"{where}: {name} must be {describe(name)}, got {excerpt(value)}")
+
+
+class SettingsError(InvalidValue, yaml.YAMLError):
+    """A settings document that is YAML but not one we read (anchors, aliases, deep nesting)."""
+
+
+class SettingsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats and without anchors, aliases or deep nesting."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise SettingsError(f"anchors and aliases (&, *) are not accepted in settings, {where_in(event)}")
+        if self.depth >= SETTINGS_DEPTH_LIMIT:
+            raise SettingsError(f"nested more than {SETTINGS_DEPTH_LIMIT} levels deep, {where_in(event)}")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+# YAML 1.2's float (the JSON schema's, with YAML 1.1's .inf and .nan): 1e-3, 5E-4, -1e-2, 1.5, .5
+SettingsLoader.yaml_implicit_resolvers = {
+    first: [(tag, rule) for tag, rule in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+SettingsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def where_in(event: Any) -> str:
+    mark = getattr(event, "start_mark", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """What is wrong with a YAML document, and where, without PyYAML's excerpt of the text
+    (which would quote whatever file was named)."""
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark or error.context_mark
+        place = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"{excerpt(error.problem or error.context, 80).strip(chr(39))}{place}"
+    return excerpt(str(error), 120).strip("'")
+
+
+def load_settings_text(text: str) -> Any:
+    """A YAML document as settings are read (``SettingsLoader``)."""
+    return yaml.load(text, Loader=SettingsLoader)  # noqa: S506 - a SafeLoader
 
 
 def parse_text(name: str, text: str | list[str], where: str) -> Any:
@@ -258,12 +426,37 @@ def parse_text(name: str, text: str | list[str], where: str) -> Any:
     if takes_list(name) and not text.strip().startswith("["):
         text = "[" + ",".join(part.strip() for part in text.split(",") if part.strip()) + "]"
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = load_settings_text(text)
+    except (yaml.YAMLError, RecursionError):
         value = text
     if str in kinds and not any(_as(kind, value) is not _WRONG for kind in kinds):
         value = text
     return coerce(name, value, where)
+
+
+# Other tools' names for our settings (timm's train.py, torchvision's references).
+OTHER_NAMES = {
+    "learning_rate": "lr", "wd": "weight_decay", "opt": "optimizer", "sched": "schedule",
+    "smoothing": "label_smoothing", "model_ema_decay": "ema", "clip_grad_norm": "clip_grad",
+    "num_workers": "workers", "j": "workers",
+    "input_size": "img_size", "image_size": "img_size", "warmup": "warmup_epochs", "batch": "batch_size",
+}  # fmt: skip
+
+
+def _nearest(name: str) -> list[str]:
+    key = name.replace("-", "_").lower()
+    return [OTHER_NAMES[key]] if key in OTHER_NAMES else difflib.get_close_matches(key, sorted(FIELDS), 2, 0.7)
+
+
+def unknown_names(names: list[Any], where: str) -> str:
+    """The error for settings that do not exist: a few of the names, cut short, with the
+    nearest real names (never a list of every setting, nor more than a line)."""
+    shown = [excerpt(str(name), 30) for name in names[:3]]
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    near = sorted({m for n in names[:3] for m in _nearest(str(n)[:40])})
+    hint = f"; did you mean {', '.join(near)}?" if near else "; cnl train --help lists them"
+    word = "setting" if len(names) == 1 else "settings"
+    return f"{where}: unknown {word} {', '.join(shown)}{more}{hint}"
 
 
 def parse_assignments(assignments: list[str]) -> Explicit:
@@ -273,46 +466,92 @@ def parse_assignments(assignments: list[str]) -> Explicit:
         key, equals, text = assignment.partition("=")
         name = key.strip().replace("-", "_")
         if not equals:
-            raise InvalidValue(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set lr=0.02")
+            raise InvalidValue(f"--set {excerpt(assignment)}: expected KEY=VALUE, e.g. --set lr=0.02")
         if name not in FIELDS:
-            raise InvalidValue(
-                f"--set {assignment!r}: unknown setting {key!r}; valid settings: {', '.join(sorted(FIELDS))}"
-            )
-        values[name] = parse_text(name, text, f"--set {assignment}")
+            raise InvalidValue(unknown_names([key], f"--set {cut(assignment)}"))
+        values[name] = parse_text(name, text, f"--set {cut(assignment)}")
     return values
+
+
+def read_settings_file(path: Path, note: str = "") -> dict[str, Any]:
+    """The mapping in settings file ``path`` (keys with dashes or underscores, old names
+    upgraded). A file that is too large, not UTF-8, not YAML we read, or not a mapping is
+    one line that names it and quotes none of its content."""
+    if not path.exists():
+        raise MissingFile(f"config file {path} does not exist{note}")
+    if not path.is_file():
+        raise InvalidValue(f"config file {path} is not a regular file{note}")
+    size = path.stat().st_size
+    if size > SETTINGS_FILE_LIMIT:
+        raise InvalidValue(f"{path} is not a settings file: {size:,} bytes, and a settings file is at most 1 MiB")
+    try:
+        values = load_settings_text(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise InvalidValue(f"{path} is not a settings file: not UTF-8 text (byte {error.start})") from None
+    except yaml.YAMLError as error:
+        raise InvalidValue(f"{path} is not valid settings YAML: {yaml_problem(error)}") from None
+    if not isinstance(values, dict):
+        raise InvalidValue(
+            f"{path} is not a settings file: it holds {type(values).__name__}, not a mapping of settings"
+        )
+    return upgrade({str(k).replace("-", "_"): v for k, v in values.items()})
+
+
+BASE_SUFFIXES = (".yaml", ".yml")
+
+
+def base_path(path: Path, base: Any) -> Path:
+    """The file that ``base:`` in ``path`` names: a relative path to a .yaml/.yml file, read
+    from ``path``'s folder (``..`` may climb, so a preset in configs/modern builds on
+    configs/). An absolute path is refused: a preset must mean the same on every machine."""
+    if not isinstance(base, str) or not base.strip():
+        raise InvalidValue(f"{path}: base must be the relative path of another settings file, got {excerpt(base)}")
+    if "\0" in base or Path(base).is_absolute() or base.startswith("~"):
+        raise InvalidValue(
+            f"{path}: base {excerpt(base)} is not a relative path; base names a settings file relative to {path.name}"
+        )
+    if Path(base).suffix not in BASE_SUFFIXES:
+        raise InvalidValue(f"{path}: base {excerpt(base)} is not a .yaml or .yml file")
+    return path.parent / base
 
 
 def read_yaml(path: str | Path, _within: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A config file's settings, keys as in TrainConfig (``lr-steps`` and ``lr_steps`` both work).
-    ``base: OTHER.yaml`` (beside this file) starts from OTHER's settings; this file states what differs."""
+    ``base: OTHER.yaml`` (a path relative to this file) starts from OTHER's settings; this
+    file states what differs."""
     path = Path(path)
-    if not path.is_file():
-        raise MissingFile(f"config file {path} does not exist" + (f" (the base of {_within[-1]})" if _within else ""))
     if path.resolve() in _within:
         raise InvalidValue(f"{path}: its bases form a loop: {' -> '.join(str(p) for p in (*_within, path))}")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise InvalidValue(f"{path} is not valid YAML: {error}") from error
-    if not isinstance(values, dict):
-        raise InvalidValue(f"{path} must hold a mapping of settings, got {type(values).__name__}")
-    values = upgrade({str(k).replace("-", "_"): v for k, v in values.items()})
+    values = read_settings_file(path, f" (the base of {_within[-1]})" if _within else "")
     base = values.pop("base", None)
-    unknown = sorted(set(values) - FIELDS)
+    unknown = [name for name in values if name not in FIELDS]
+    if unknown and len(unknown) == len(values) and base is None and not any(_nearest(str(n)[:40]) for n in unknown):
+        raise InvalidValue(
+            f"{path} is not a settings file: none of its {len(values)} keys is a setting (cnl train --help lists them)"
+        )
     if unknown:
-        raise InvalidValue(f"{path}: unknown settings {unknown}; valid settings: base, {', '.join(sorted(FIELDS))}")
+        raise InvalidValue(unknown_names(unknown, str(path)))
     values = {name: coerce(name, value, str(path)) for name, value in values.items()}
     if base is None:
         return values
-    inherited = read_yaml(path.parent / str(base), (*_within, path.resolve()))
+    inherited = read_yaml(base_path(path, base), (*_within, path.resolve()))
     if any(values.get(name) is not None for name in BATCH_FIELDS):  # one way of giving the batch replaces the other
         inherited = {k: v for k, v in inherited.items() if k not in BATCH_FIELDS}
     return {**inherited, **values}
 
 
-def make_config(*layers: dict[str, Any]) -> TrainConfig:
+def typed(name: str, value: Any, where: str) -> Any:
+    """A setting's value from Python or a stored config, as its type: text where the setting
+    takes numbers is read as typed on the command line (``"1e-3"`` from a stored config)."""
+    if isinstance(value, str) and str not in _kinds(HINTS[name]):
+        return parse_text(name, value, where)
+    return coerce(name, value, where)
+
+
+def make_config(*layers: dict[str, Any], data_root: bool = True) -> TrainConfig:
     """Defaults, then each layer in turn (a file, then flags); None in a layer means 'not set'
-    (except in an ``Explicit`` layer).
+    (except in an ``Explicit`` layer). Each value is checked against its setting's type and
+    range (``validate``; ``data_root`` as there).
 
     A layer that sets ``batch_size`` or ``global_batch_size`` replaces the other; one
     layer setting both is an error.
@@ -320,6 +559,10 @@ def make_config(*layers: dict[str, Any]) -> TrainConfig:
     values: dict[str, Any] = {}
     for layer in layers:
         given = upgrade(layer if isinstance(layer, Explicit) else {k: v for k, v in layer.items() if v is not None})
+        unknown = [name for name in given if name not in FIELDS]
+        if unknown:
+            raise InvalidValue(unknown_names(unknown, "settings"))
+        given = {name: typed(name, value, "settings") for name, value in given.items()}
         batch = [k for k in BATCH_FIELDS if given.get(k) is not None]
         if len(batch) == 2:
             raise InvalidValue(
@@ -330,5 +573,5 @@ def make_config(*layers: dict[str, Any]) -> TrainConfig:
             values.update(dict.fromkeys(BATCH_FIELDS))
         values.update(given)
     config = TrainConfig(**values)
-    config.validate()
+    config.validate(data_root)
     return config

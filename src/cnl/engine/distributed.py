@@ -31,6 +31,16 @@ class Context:
         return self.world_size > 1
 
 
+def world_size() -> int:
+    """The processes a run started here takes part with: the caller's group, torchrun's, or 1."""
+    return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 of the caller's or torchrun's group, or a process on its own: the one that prints."""
+    return (dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))) == 0
+
+
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

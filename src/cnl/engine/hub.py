@@ -12,14 +12,15 @@ overrides, image size and the run's training config (for ``cnl eval``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RESIZE_RATIO
-from cnl.errors import MissingDependency, MissingFile
+from cnl.engine.modelinfo import CardError, ModelInfo, check_head, class_names
+from cnl.engine.runfolder import read_json
+from cnl.errors import MissingDependency, MissingFile, excerpt
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -47,28 +48,50 @@ def hub_folder(path: str | Path) -> Path:
     return Path(snapshot_download(repo, revision=revision or None, allow_patterns=[CONFIG, WEIGHTS, CARD]))
 
 
-def read_hub(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``(info, weights)`` of a Hub model, ``info`` as ``load_model_with_info`` describes a checkpoint."""
-    from safetensors.torch import load_file
+def read_hub(path: str | Path) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
+    """``(info, weights)`` of a Hub model. config.json is checked field by field, against
+    itself (``num_classes`` and ``label_names``, the input size and the image size) and the
+    weights (the head's rows): damage is a CardError naming the file and the field."""
+    from cnl.engine.checkpoint import read_safetensors
 
     folder = hub_folder(path)
     for name in (CONFIG, WEIGHTS):
         if not (folder / name).is_file():
             raise MissingFile(f"{folder / name} does not exist: a Hub model folder holds {CONFIG} and {WEIGHTS}")
-    config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+    where = str(folder / CONFIG)
+    config = read_json(folder / CONFIG)
+    if not isinstance(config, dict):
+        raise CardError(f"{where}: expected a mapping (timm's config.json), got {type(config).__name__}")
     cnl = config.get("cnl")
     if cnl is None:
-        raise MissingFile(f"{folder / CONFIG} has no 'cnl' entry: it was not written by cnl export --format hf")
-    info = {
-        "model": cnl["model"],
-        "classes": list(config["label_names"]),
-        "img_size": cnl["img_size"],
-        "overrides": cnl["overrides"],
-        "mean": list(config["pretrained_cfg"]["mean"]),
-        "std": list(config["pretrained_cfg"]["std"]),
-        "config": cnl.get("config", {}),
-    }
-    return info, load_file(str(folder / WEIGHTS))
+        raise MissingFile(f"{where} has no 'cnl' entry: it was not written by cnl export --format hf")
+    if not isinstance(cnl, dict):
+        raise CardError(f"{where}: cnl must be a mapping, got {excerpt(cnl)}")
+    classes = class_names(config.get("label_names"), where, "label_names")
+    if config.get("num_classes") != len(classes):
+        raise CardError(
+            f"{where}: num_classes is {excerpt(config.get('num_classes'))} but label_names names {len(classes)} "
+            "classes (timm reads one, cnl the other: they must agree)"
+        )
+    pretrained = config.get("pretrained_cfg")
+    if not isinstance(pretrained, dict):
+        raise CardError(f"{where}: pretrained_cfg must be a mapping, got {excerpt(pretrained)}")
+    info = ModelInfo.checked(
+        {"model": cnl.get("model"), "classes": classes, "img_size": cnl.get("img_size"),
+         "overrides": cnl.get("overrides", {}), "mean": pretrained.get("mean"), "std": pretrained.get("std"),
+         "config": cnl.get("config") or {}},
+        where,
+    )  # fmt: skip
+    size = pretrained.get("input_size")
+    if size != [3, info.img_size, info.img_size]:
+        raise CardError(
+            f"{where}: pretrained_cfg.input_size is {excerpt(size)}, not [3, {info.img_size}, {info.img_size}]"
+        )
+    weights = read_safetensors(folder / WEIGHTS)
+    classifier = pretrained.get("classifier")
+    if isinstance(classifier, str):
+        check_head(weights, classifier, classes, str(folder / WEIGHTS))
+    return info, weights
 
 
 def timm_name(model_name: str) -> str:
@@ -79,14 +102,14 @@ def timm_name(model_name: str) -> str:
     return model_name if model_name in ours else GENERIC
 
 
-def hub_config(info: dict[str, Any], classifier: str, summary: dict[str, Any] | None) -> dict[str, Any]:
+def hub_config(info: ModelInfo, classifier: str, summary: dict[str, Any] | None) -> dict[str, Any]:
     """``config.json`` of a model ``info`` describes (as ``load_model_with_info`` gives it)."""
-    classes, size = info["classes"], info["img_size"]
-    architecture = timm_name(info["model"])
+    classes, size = info.classes, info.img_size
+    architecture = timm_name(info.model)
     model_args = {
-        **info["overrides"],
+        **info.overrides,
         "img_size": size,  # a fixed-size backbone (ViT, Swin) is built for it; a ResNet ignores it
-        **({"cnl_name": info["model"]} if architecture == GENERIC else {}),
+        **({"cnl_name": info.model} if architecture == GENERIC else {}),
     }
     return {
         "architecture": architecture,
@@ -104,10 +127,10 @@ def hub_config(info: dict[str, Any], classifier: str, summary: dict[str, Any] | 
             "classifier": classifier,
         },
         "cnl": {
-            "model": info["model"],
-            "overrides": info["overrides"],
+            "model": info.model,
+            "overrides": info.overrides,
             "img_size": size,
-            "config": info.get("config", {}),
+            "config": info.config,
             "summary": summary,
         },
     }

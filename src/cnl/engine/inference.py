@@ -24,6 +24,7 @@ from cnl.engine.loaders import eval_loader
 from cnl.engine.loop import StepSettings, evaluate, wants_progress_bars
 from cnl.engine.predictions import image_names
 from cnl.errors import DataError, InvalidValue, MissingFile
+from cnl.tables import csv_row
 
 
 def evaluate_checkpoint(
@@ -38,9 +39,9 @@ def evaluate_checkpoint(
     set is sharded and the sums reduced, so the result is the same.
     """
     model, classes, info = load_model_with_info(path)
-    if "config" not in info:
+    if not info.config:
         raise InvalidValue(f"{path} holds no training config: cnl eval needs a training checkpoint")
-    config = make_config(info["config"], overrides)
+    config = make_config(info.config, overrides)
     ctx = distributed.setup(config.device)
     try:
         model = model.to(ctx.device)
@@ -130,7 +131,7 @@ def predict_batches(
     Images are decoded in ``workers`` processes and run through the model ``batch_size`` at a time."""
     target = distributed.pick_device(device)
     model, classes, info = load_model_with_info(path, target)
-    yield from predict_with(model, classes, info["img_size"], expand_images(images), topk, batch_size, workers)
+    yield from predict_with(model, classes, info.img_size, expand_images(images), topk, batch_size, workers)
 
 
 @torch.no_grad()
@@ -219,5 +220,5 @@ def write_predictions(results: Iterable[dict[str, Any]], out: str | Path, topk: 
                 continue
             cells = [value for p in result.get("predictions", []) for value in (p["class"], f"{p['probability']:.6f}")]
             cells += [""] * (2 * topk - len(cells))
-            writer.writerow([result["image"], *cells, result.get("error", "")])
+            writer.writerow(csv_row([result["image"], *cells, result.get("error", "")]))
     return rows

@@ -32,8 +32,9 @@ from cnl.engine.checkpoint import read_for_resume, remove_temporaries, save_chec
 from cnl.engine.config import RESUME_CHOICES, TrainConfig
 from cnl.engine.loaders import eval_loader, train_loader
 from cnl.engine.loop import EpochStats, StepSettings, TrainParts, evaluate, train_one_epoch
-from cnl.engine.predictions import PREDICTIONS, image_names, write_image_predictions
+from cnl.engine.predictions import image_names, write_image_predictions
 from cnl.engine.provenance import provenance
+from cnl.engine.runfolder import RunFolder
 from cnl.engine.runlock import RunLock
 from cnl.errors import InvalidValue, MissingFile
 from cnl.models.registry import check_input_size
@@ -62,18 +63,28 @@ def resume_checkpoint(output: str | Path, resume: str | None) -> Path | None:
         if not Path(mode).is_file():
             raise MissingFile(f"cannot resume: checkpoint {mode} does not exist")
         return Path(mode)
-    path = Path(output) / "checkpoints" / "last.pt"
+    path = RunFolder(output).last
     if mode == "yes" and not path.is_file():
         raise MissingFile(f"cannot resume: {path} does not exist (use --resume auto to start fresh then)")
     return path if mode != "no" and path.is_file() else None
+
+
+def first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (``path`` itself, or one above
+    it); None when ``path`` exists."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return missing
+        missing = folder
+    return missing
 
 
 def run_folder_of(resume: str | None) -> str | None:
     """The run folder a ``--resume PATH`` checkpoint belongs to (RUN/checkpoints/last.pt -> RUN)."""
     if resume is None or resume in RESUME_CHOICES:
         return None
-    path = Path(resume)
-    return str(path.parent.parent if path.parent.name == "checkpoints" else path.parent)
+    return str(RunFolder.of_checkpoint(resume).root)
 
 
 @dataclass
@@ -150,6 +161,19 @@ class RunState:
     start_step: int = 0  # optimizer steps of start_epoch already trained (an interrupted epoch)
     best_epoch: int = 0
     best: dict[str, float] = field(default_factory=dict)  # top1, top5 (test) and val_top1, val_top5 of best_epoch
+    final: dict[str, float] = field(default_factory=dict)  # the same of the last finished epoch
+    rates: list[float] = field(default_factory=list)  # training images/s of each finished epoch
+
+    @classmethod
+    def of(cls, state: dict[str, Any]) -> RunState:
+        """The run state a checkpoint holds (``rates`` and ``final``: since they were stored)."""
+        best = dict(state["best"])
+        best_epoch = int(best.pop("epoch"))
+        final = state.get("final", {k: state.get("metrics", {}).get(k) for k in ("top1", "top5")})
+        return cls(state["epoch"], state.get("step", 0), best_epoch, best, dict(final), list(state.get("rates", [])))
+
+    def finished(self, epochs: int) -> bool:
+        return self.start_epoch >= epochs and self.start_step == 0
 
 
 class Run:
@@ -164,10 +188,12 @@ class Run:
     ) -> None:
         if (train_set is None) != (test_set is None):
             raise InvalidValue("give both train_set and test_set, or neither (then config.data_root is read)")
+        config.validate(data_root=train_set is None)  # a config built by hand is checked as one from flags
         self.given_model = model
         self.given_sets = (train_set, test_set) if train_set is not None and test_set is not None else None
         self.config = config
         self.output = Path(config.output)
+        self.folder = RunFolder(self.output)
         self.ctx = distributed.setup(config.device)
         self.main = self.ctx.is_main
         self.batch_size, self.global_batch = config.batch_plan(self.ctx.world_size)
@@ -195,7 +221,7 @@ class Run:
 
     @property
     def checkpoints(self) -> Path:
-        return self.output / "checkpoints"
+        return self.folder.checkpoints
 
     def _state(self, epoch: int, run: RunState, metrics: dict[str, Any], step: int = 0) -> dict[str, Any]:
         return {
@@ -207,6 +233,8 @@ class Run:
             "scaler": self.built.parts.scaler.state_dict(),
             "epoch": epoch,
             "best": {**run.best, "epoch": run.best_epoch},
+            "final": run.final,
+            "rates": run.rates,
             "metrics": {k: v for k, v in metrics.items() if k not in ("per_class_top1", "per_image")},
             "config": self.recipe,
             "classes": self.built.classes,
@@ -214,8 +242,9 @@ class Run:
             "provenance": self.built.provenance,
         }
 
-    def _resume(self, path: Path) -> RunState:
-        state, used, damage = read_for_resume(path)
+    def _resume(self, path: Path, read: tuple[dict[str, Any], Path, str | None]) -> RunState:
+        """Load what ``read`` (``read_for_resume(path)``) holds into the built run."""
+        state, used, damage = read
         if damage is not None:
             distributed.barrier()  # every process has read what it resumes from
             if self.main:
@@ -223,8 +252,16 @@ class Run:
                 path.rename(path.with_name(f"{path.name}.damaged"))
                 print(f"cnl train: warning: {damage}; resuming from {used} (kept it as {path.name}.damaged)",
                       file=sys.stderr, flush=True)  # fmt: skip
-        if state["model_name"] != self.config.model or list(state["classes"]) != self.built.classes:
-            raise InvalidValue(f"{path} is a checkpoint of {state['model_name']} on other classes; cannot resume")
+        if state["model_name"] != self.config.model:
+            raise InvalidValue(
+                f"{path} is a checkpoint of {state['model_name']}, not of {self.config.model}; cannot resume "
+                "(train another model into another --output)"
+            )
+        if list(state["classes"]) != self.built.classes:
+            raise InvalidValue(
+                f"{path} was trained on other classes ({len(state['classes'])}) than {self.config.data_root} holds "
+                f"({len(self.built.classes)}); cannot resume"
+            )
         previous = state.get("provenance", {}).get("global_batch_size", self.global_batch)
         if previous != self.global_batch:
             raise InvalidValue(
@@ -237,13 +274,12 @@ class Run:
         self.built.parts.optimizer.load_state_dict(state["optimizer"])
         self.built.parts.scheduler.load_state_dict(state["scheduler"])
         self.built.parts.scaler.load_state_dict(state["scaler"])
-        best = dict(state["best"])
         self._keep_metrics(state["epoch"])
-        return RunState(state["epoch"], state.get("step", 0), int(best.pop("epoch")), best)
+        return RunState.of(state)
 
     def _keep_metrics(self, completed: int) -> None:
         """Drop log lines of epochs past ``completed``: they will be run again."""
-        path = self.output / "metrics.jsonl"
+        path = self.folder.metrics
         if self.main and path.exists():
             kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= completed]
             path.write_text("".join(line + "\n" for line in kept))
@@ -255,7 +291,7 @@ class Run:
                 f"# cnl train --config {self.output / 'config.yaml'} --output NEW_FOLDER trains the same run again.\n"
             )
             text = yaml.safe_dump(self.recipe, sort_keys=False)
-            (self.output / "config.yaml").write_text(header + text, encoding="utf-8")
+            self.folder.config.write_text(header + text, encoding="utf-8")
 
     # --- signals -------------------------------------------------------------------------
 
@@ -292,6 +328,12 @@ class Run:
         """Train; the summary. A signal ends the loop through its return (``Stopped``), after
         which this raises ``RunInterrupted``: to the caller a stopped run must not look like a
         finished one, and a KeyboardInterrupt is what a Ctrl-C would have raised there."""
+        resume = resume_checkpoint(self.output, self.config.resume)
+        read = read_for_resume(resume) if resume else None
+        done = self._already_done(read)
+        if done is not None:
+            return done
+        made = first_missing(self.output) if self.main else None  # a failed start leaves no folder behind
         lock = RunLock(self.output)
         with self._signals():
             try:
@@ -306,8 +348,7 @@ class Run:
                     self.config, self.ctx, self.output, self.batch_size, self.global_batch, self.given_model,
                     self.given_sets,
                 )  # fmt: skip
-                resume = resume_checkpoint(self.output, self.config.resume)
-                run = self._resume(resume) if resume else RunState()
+                run = self._resume(resume, read) if resume and read else RunState()
                 if not resume:
                     self._keep_metrics(0)
                 self._write_config()
@@ -315,18 +356,52 @@ class Run:
                 result = self._loop(run)
             finally:
                 lock.release()
+                if made is not None and not self.training:
+                    self._clear_failed_start(made)
                 distributed.teardown(self.ctx)
         if isinstance(result, Stopped):
             raise RunInterrupted(self.stop_signal or signal.SIGTERM, f"received: stopped at {result.where}")
         return result
 
+    def _clear_failed_start(self, made: Path) -> None:
+        """Remove what a start that failed before training made: the lock file, an empty list
+        of skipped images, and the folders up to ``made`` where they are empty. Anything else
+        stays."""
+        self.folder.lock.unlink(missing_ok=True)
+        if self.folder.skipped.exists() and not self.folder.skipped.stat().st_size:
+            self.folder.skipped.unlink()
+        folder = self.output
+        while True:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: something else is there
+                return
+            if folder == made:
+                return
+            folder = folder.parent
+
+    def _already_done(self, read: tuple[dict[str, Any], Path, str | None] | None) -> dict[str, Any] | None:
+        """The summary of a finished run that resuming would not change (its checkpoint has
+        every epoch of this config, its summary.json is written): nothing is built, trained or
+        written. None when there is something to do (a summary that a kill kept from being
+        written is written by the resumed run, which trains nothing)."""
+        if read is None:
+            return None
+        state, path, damage = read
+        summary = self.folder.read_summary() if damage is None else None
+        if state["model_name"] != self.config.model or not RunState.of(state).finished(self.config.epochs):
+            return None
+        if summary is None or summary.get("epochs") != self.config.epochs:
+            return None
+        if self.main:
+            print(f"{path}: finished at epoch {state['epoch']} of {self.config.epochs}: nothing to do", flush=True)
+        distributed.teardown(self.ctx)
+        return summary
+
     def _loop(self, run: RunState) -> dict[str, Any] | Stopped:
         """Epochs from where ``run`` left off; the summary, or where a signal stopped it."""
         config, built = self.config, self.built
         writer = self._writer()
-        rates: list[float] = []
-        metrics: dict[str, Any] = {}
-        val: dict[str, Any] = {}
         try:
             for epoch in range(run.start_epoch, config.epochs):
                 first_step = run.start_step if epoch == run.start_epoch else 0
@@ -337,22 +412,19 @@ class Run:
                 )  # fmt: skip
                 train = train_one_epoch(built.parts, loader, built.settings, epoch, first_step, self._should_stop)
                 if train.stopped and train.steps < built.steps_per_epoch:
-                    return self._save_stop(epoch, train.steps, run, metrics)
-                val, metrics = self._end_epoch(epoch, run, train, lr, writer)
-                rates.append(train.images_per_s)
+                    return self._save_stop(epoch, train.steps, run)
+                self._end_epoch(epoch, run, train, lr, writer)
                 if train.stopped:
                     return self._stopped(f"the end of epoch {epoch + 1}")
         finally:
             if writer is not None:
                 writer.close()
-        summary = self._summary(run, {**metrics, **{f"val_{k}": v for k, v in val.items()}}, rates)
+        summary = self._summary(run)
         if self.main:
-            (self.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            self.folder.summary.write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
-    def _end_epoch(
-        self, epoch: int, run: RunState, train: EpochStats, lr: float, writer: Any
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _end_epoch(self, epoch: int, run: RunState, train: EpochStats, lr: float, writer: Any) -> None:
         """Evaluate (validation, test), keep the best epoch, save best.pt and last.pt, log."""
         built = self.built
         distributed.broadcast_buffers(built.evaluated)  # every process evaluates what rank 0 saves
@@ -366,39 +438,40 @@ class Run:
         improved = current[chosen_on] > run.best.get(chosen_on, -1.0)
         if improved:
             run.best, run.best_epoch = current, epoch + 1
+        run.final = current
+        run.rates.append(train.images_per_s)
         if self.main:
             state = self._state(epoch + 1, run, metrics)  # gathered once, written once or twice
             if improved:
-                save_checkpoint(state, self.checkpoints / "best.pt")
+                save_checkpoint(state, self.folder.best)
                 self._write_predictions(metrics, val)
-            save_checkpoint(state, self.checkpoints / "last.pt", keep_previous=True)
+            save_checkpoint(state, self.folder.last, keep_previous=True)
             self._log(writer, epoch + 1, lr, train, metrics, val)
-        return val, metrics
 
     def _write_predictions(self, test: dict[str, Any], val: dict[str, Any]) -> None:
         """predictions.csv of the epoch kept as best.pt: the test split, and the validation split when there is one."""
         splits = {"test": (image_names(self.built.test_set), test["per_image"])}
         if val:
             splits["val"] = (image_names(self.built.val_set), val["per_image"])
-        write_image_predictions(self.output / PREDICTIONS, splits, self.built.classes)
+        write_image_predictions(self.folder.predictions, splits, self.built.classes)
 
-    def _save_stop(self, epoch: int, step: int, run: RunState, metrics: dict[str, Any]) -> Stopped:
+    def _save_stop(self, epoch: int, step: int, run: RunState) -> Stopped:
         """Save the state after ``step`` optimizer steps of ``epoch`` (0-based)."""
         if self.main:
-            state = self._state(epoch, run, metrics, step=step)
-            save_checkpoint(state, self.checkpoints / "last.pt", keep_previous=True)
+            state = self._state(epoch, run, {}, step=step)
+            save_checkpoint(state, self.folder.last, keep_previous=True)
         return self._stopped(f"epoch {epoch + 1}, step {step}")
 
     def _stopped(self, where: str) -> Stopped:
         assert self.stop_signal is not None or not self.main
-        return Stopped(f"{where}; saved {self.checkpoints / 'last.pt'}; continue with --resume")
+        return Stopped(f"{where}; saved {self.folder.last}; continue with --resume")
 
     def _writer(self):
         if not self.main:
             return None
         from torch.utils.tensorboard import SummaryWriter
 
-        return SummaryWriter(log_dir=str(self.output / "tensorboard"))
+        return SummaryWriter(log_dir=str(self.folder.tensorboard))
 
     def _log(self, writer, epoch: int, lr: float, train: EpochStats, test: dict[str, Any], val: dict[str, Any]) -> None:
         record = {
@@ -415,7 +488,7 @@ class Run:
             "test_count": test["count"],
             "per_class_top1": test["per_class_top1"],
         }
-        with open(self.output / "metrics.jsonl", "a", encoding="utf-8") as log:
+        with open(self.folder.metrics, "a", encoding="utf-8") as log:
             log.write(json.dumps(record) + "\n")
         for key in ("lr", "train_loss", "train_top1", "train_images_per_s", "val_top1", "test_loss", "top1", "top5"):
             if key in record:
@@ -430,7 +503,9 @@ class Run:
             flush=True,
         )
 
-    def _summary(self, run: RunState, metrics: dict[str, Any], rates: list[float]) -> dict[str, Any]:
+    def _summary(self, run: RunState) -> dict[str, Any]:
+        """The run's results: its best epoch, its last one, and how it was trained (every
+        figure from ``run``, which a checkpoint restores: a resumed run sums up the whole run)."""
         log = skip_log(self.output)
         skipped = sorted({line.split("\t")[0] for line in log.read_text().splitlines()}) if log.exists() else []
         summary = {
@@ -443,20 +518,20 @@ class Run:
             "best_epoch": run.best_epoch,
             "best_top1": run.best.get("top1"),
             "best_top5": run.best.get("top5"),
-            "final_top1": metrics.get("top1"),
-            "final_top5": metrics.get("top5"),
+            "final_top1": run.final.get("top1"),
+            "final_top5": run.final.get("top5"),
             **(
                 {
                     "best_val_top1": run.best.get("val_top1"),
                     "best_val_top5": run.best.get("val_top5"),
-                    "final_val_top1": metrics.get("val_top1"),
-                    "final_val_top5": metrics.get("val_top5"),
+                    "final_val_top1": run.final.get("val_top1"),
+                    "final_val_top5": run.final.get("val_top5"),
                 }
                 if self.built.val_set is not None
                 else {}
             ),
             "params": self.built.params,
-            "train_images_per_s": float(np.mean(rates)) if rates else None,
+            "train_images_per_s": float(np.mean(run.rates)) if run.rates else None,
             "world_size": self.ctx.world_size,
             "batch_size": self.batch_size,
             "accum_steps": self.config.accum_steps,
