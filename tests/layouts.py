@@ -1,6 +1,7 @@
 """Miniature datasets written in each official layout, with the real file formats."""
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -37,22 +38,32 @@ CUB_CLASSES = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_
 
 def write_cub(root: Path) -> Path:
     """3 classes, 2 train + 1 test images each; ids interleave the splits."""
-    images, labels, split, boxes = [], [], [], []
-    for k, folder in enumerate(CUB_CLASSES):
-        for j in range(3):
-            image_id = len(images) + 1
-            relative = f"{folder}/{folder[4:]}_{j:04d}.jpg"
-            write_image(root / "images" / relative, (40 * k, 80, 10 * j), size=(30, 20))
-            images.append(f"{image_id} {relative}")
-            labels.append(f"{image_id} {k + 1}")
-            split.append(f"{image_id} {int(j != 1)}")
-            boxes.append(f"{image_id} 2.0 3.0 10.0 8.0")
+    root.mkdir(parents=True, exist_ok=True)
     (root / "classes.txt").write_text("".join(f"{k + 1} {c}\n" for k, c in enumerate(CUB_CLASSES)))
-    (root / "images.txt").write_text("\n".join(images) + "\n")
-    (root / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
-    (root / "train_test_split.txt").write_text("\n".join(split) + "\n")
-    (root / "bounding_boxes.txt").write_text("\n".join(boxes) + "\n")
+    return write_tables(
+        root, [str(k + 1) for k in range(3)], lambda k, j: str(3 * k + j + 1),
+        lambda k, j, _: f"{CUB_CLASSES[k]}/{CUB_CLASSES[k][4:]}_{j:04d}.jpg", "2.0 3.0 10.0 8.0",
+    )  # fmt: skip
+
+
+def write_tables(root: Path, labels: list[str], image_id: Any, relative: Any, box: str) -> Path:
+    """The images and four tables CUB and NABirds share (images, labels, the split, boxes):
+    3 images of each label, the middle one a test image; ``image_id(k, j)`` and
+    ``relative(k, j, image_id)`` name image j of label k."""
+    tables: dict[str, list[str]] = {name: [] for name in TABLES}
+    for k, label in enumerate(labels):
+        for j in range(3):
+            identity = image_id(k, j)
+            path = relative(k, j, identity)
+            write_image(root / "images" / path, (60 * k, 40, 20 * j), size=(30, 20))
+            for name, value in zip(TABLES, (path, label, str(int(j != 1)), box)):
+                tables[name].append(f"{identity} {value}")
+    for name, rows in tables.items():
+        (root / name).write_text("\n".join(rows) + "\n")
     return root
+
+
+TABLES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt")
 
 
 DOG_FOLDERS = ["n02085620-Chihuahua", "n02085782-Japanese_spaniel", "n02085936-Maltese_dog"]
@@ -170,3 +181,27 @@ def write_flowers(root: Path) -> Path:
     savemat(root / "imagelabels.mat", {"labels": np.array([labels], dtype=np.uint8)})
     savemat(root / "setid.mat", {key: np.array([ids], dtype=np.uint16) for key, ids in split.items()})
     return root
+
+
+# NABirds' classes.txt holds the hierarchy too: 0 is the root, 1 an order, 295 etc. species;
+# images are labelled with the leaves only, whose ids are not contiguous.
+NABIRDS_CLASSES = {
+    "0": "Birds", "1": "Perching Birds", "295": "Red-tailed Hawk (Adult)", "296": "Red-tailed Hawk (Immature)",
+    "313": "Ruby-throated Hummingbird",
+}  # fmt: skip
+NABIRDS_PARENTS = {"1": "0", "295": "1", "296": "1", "313": "1"}
+
+
+def write_nabirds(root: Path) -> Path:
+    """NABirds' files: 3 leaf classes of sparse ids, 2 train + 1 test images each, image ids
+    as the dataset writes them (UUIDs), images in folders named by the 4-digit class id."""
+    import uuid
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("".join(f"{i} {name}\n" for i, name in NABIRDS_CLASSES.items()))
+    (root / "hierarchy.txt").write_text("".join(f"{c} {p}\n" for c, p in NABIRDS_PARENTS.items()))
+    leaves = ["295", "296", "313"]
+    return write_tables(
+        root, leaves, lambda k, j: str(uuid.UUID(int=100 * k + j + 1)),
+        lambda k, j, identity: f"{int(leaves[k]):04d}/{identity.replace('-', '')}.jpg", "1 2 10 8",
+    )  # fmt: skip

@@ -3,11 +3,13 @@
 import json
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import TensorDataset
 
+import cnl
 from cnl.engine import TrainConfig, fit
 
 
@@ -24,11 +26,25 @@ class Pictures(TensorDataset):
         super().__init__(images, labels)
 
 
-def small_network() -> nn.Module:
+@pytest.fixture(autouse=True)
+def registered(monkeypatch):
+    """my_network registered for each test, as cnl.register_model("my_network") would, and
+    forgotten after it (list_models stays cnl's own for the other test files)."""
+    from cnl.models import registry
+
+    monkeypatch.setattr(registry, "_YOURS", {})
+    cnl.register_model("my_network", my_network)
+
+
+def my_network(num_classes: int) -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        nn.Linear(8, 3),
+        nn.Linear(8, num_classes),
     )  # fmt: skip
+
+
+def small_network() -> nn.Module:
+    return my_network(3)
 
 
 def config(tmp_path) -> TrainConfig:
@@ -63,10 +79,20 @@ def test_fit_leaves_the_callers_process_group_as_it_found_it(tmp_path):
 
 
 def test_dataset_objects_need_class_names(tmp_path):
-    import pytest
-
     unnamed = TensorDataset(torch.rand(8, 3, 32, 32), torch.zeros(8, dtype=torch.long))
     with pytest.raises(ValueError, match="needs a 'classes' list"):
         fit(config(tmp_path), model=small_network(), train_set=unnamed, test_set=unnamed)
     with pytest.raises(ValueError, match="give both train_set and test_set"):
         fit(config(tmp_path), model=small_network(), train_set=Pictures(8, 0))
+
+
+def test_a_model_handed_to_fit_must_be_the_one_its_config_names(tmp_path):
+    from cnl.errors import UserError
+
+    unnamed = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 3))
+    with pytest.raises(UserError, match=r"not what config.model \(my_network\) builds: name yours with"):
+        fit(config(tmp_path), model=unnamed, train_set=Pictures(8, 0), test_set=Pictures(6, 1))
+    assert not (tmp_path / "run").exists()
+    summary = fit(config(tmp_path), model=my_network(3), train_set=Pictures(16, 0), test_set=Pictures(6, 1))
+    model, classes = cnl.load_model(tmp_path / "run" / "checkpoints" / "best.pt")  # built again by its name
+    assert classes == ["red", "green", "blue"] and summary["best_top1"] >= 0

@@ -165,7 +165,7 @@ def test_bad_labels_name_file_and_line(tmp_path):
 
 def test_unknown_names_list_the_choices(tmp_path):
     write_cub(tmp_path)
-    choices = "cub, dogs, cars, aircraft, flowers102, folder, list"
+    choices = "cub, dogs, cars, aircraft, flowers102, nabirds, folder, list"
     with pytest.raises(ValueError, match=f"unknown dataset 'birds'.*{choices}"):
         build_dataset("birds", tmp_path, "train")
     with pytest.raises(ValueError, match="unknown split 'dev'"):
@@ -200,3 +200,21 @@ def test_both_decoders_give_the_same_pixels(tmp_path):
         assert (tensors[k][0].int() - from_pil).abs().max() <= 2
     with pytest.raises(ValueError, match="unknown decoder 'cv2'"):
         build_dataset("cub", root, "test", decoder="cv2")
+
+
+def test_nabirds_reads_its_sparse_class_ids_hierarchy_and_boxes(tmp_path, capsys):
+    from cnl.cli import main
+    from layouts import write_nabirds
+
+    root = write_nabirds(tmp_path / "nabirds")
+    train = build_dataset("auto", tmp_path, "train")  # found inside its nabirds/ folder, told from CUB
+    test = build_dataset("nabirds", root, "test", crop_to_box=True)
+    names = ["Red-tailed Hawk (Adult)", "Red-tailed Hawk (Immature)", "Ruby-throated Hummingbird"]
+    assert train.classes == test.classes == names and len(train) == 6 and len(test) == 3
+    assert sorted(train.targets) == [0, 0, 1, 1, 2, 2] and test.boxes == [(1.0, 2.0, 11.0, 10.0)] * 3
+    assert train.parents == dict.fromkeys(names, "Perching Birds")
+    assert main(["data", "check", "--dataset", "nabirds", "--root", str(root)]) == 0
+    assert "nabirds" in capsys.readouterr().out
+    (root / "image_class_labels.txt").write_text((root / "image_class_labels.txt").read_text().replace(" 313", " 999"))
+    with pytest.raises(ValueError, match=r"image_class_labels.txt, image .*: class '999' is not in classes.txt"):
+        build_dataset("nabirds", root, "train")

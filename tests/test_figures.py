@@ -93,9 +93,9 @@ def test_cli_figure_panels_and_size(ablation, tmp_path, capsys):
         assert figure.size == (1320, 480)
     plain = runs / "resnet18" / "checkpoints" / "best.pt"
     assert (
-        main(["attention", "--checkpoint", str(plain), "--image", str(image), "--out", str(tmp_path / "none.png")]) == 1
+        main(["attention", "--checkpoint", str(plain), "--image", str(image), "--out", str(tmp_path / "none.png")]) == 2
     )
-    assert "nothing to show" in capsys.readouterr().out
+    assert "without NL or CNL modules has no attention to show" in capsys.readouterr().err  # a user error: exit 2
     assert main(["attention", "--checkpoint", str(checkpoint), "--image", str(image), "--query", "5,5"]) == 2
     assert "outside the 2x2 query grid" in capsys.readouterr().err
 

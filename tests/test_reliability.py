@@ -183,7 +183,7 @@ def test_impossible_settings_are_rejected_before_any_work(data, tmp_path, capsys
         ("--lr", "-1", "lr must be a finite number > 0, got -1"),
         ("--batch-size", "0", "batch_size must be an integer >= 1, got 0"),
         ("--img-size", "16", r"img_size must be an integer in \[32, 4096\], got 16"),
-        ("--model", "resnet51", "unknown model 'resnet51'.*resnet50_cnl5"),
+        ("--model", "resnet51", "unknown model 'resnet51'; did you mean resnet50"),
         ("--dataset", "birds", "unknown dataset 'birds'.*cub, dogs"),
         ("--query", "layer9.0", "unknown query.*valid layer names"),
     ]:

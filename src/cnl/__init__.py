@@ -20,11 +20,14 @@ __version__ = "0.1.0"
 _LAZY = {
     "create_model": "cnl.models",
     "list_models": "cnl.models",
+    "register_model": "cnl.models",
     "load_model": "cnl.engine.checkpoint",
     "CrossLayerNonLocal": "cnl.nn",
     "NonLocal2d": "cnl.nn",
 }
-__all__ = ["CrossLayerNonLocal", "NonLocal2d", "__version__", "create_model", "list_models", "load_model"]
+__all__ = [
+    "CrossLayerNonLocal", "NonLocal2d", "__version__", "create_model", "list_models", "load_model", "register_model",
+]  # fmt: skip
 
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

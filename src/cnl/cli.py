@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from cnl.errors import InvalidValue, TrainingDiverged, UserError
@@ -72,7 +73,7 @@ def cmd_list_models(args: argparse.Namespace) -> int:
     print(
         "\nAny torchvision or timm classifier works too: tv:NAME or timm:NAME, plain or with _nl5 "
         "(five NL blocks) or _cnl5 (one CNL module), placed by the paper's rule on its stages, e.g. "
-        "timm:convnext_tiny_cnl5, tv:efficientnet_b0_nl5; see cnl profile --placements MODEL."
+        "timm:convnext_tiny_cnl5, tv:efficientnet_b0_nl5; see cnl profile --placements --models MODEL."
     )
     return 0
 
@@ -155,8 +156,9 @@ def add_data(subparsers: argparse._SubParsersAction) -> None:
         "check", help="per-split counts against the published ones, and every missing or unreadable file"
     )
     check.add_argument(
-        "--dataset", default="auto", help="cub, dogs, cars, aircraft, flowers102, folder, list or auto (default auto)"
-    )
+        "--dataset", default="auto",
+        help="cub, dogs, cars, aircraft, flowers102, nabirds, folder, list or auto (default auto)",
+    )  # fmt: skip
     check.add_argument("--root", required=True, help="the dataset's folder")
     check.add_argument("--splits", nargs="+", default=["train", "test"], help="default train test")
     check.set_defaults(func=cmd_data_check)
@@ -442,7 +444,7 @@ def upgrade_argv(argv: list[str]) -> list[str]:
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
-    from cnl.analysis.attention import NothingToShow, attention_rows, parse_queries, render
+    from cnl.analysis.attention import attention_rows, parse_queries, render
     from cnl.engine.checkpoint import load_model_with_info
 
     model, classes, info = load_model_with_info(args.checkpoint)
@@ -450,18 +452,14 @@ def cmd_attention(args: argparse.Namespace) -> int:
     images = [*([args.image] if args.image else []), *args.images]
     if not images:
         raise InvalidValue("no image: give IMAGE... (or --image)")
-    try:
-        if args.html:
-            from cnl.analysis.explorer import write_explorer
+    if args.html:
+        from cnl.analysis.explorer import write_explorer
 
-            title = f"{info.model} ({args.checkpoint}): what the modules attend to"
-            page = write_explorer(model, classes, images, img_size, args.html, title)
-            print(f"wrote {page}: {len(images)} images, {page.stat().st_size / 2**20:.1f} MB")
-            return 0
-        rows = attention_rows(model, images[0], img_size, parse_queries(args.query), args.count)
-    except NothingToShow as reason:
-        print(f"nothing to show: {reason}")
-        return 1
+        title = f"{info.model} ({args.checkpoint}): what the modules attend to"
+        page = write_explorer(model, classes, images, img_size, args.html, title)
+        print(f"wrote {page}: {len(images)} images, {page.stat().st_size / 2**20:.1f} MB")
+        return 0
+    rows = attention_rows(model, images[0], img_size, parse_queries(args.query), args.count)  # NothingToShow: exit 2
     print(f"wrote {render(rows, args.out)}: {len(rows.rows)} queries x {len(rows.rows[0])} maps")
     return 0
 
@@ -512,6 +510,39 @@ def add_export(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=cmd_export)
 
 
+# The commands that build a model by its name: each takes --import, for a model of the user's own.
+BUILDS_MODELS = ("train", "ablate", "eval", "predict", "attention", "report", "export")
+
+
+def add_imports(subparsers: argparse._SubParsersAction) -> None:
+    for name in BUILDS_MODELS:
+        subparsers.choices[name].add_argument(
+            "--import", dest="imports", action="append", default=[], metavar="MODULE",
+            help="a Python module (dotted name or .py file) to import first: one that registers a model of your "
+            "own with cnl.register_model (repeatable)",
+        )  # fmt: skip
+
+
+def import_modules(names: list[str]) -> None:
+    """``--import``: each module named on the command line (never one a file names)."""
+    import importlib
+    import importlib.util
+
+    for name in names:
+        try:
+            if name.endswith(".py"):
+                spec = importlib.util.spec_from_file_location(Path(name).stem, name)
+                if spec is None or spec.loader is None or not Path(name).is_file():
+                    raise InvalidValue(f"--import {name}: no such file")
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[spec.name] = module
+                spec.loader.exec_module(module)
+            else:
+                importlib.import_module(name)
+        except ImportError as error:
+            raise InvalidValue(f"--import {name}: {error}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cnl", description="Cross-layer non-local networks for fine-grained recognition"
@@ -524,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench(subparsers)
     add_figures(subparsers)
     add_export(subparsers)
+    add_imports(subparsers)
     return parser
 
 
@@ -536,6 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     args = build_parser().parse_args(argv)
     try:
+        import_modules(getattr(args, "imports", []))
         return args.func(args)
     except KeyboardInterrupt as interrupt:
         # RunInterrupted says which signal and what was saved; a bare Ctrl-C elsewhere, only that.
@@ -544,6 +577,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as error:
         print(f"cnl {args.command}: error: {error}", file=sys.stderr)
         return 3
+    except BrokenPipeError:  # the reader went away (| head): end quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere, not to a traceback
+        return 128 + signal.SIGPIPE
     except (UserError, OSError) as error:  # OSError: a file the OS refused (missing, no permission, full disk)
         print(f"cnl {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -12,7 +12,6 @@ for, and a cosine schedule brings the rate to 0 so that the last epochs settle.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from cnl.analysis.ablation import format_ablation, run_ablation
 from cnl.analysis.report import build_report
 from cnl.data.synth import SynthConfig, generate
 from cnl.engine.config import make_config
+from cnl.engine.runfolder import RunFolder
 
 MODELS = ["resnet18", "resnet18_nl5", "resnet18_cnl5"]
 SEEDS = [0, 1]
@@ -40,7 +40,7 @@ RECIPE = {
     "device": "cpu",
     "deterministic": True,
 }
-QUICK = {"img_size": 32, "epochs": 2, "global_batch_size": 8}
+QUICK = {"img_size": 32, "epochs": 1, "warmup_epochs": 0, "global_batch_size": 8}
 FLAT = 2.0  # points: test top-1 of the last two epochs no further apart than this
 QUICK_DATA = SynthConfig(classes=4, train_per_class=4, test_per_class=2, image_size=48)
 
@@ -67,16 +67,18 @@ def run_demo(output: str | Path = "runs/demo", quick: bool = False) -> str:
     )
 
 
-def last_epochs_change(run: Path) -> float:
-    """How far test top-1 moved between the last two epochs of a run (points)."""
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    *_, before, last = (json.loads(line)["top1"] for line in lines)
-    return abs(last - before)
+def last_epochs_change(run: Path) -> float | None:
+    """How far test top-1 moved between the last two epochs of a run (points); None after one epoch."""
+    top1 = [record["top1"] for record in RunFolder(run).read_metrics()]
+    return abs(top1[-1] - top1[-2]) if len(top1) > 1 else None
 
 
 def convergence(ablation: Path, rows: list[dict]) -> str:
     """One sentence: did every run's test top-1 flatten (the largest last-epoch change)?"""
-    changes = {run: last_epochs_change(ablation / run) for row in rows for run in row["runs"]}
+    moved = {run: last_epochs_change(ablation / run) for row in rows for run in row["runs"]}
+    changes = {run: change for run, change in moved.items() if change is not None}
+    if not changes:
+        return "One epoch per run: nothing to say of convergence."
     worst = max(changes, key=changes.__getitem__)
     state = "flattened" if changes[worst] <= FLAT else "still moving"
     return (

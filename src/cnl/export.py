@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from cnl.engine.checkpoint import card_path, load_model_with_info
+from cnl.engine.checkpoint import card_path, current_umask, load_model_with_info
 from cnl.engine.modelinfo import ModelInfo
 from cnl.engine.runfolder import RunFolder
 from cnl.errors import InvalidValue
@@ -46,10 +46,12 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path) -> list[Path]:
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
-    """The state dict as safetensors (which stores contiguous tensors only)."""
+    """The state dict as safetensors (which stores contiguous tensors only), with the
+    permissions the umask gives a new file (safetensors' writer makes it private, 0600)."""
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    path.chmod(0o666 & ~current_umask())
 
 
 def run_summary(checkpoint: str | Path) -> dict[str, Any] | None:
@@ -91,6 +93,7 @@ def model_card(config: dict[str, Any], name: str, source: str) -> str:
         else f"No results were recorded with {source} (no summary.json beside its run)."
     )
     provenance = summary.get("provenance", {})
+    dataset = summary.get("dataset") or recipe.get("dataset", "unknown")  # the layout read, where the run says
     settings = "\n".join(f"{key}: {json.dumps(value)}" for key, value in recipe.items())
     return f"""---
 library_name: timm
@@ -115,7 +118,7 @@ model, classes = cnl.load_model("hf-hub:ORG/{name}")
 
 ## Dataset
 
-{recipe.get("dataset", "unknown")} (`{recipe.get("data_root", "")}`), {config["num_classes"]} classes.
+{dataset} (`{recipe.get("data_root", "")}`), {config["num_classes"]} classes.
 
 ## Results
 

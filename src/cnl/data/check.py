@@ -18,6 +18,8 @@ OFFICIAL: dict[str, tuple[dict[str, int], int]] = {
     # Our "train" is the usual trainval (3,334 + 3,333); "train_without_val" the train split alone.
     "aircraft": ({"train": 6667, "trainval": 6667, "train_without_val": 3334, "val": 3333, "test": 3333}, 100),
     "flowers102": ({"train": 1020, "val": 1020, "test": 6149}, 102),
+    # The 555 visual categories that label its images (classes.txt holds 1,011 ids with the hierarchy).
+    "nabirds": ({"train": 23929, "test": 24633}, 555),
 }
 
 

@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -67,6 +67,7 @@ class FineGrainedDataset(Dataset):
         self.boxes = boxes
         self.skip_log = skip_log
         self.skipped: dict[str, str] = {}
+        self.parents: dict[str, str] = {}  # class name -> its parent's, where a dataset has a hierarchy
 
     def subset(self, indices: list[int], transform: Callable[[Image.Image], Any] | None) -> FineGrainedDataset:
         """The samples at ``indices`` with another transform (a validation set carved from a training split)."""
@@ -187,33 +188,103 @@ def cub_root(root: Path) -> Path:
     return root / "CUB_200_2011" if (root / "CUB_200_2011" / "images.txt").exists() else root
 
 
-def build_cub(root: Path, split: str, crop_to_box: bool = False, **kwargs: Any) -> FineGrainedDataset:
-    check_split(split, ("train", "test"))
-    root = cub_root(root)
-    classes_rows = read_rows(root / "classes.txt", CUB_LAYOUT, 2)
-    classes = [pretty_name(fields[1]) for _, fields in classes_rows]
-    images = read_table(root / "images.txt", CUB_LAYOUT, 2)
-    labels = read_table(root / "image_class_labels.txt", CUB_LAYOUT, 2)
-    is_train = read_table(root / "train_test_split.txt", CUB_LAYOUT, 2)
-    boxes_table = read_table(root / "bounding_boxes.txt", CUB_LAYOUT, 5) if crop_to_box else {}
-    want = "1" if split == "train" else "0"
-    samples, boxes, origins = [], [], []
+class TableRow(NamedTuple):
+    """One image of CUB's or NABirds' tables."""
+
+    image_id: str
+    relative: str  # under images/
+    label: str  # as written in image_class_labels.txt
+    box: Box | None
+    in_split: bool
+
+
+def image_tables(root: Path, split: str, layout: str, crop_to_box: bool) -> list[TableRow]:
+    """Every image of the tables CUB-200-2011 and NABirds share (images.txt,
+    image_class_labels.txt, train_test_split.txt, bounding_boxes.txt), each id checked in
+    every table, and whether it is in ``split``."""
+    images = read_table(root / "images.txt", layout, 2)
+    labels = read_table(root / "image_class_labels.txt", layout, 2)
+    is_train = read_table(root / "train_test_split.txt", layout, 2)
+    boxes = read_table(root / "bounding_boxes.txt", layout, 5) if crop_to_box else {}
+    want = "1" if check_split(split, ("train", "test")) == "train" else "0"
+    rows = []
     for image_id, (relative,) in images.items():
         for table, name in ((labels, "image_class_labels.txt"), (is_train, "train_test_split.txt")):
             if image_id not in table:
                 raise LayoutError(f"{root / name}: no entry for image id {image_id} of images.txt")
-        # Every label is checked, not only this split's, so a bad file stops any run.
-        label = parse_label(labels[image_id][0], f"{root / 'image_class_labels.txt'}, image {image_id}", len(classes))
-        if is_train[image_id][0] != want:
-            continue
-        samples.append((root / "images" / relative, label))
-        origins.append(f"{root / 'images.txt'}, image {image_id}")
+        box = None
         if crop_to_box:
-            if image_id not in boxes_table:
+            if image_id not in boxes:
                 raise LayoutError(f"{root / 'bounding_boxes.txt'}: no box for image id {image_id}")
-            x, y, w, h = (float(v) for v in boxes_table[image_id])
-            boxes.append((x, y, x + w, y + h))
-    return FineGrainedDataset(samples, classes, boxes=boxes if crop_to_box else None, origins=origins, **kwargs)
+            x, y, w, h = (float(v) for v in boxes[image_id])
+            box = (x, y, x + w, y + h)
+        rows.append(TableRow(image_id, relative, labels[image_id][0], box, is_train[image_id][0] == want))
+    return rows
+
+
+def table_dataset(
+    root: Path,
+    rows: list[TableRow],
+    classes: list[str],
+    label_of: Callable[[str, str], int],
+    crop_to_box: bool,
+    **kwargs: Any,
+) -> FineGrainedDataset:
+    """The dataset of ``image_tables``'s rows in the split; every label is read
+    (``label_of(text, where)``), not only the split's, so that a bad file stops any run."""
+    samples, boxes, origins = [], [], []
+    for row in rows:
+        label = label_of(row.label, f"{root / 'image_class_labels.txt'}, image {row.image_id}")
+        if row.in_split:
+            samples.append((root / "images" / row.relative, label))
+            origins.append(f"{root / 'images.txt'}, image {row.image_id}")
+            boxes.append(row.box)
+    return FineGrainedDataset(samples, classes, boxes=boxes if crop_to_box else None, origins=origins, **kwargs)  # type: ignore[arg-type]
+
+
+def build_cub(root: Path, split: str, crop_to_box: bool = False, **kwargs: Any) -> FineGrainedDataset:
+    root = cub_root(root)
+    classes_rows = read_rows(root / "classes.txt", CUB_LAYOUT, 2)
+    classes = [pretty_name(fields[1]) for _, fields in classes_rows]
+    rows = image_tables(root, split, CUB_LAYOUT, crop_to_box)
+    return table_dataset(root, rows, classes, lambda text, where: parse_label(text, where, len(classes)), crop_to_box,
+                         **kwargs)  # fmt: skip
+
+
+# --- NABirds ------------------------------------------------------------------------
+
+NABIRDS_LAYOUT = (
+    "NABirds layout: images.txt, image_class_labels.txt, train_test_split.txt, classes.txt, hierarchy.txt, images/"
+)
+
+
+def nabirds_root(root: Path) -> Path:
+    return root / "nabirds" if (root / "nabirds" / "hierarchy.txt").exists() else root
+
+
+def build_nabirds(root: Path, split: str, crop_to_box: bool = False, **kwargs: Any) -> FineGrainedDataset:
+    """NABirds as the Cornell Lab gives it. Its classes.txt holds the whole hierarchy (1,011
+    ids: orders, families, species, and the 555 visual categories images are labelled
+    with); the classes are the ids that label images, in the order of their ids, named as
+    classes.txt names them. ``dataset.parents`` maps each class name to its parent's
+    (hierarchy.txt), where the file is there."""
+    root = nabirds_root(root)
+    names = {fields[0]: fields[1] for _, fields in read_rows(root / "classes.txt", NABIRDS_LAYOUT, 2)}
+    rows = image_tables(root, split, NABIRDS_LAYOUT, crop_to_box)
+    for row in rows:
+        if row.label not in names:
+            where = f"{root / 'image_class_labels.txt'}, image {row.image_id}"
+            raise LayoutError(f"{where}: class {row.label!r} is not in classes.txt")
+    used = sorted({row.label for row in rows}, key=lambda text: (len(text), text))  # ids in numeric order
+    index = {class_id: k for k, class_id in enumerate(used)}
+    dataset = table_dataset(
+        root, rows, [names[c] for c in used], lambda text, where: index[text], crop_to_box, **kwargs
+    )
+    hierarchy = root / "hierarchy.txt"
+    if hierarchy.exists():
+        parent_of = {fields[0]: fields[1] for _, fields in read_rows(hierarchy, NABIRDS_LAYOUT, 2)}
+        dataset.parents = {names[c]: names.get(parent_of.get(c, ""), "") for c in used}
+    return dataset
 
 
 # --- Stanford Dogs ----------------------------------------------------------------
@@ -509,6 +580,7 @@ BUILDERS: dict[str, Callable[..., FineGrainedDataset]] = {
     "cars": build_cars,
     "aircraft": build_aircraft,
     "flowers102": build_flowers102,
+    "nabirds": build_nabirds,
     "folder": build_folder,
     "list": build_list,
 }
@@ -522,6 +594,7 @@ def detect_layout(root: str | os.PathLike[str]) -> str:
     if not root.is_dir():
         raise MissingFile(f"dataset root {root} is not a folder")
     checks = [
+        ("nabirds", nabirds_root(root) / "hierarchy.txt"),  # before CUB: both hold images.txt
         ("cub", cub_root(root) / "images.txt"),
         ("dogs", root / "lists" / "train_list.mat"),
         ("cars", root / "cars_annos.mat"),

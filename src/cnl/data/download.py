@@ -233,7 +233,8 @@ SOURCES = {
             "NABirds is given out by the Cornell Lab of Ornithology to a person who accepts its terms of use: "
             "cnl cannot download it for you.\n"
             "Ask for it at https://dl.allaboutbirds.org/nabirds, then unpack nabirds.tar.gz under ROOT "
-            "(ROOT/nabirds/images/, ROOT/nabirds/classes.txt, ...)."
+            "(ROOT/nabirds/images/, ROOT/nabirds/classes.txt, ...): --dataset nabirds --data-root ROOT/nabirds reads "
+            "it, and cnl data check --dataset nabirds --root ROOT/nabirds compares it with the published splits."
         ),
     ),  # fmt: skip
 }

@@ -30,6 +30,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine")
 RESUME_CHOICES = ("no", "yes", "auto")
 DEVICES = ("auto", "cpu", "cuda")
+NO_WEIGHTS = "none"  # random initial weights (cnl.models.weights.NO_WEIGHTS, said here without torch)
 SETTINGS_FILE_LIMIT = 1 << 20  # bytes: a preset is a few hundred
 SETTINGS_DEPTH_LIMIT = 8  # nesting of a settings document: a mapping of values and lists needs 2
 # Two ways to give the batch; a layer that sets one unsets the other from the layers below.
@@ -38,8 +39,9 @@ BATCH_FIELDS = ("global_batch_size", "batch_size")
 INVOCATION_FIELDS = ("output", "resume")
 # Where the modules sit and how wide they are: the settings create_model takes besides the name.
 MODEL_SETTINGS = ("query", "responses", "nl_layers", "inner_channels", "width")
-# How a run is carried out, not what it trains: a run may be continued or reused with other values.
-HOW_FIELDS = ("workers", "device")
+# How and where a run is carried out, not what it trains: a run may be continued or reused with
+# other values (the data may have moved; only where they are is compared, never what they hold).
+HOW_FIELDS = ("workers", "device", "compile", "channels_last", "deterministic", "data_root")
 
 
 def _number(value: float) -> str:
@@ -123,11 +125,14 @@ class TrainConfig:
 
     data_root: str = setting("", "the dataset's folder (required)")
     dataset: str = setting(
-        "auto", "cub, dogs, cars, aircraft, flowers102, folder, list or auto (from the folder's layout)"
+        "auto", "cub, dogs, cars, aircraft, flowers102, nabirds, folder, list or auto (from the folder's layout)"
     )
     model: str = setting("resnet50_cnl5", "a model name (cnl list-models), or tv:NAME / timm:NAME [_nl5|_cnl5]")
-    weights: str | None = setting(
-        None, "torchvision weights name (IMAGENET1K_V1) or a local .pth/.safetensors (default: the model's)"
+    weights: str = setting(
+        NO_WEIGHTS,
+        "starting weights: a torchvision name (IMAGENET1K_V1: the paper's, as every preset says), pretrained (a "
+        "timm: backbone's own), a local .pth/.safetensors, or none: random, as timm's and torchvision's training "
+        "scripts start",
     )
     # Placement overrides for create_model (torchvision layer names); None keeps the model's.
     query: str | None = setting(None, "CNL query layer, e.g. layer4.2 (default: the model's)")
@@ -206,6 +211,8 @@ class TrainConfig:
             problems.append("give exactly one of global_batch_size and batch_size (per process)")
         if self.resume == "":
             problems.append(f"resume must be one of {', '.join(RESUME_CHOICES)} or a checkpoint's path, got ''")
+        if not self.weights:
+            problems.append(f"weights must name weights, a file, or {NO_WEIGHTS} (random), got ''")
         for name in ("data_root", "dataset", "model", "weights", "output", "resume", "query"):
             if "\0" in (getattr(self, name) or ""):
                 problems.append(
@@ -213,6 +220,24 @@ class TrainConfig:
                 )
         if problems:
             raise InvalidValue("invalid configuration: " + "; ".join(problems))
+
+    def cautions(self) -> list[str]:
+        """Settings that are valid but cannot do what they seem to ask, each with its fix (a
+        run prints them as warnings when it starts)."""
+        notes = []
+        if self.warmup_epochs >= self.epochs:
+            notes.append(
+                f"the warm-up ({self.warmup_epochs:g} epochs) is as long as the run ({self.epochs}): the learning "
+                f"rate never reaches {self.lr:g}; give --warmup-epochs below {self.epochs}, e.g. "
+                f"{self.epochs / 10:g} (a tenth of the run)"
+            )
+        past = [step for step in self.lr_steps if step >= self.epochs]
+        if self.schedule == "step" and past:
+            notes.append(
+                f"lr_steps {', '.join(map(str, past))} are not before the last epoch ({self.epochs}): the rate is "
+                "never multiplied by lr_decay there; give --lr-steps within the run, or --set lr_steps=[] for none"
+            )
+        return notes
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -248,16 +273,32 @@ def stored_config(values: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in upgrade(values).items() if k in FIELDS})
 
 
-def recipe_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+def recipe_differences(stored: dict[str, Any], wanted: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
     """The settings in which a run's recipe (``TrainConfig.recipe``, as its checkpoint stores
     it, by any version: a setting added since has its default) differs from ``wanted``, each
-    as ``"key: STORED there, WANTED here"``; ``HOW_FIELDS`` are not compared."""
+    as ``"key: STORED there, WANTED here"``; ``HOW_FIELDS`` and ``ignore`` are not compared."""
     known = {**TrainConfig().recipe(0), **{k: v for k, v in upgrade(stored).items() if k in FIELDS}}
+    skipped = (*HOW_FIELDS, *INVOCATION_FIELDS, *ignore)
     return [
         f"{key}: {excerpt(known.get(key), 24)} there, {excerpt(value, 24)} here"
         for key, value in wanted.items()
-        if key not in HOW_FIELDS and key not in INVOCATION_FIELDS and known.get(key) != value
+        if key not in skipped and known.get(key) != value
     ]
+
+
+def resume_differences(stored: dict[str, Any], wanted: TrainConfig, done: int) -> list[str]:
+    """What a resume of a run (its stored recipe, ``done`` epochs finished) may not change
+    to become ``wanted``. A resumed run keeps its recipe, so that its config.yaml trains it
+    again: only ``HOW_FIELDS`` may change, and ``epochs`` may grow under the step schedule
+    (whose rate at an epoch does not depend on how many follow; the cosine one's does).
+    The batch is compared by the trainer, which knows the processes."""
+    problems = recipe_differences(stored, wanted.recipe(0), ignore=(*BATCH_FIELDS, "epochs"))
+    before = upgrade(stored).get("epochs", wanted.epochs)
+    if wanted.epochs != before and wanted.schedule != "step":
+        problems.append(f"epochs: {before} there, {wanted.epochs} here (the {wanted.schedule} schedule spans them)")
+    elif wanted.epochs < done:
+        problems.append(f"epochs: {wanted.epochs} here, but {done} are done")
+    return problems
 
 
 FIELD_INFO = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -282,6 +323,8 @@ def upgrade(values: dict[str, Any]) -> dict[str, Any]:
                 values[new] = convert(old_value)
     if isinstance(values.get("resume"), bool):  # checkpoints written before resume took modes
         values["resume"] = None
+    if "weights" in values and values["weights"] in (None, "null", "None"):  # random weights, as "none" says
+        values["weights"] = NO_WEIGHTS
     return values
 
 
@@ -548,10 +591,11 @@ def typed(name: str, value: Any, where: str) -> Any:
     return coerce(name, value, where)
 
 
-def make_config(*layers: dict[str, Any], data_root: bool = True) -> TrainConfig:
+def make_config(*layers: dict[str, Any], data_root: bool = False) -> TrainConfig:
     """Defaults, then each layer in turn (a file, then flags); None in a layer means 'not set'
     (except in an ``Explicit`` layer). Each value is checked against its setting's type and
-    range (``validate``; ``data_root`` as there).
+    range (``validate``; ``data_root`` as there: ``fit`` asks for it when it is not handed
+    datasets, which replace it).
 
     A layer that sets ``batch_size`` or ``global_batch_size`` replaces the other; one
     layer setting both is an error.

@@ -20,7 +20,7 @@ from cnl.data.transforms import eval_geometry, normalise
 from cnl.engine import distributed
 from cnl.engine.checkpoint import load_model_with_info
 from cnl.engine.config import make_config
-from cnl.engine.loaders import eval_loader
+from cnl.engine.loaders import eval_loader, usable_workers
 from cnl.engine.loop import StepSettings, evaluate, wants_progress_bars
 from cnl.engine.predictions import image_names
 from cnl.errors import DataError, InvalidValue, MissingFile
@@ -42,6 +42,8 @@ def evaluate_checkpoint(
     if not info.config:
         raise InvalidValue(f"{path} holds no training config: cnl eval needs a training checkpoint")
     config = make_config(info.config, overrides)
+    if not config.data_root:
+        raise InvalidValue(f"{path} was trained on datasets handed to fit, not on a folder: give --data-root")
     ctx = distributed.setup(config.device)
     try:
         model = model.to(ctx.device)
@@ -152,6 +154,7 @@ def predict_with(
     """
     target = next(model.parameters()).device
     threads = torch.get_num_threads()
+    workers = usable_workers(workers)
     if target.type == "cpu" and workers:
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - workers))
     try:

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from typing import Any
 
 from torch.utils.data import DataLoader
 
 from cnl.engine import distributed
 from cnl.engine.randomness import EpochSampler, SeededDataset
+
+_SAID: set[tuple[int, int]] = set()
+
+
+def usable_workers(asked: int) -> int:
+    """Loader workers for ``asked``: at most the cores this process may run on (more only
+    wait for a core, and torch warns of it at every loader); said once, in one line."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if asked <= cores:
+        return asked
+    if (asked, cores) not in _SAID:
+        _SAID.add((asked, cores))
+        print(f"cnl: {asked} loader workers asked for, {cores} cores here: using {cores}", file=sys.stderr, flush=True)
+    return cores
 
 
 def eval_loader(dataset: Any, batch_size: int, workers: int, ctx: distributed.Context) -> DataLoader:
@@ -17,7 +33,7 @@ def eval_loader(dataset: Any, batch_size: int, workers: int, ctx: distributed.Co
         dataset,
         batch_size=batch_size,
         sampler=distributed.ShardSampler(len(dataset), ctx.rank, ctx.world_size),
-        num_workers=workers,
+        num_workers=usable_workers(workers),
         pin_memory=ctx.device.type == "cuda",
     )
 
@@ -55,7 +71,7 @@ def train_loader(
         SeededDataset(dataset),
         batch_size=batch_size,
         sampler=sampler,
-        num_workers=workers,
+        num_workers=usable_workers(workers),
         pin_memory=ctx.device.type == "cuda",
         worker_init_fn=ignore_interrupts,
     )

@@ -17,6 +17,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
+from cnl.data.datasets import detect_layout
 from cnl.engine import distributed
 from cnl.engine.builders import (
     build_datasets,
@@ -28,8 +29,8 @@ from cnl.engine.builders import (
     skip_log,
     steps_per_epoch,
 )
-from cnl.engine.checkpoint import read_for_resume, remove_temporaries, save_checkpoint
-from cnl.engine.config import RESUME_CHOICES, TrainConfig
+from cnl.engine.checkpoint import model_overrides, read_for_resume, remove_temporaries, save_checkpoint
+from cnl.engine.config import RESUME_CHOICES, TrainConfig, resume_differences
 from cnl.engine.loaders import eval_loader, train_loader
 from cnl.engine.loop import EpochStats, StepSettings, TrainParts, evaluate, train_one_epoch
 from cnl.engine.predictions import image_names, write_image_predictions
@@ -37,7 +38,8 @@ from cnl.engine.provenance import provenance
 from cnl.engine.runfolder import RunFolder
 from cnl.engine.runlock import RunLock
 from cnl.errors import InvalidValue, MissingFile
-from cnl.models.registry import check_input_size
+from cnl.models import create_model
+from cnl.models.registry import check_model
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -123,7 +125,8 @@ def build_run(
     output.mkdir(parents=True, exist_ok=True)
     set_determinism(config)
     if given_model is None:
-        check_input_size(config.model, config.img_size, config.weights)  # before any data is read
+        # Before any data is read: the model's name, layers, input size and weights.
+        check_model(config.model, config.img_size, config.weights, **model_overrides(config.to_dict()))
     train_set: Any
     test_set: Any
     val_set: Any = None
@@ -132,6 +135,8 @@ def build_run(
     else:
         train_set, test_set = given_sets
     classes = class_names(train_set)
+    if given_model is not None:
+        check_named(config, given_model, len(classes))
     steps = steps_per_epoch(train_set, global_batch, config.data_root)
     model = build_model(config, len(classes), ctx, given_model)
     parts = build_parts(model, config, ctx, steps)
@@ -144,6 +149,25 @@ def build_run(
         train_set, val_set, test_set, classes, steps, model, parts, evaluated, eval_model, test_loader, val_loader,
         settings, provenance(ctx, batch_size, global_batch, config.accum_steps),
     )  # fmt: skip
+
+
+def check_named(config: TrainConfig, model: torch.nn.Module, num_classes: int) -> None:
+    """A model handed to ``fit`` must be what ``config.model`` builds (same tensors, same
+    shapes): a checkpoint names its model, and cnl eval, predict, export and load_model build
+    it again by that name."""
+    overrides = model_overrides(config.to_dict())
+    try:
+        with torch.device("meta"):
+            named = create_model(config.model, num_classes=num_classes, img_size=config.img_size, **overrides)
+    except InvalidValue:
+        named = None
+    given = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    if named is None or {key: tuple(value.shape) for key, value in named.state_dict().items()} != given:
+        raise InvalidValue(
+            f"fit was given a model that is not what config.model ({config.model}) builds: name yours with "
+            "cnl.register_model and set config.model to that name, so that its checkpoints can be evaluated, "
+            "exported and loaded"
+        )
 
 
 @dataclass
@@ -216,6 +240,8 @@ class Run:
                 f"= global batch {self.global_batch}; lr {config.lr}, {config.epochs} epochs",
                 flush=True,
             )
+            for note in config.cautions():
+                print(f"cnl train: warning: {note}", file=sys.stderr, flush=True)
 
     # --- checkpoints ---------------------------------------------------------------------
 
@@ -252,11 +278,6 @@ class Run:
                 path.rename(path.with_name(f"{path.name}.damaged"))
                 print(f"cnl train: warning: {damage}; resuming from {used} (kept it as {path.name}.damaged)",
                       file=sys.stderr, flush=True)  # fmt: skip
-        if state["model_name"] != self.config.model:
-            raise InvalidValue(
-                f"{path} is a checkpoint of {state['model_name']}, not of {self.config.model}; cannot resume "
-                "(train another model into another --output)"
-            )
         if list(state["classes"]) != self.built.classes:
             raise InvalidValue(
                 f"{path} was trained on other classes ({len(state['classes'])}) than {self.config.data_root} holds "
@@ -330,6 +351,8 @@ class Run:
         finished one, and a KeyboardInterrupt is what a Ctrl-C would have raised there."""
         resume = resume_checkpoint(self.output, self.config.resume)
         read = read_for_resume(resume) if resume else None
+        if read is not None:
+            self._check_resumable(read[0], resume)
         done = self._already_done(read)
         if done is not None:
             return done
@@ -362,6 +385,22 @@ class Run:
         if isinstance(result, Stopped):
             raise RunInterrupted(self.stop_signal or signal.SIGTERM, f"received: stopped at {result.where}")
         return result
+
+    def _check_resumable(self, state: dict[str, Any], path: Path | None) -> None:
+        """Before any work: a resume asked to change the model or the recipe is refused."""
+        if state["model_name"] != self.config.model:
+            raise InvalidValue(
+                f"{path} is a checkpoint of {state['model_name']}, not of {self.config.model}; cannot resume "
+                "(train another model into another --output)"
+            )
+        problems = resume_differences(state.get("config", {}), self.config, state["epoch"])
+        if problems:
+            more = f" and {len(problems) - 2} more" if len(problems) > 2 else ""
+            raise InvalidValue(
+                f"{path} cannot resume with other settings ({'; '.join(problems[:2])}{more}): a resumed run keeps "
+                "its recipe; only more epochs (step schedule), workers, device, data_root, compile, channels_last and "
+                "deterministic may change; train into another --output"
+            )
 
     def _clear_failed_start(self, made: Path) -> None:
         """Remove what a start that failed before training made: the lock file, an empty list
@@ -503,6 +542,12 @@ class Run:
             flush=True,
         )
 
+    def _layout(self) -> str:
+        """The layout the data were read in: ``dataset``, or the one ``auto`` found."""
+        if self.given_sets is not None or self.config.dataset != "auto":
+            return self.config.dataset
+        return detect_layout(self.config.data_root)
+
     def _summary(self, run: RunState) -> dict[str, Any]:
         """The run's results: its best epoch, its last one, and how it was trained (every
         figure from ``run``, which a checkpoint restores: a resumed run sums up the whole run)."""
@@ -510,7 +555,7 @@ class Run:
         skipped = sorted({line.split("\t")[0] for line in log.read_text().splitlines()}) if log.exists() else []
         summary = {
             "model": self.config.model,
-            "dataset": self.config.dataset,
+            "dataset": self._layout(),
             "classes": len(self.built.classes),
             "epochs": self.config.epochs,
             # The epoch kept as best.pt: chosen on the validation set, else on the test set (optimistic).

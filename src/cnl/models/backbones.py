@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnl.errors import InvalidValue, MissingDependency
+from cnl.errors import InvalidValue, MissingDependency, MissingFile
 from cnl.models.placement import default_placement
 from cnl.models.plug import Site, plug_into, record_outputs, site_channels
-from cnl.models.weights import load_pretrained
+from cnl.models.weights import NO_WEIGHTS, is_weights_file, load_pretrained, torchvision_weights
 
 SOURCES = ("tv", "timm")
 VARIANTS = ("_cnl5", "_nl5")
@@ -76,12 +76,64 @@ def _timm(backbone: str, num_classes: int, weights: str | Path | None, img_size:
     # position embeddings (and windows) to it, pretrained weights included.
     sized: dict[str, Any] = {"img_size": img_size} if img_size and fixed_size(backbone, "timm") is not None else {}
     try:
-        model = timm.create_model(backbone, pretrained=weights == "pretrained", num_classes=num_classes, **sized)
+        if weights == PRETRAINED:
+            timm_weights_reachable(backbone)
+        model = timm.create_model(backbone, pretrained=weights == PRETRAINED, num_classes=num_classes, **sized)
     except TypeError as error:  # a fixed-size model whose constructor takes no size
         raise InvalidValue(_takes_no_size(backbone, img_size, error)) from error
-    if weights not in (None, "pretrained"):
+    if weights not in (None, PRETRAINED):
         load_pretrained(model, backbone, weights, head=head_name(model) + ".")
     return model
+
+
+PRETRAINED = "pretrained"  # a timm: backbone's own weights, from the Hugging Face Hub
+
+
+def check_foreign_weights(name: str, weights: str | Path) -> None:
+    """Before any data is read: the weights of a tv:/timm: model exist by that name or file."""
+    spec = Spec.parse(name)
+    if is_weights_file(weights):
+        if not Path(weights).is_file():
+            raise MissingFile(f"weights file {weights} does not exist")
+    elif spec.source == "timm":
+        if str(weights) != PRETRAINED:
+            raise InvalidValue(
+                f"unknown weights {str(weights)!r} for timm:{spec.backbone}; valid: {PRETRAINED} (timm's own), "
+                f"{NO_WEIGHTS} (random), or a local file"
+            )
+        timm_weights_reachable(spec.backbone)
+    else:
+        torchvision_weights(spec.backbone, str(weights))
+
+
+HUB_CONNECT_S = 3.0  # how long to try reaching the Hub before saying it cannot be reached
+
+
+def timm_weights_reachable(backbone: str) -> None:
+    """timm's pretrained weights of ``backbone`` are in the Hugging Face cache, or the Hub
+    answers; otherwise one line saying so, in seconds, not after the Hub client's retries."""
+    import socket
+    import urllib.parse
+
+    import timm
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cfg = timm.get_pretrained_cfg(backbone)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo or constants.HF_HUB_OFFLINE:
+        return  # timm fetches from elsewhere, or offline mode: timm reads the cache and says what is missing
+    repo = repo.partition("@")[0]
+    if any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin")):
+        return
+    host = urllib.parse.urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=HUB_CONNECT_S).close()
+    except OSError as error:
+        raise MissingFile(
+            f"cannot reach {host} for timm's pretrained weights of {backbone} ({repo}): {error.strerror or error}; "
+            f"put them in the Hugging Face cache ({constants.HF_HUB_CACHE}), or train from random weights with "
+            f"--weights {NO_WEIGHTS}"
+        ) from None
 
 
 def fixed_size(backbone: str, source: str) -> int | None:

@@ -9,12 +9,13 @@ from typing import Any
 
 from torch import nn
 
-from cnl.errors import InvalidArgument, InvalidValue
+from cnl.errors import InvalidArgument, InvalidValue, excerpt
 from cnl.models.backbones import create_foreign, is_foreign
 from cnl.models.resnet import ARCHITECTURES, create_resnet, paper_placement
-from cnl.models.weights import load_pretrained
+from cnl.models.weights import check_weights, load_pretrained, wants_weights
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_YOURS: dict[str, Callable[..., nn.Module]] = {}  # models of the user's own (register_model)
 OVERRIDES = ("nl_layers", "query", "responses", "inner_channels", "drop_rate", "width")
 FOREIGN_OVERRIDES = ("nl_layers", "query", "responses", "inner_channels", "img_size")
 
@@ -43,7 +44,34 @@ for _arch in ARCHITECTURES:
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style ``pattern``, sorted."""
-    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+    return sorted(n for n in (*_MODELS, *_YOURS) if fnmatch.fnmatch(n, pattern))
+
+
+def register_model(name: str, factory: Callable[..., nn.Module] | None = None) -> Any:
+    """Make ``name`` a model of your own that ``create_model`` builds, and so ``fit``, ``cnl
+    eval``, ``predict``, ``export`` and ``load_model`` of its checkpoints: ``factory(num_classes,
+    **overrides)`` returns the module. Usable as a decorator (``@register_model("my_net")``).
+    On the command line, ``--import MODULE`` imports the module that registers it."""
+    if name in _MODELS or ":" in name or not name:
+        raise InvalidValue(f"cannot register {name!r}: it is one of cnl's names, empty, or holds ':'")
+
+    def register(made: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _YOURS[name] = made
+        return made
+
+    return register if factory is None else register(factory)
+
+
+def unknown_model(name: str) -> str:
+    """The error for a model name nobody registered: the nearest names, where to find the rest."""
+    import difflib
+
+    near = difflib.get_close_matches(str(name), list_models(), 3, 0.6)
+    hint = f"did you mean {', '.join(near)}? " if near else ""
+    return (
+        f"unknown model {excerpt(name)}; {hint}cnl list-models lists them; tv:NAME or timm:NAME is any torchvision "
+        "or timm classifier; a model of your own: cnl.register_model, and --import its module"
+    )
 
 
 def create_model(name: str, num_classes: int = 1000, weights: str | Path | None = None, **overrides: Any) -> Any:
@@ -56,22 +84,22 @@ def create_model(name: str, num_classes: int = 1000, weights: str | Path | None 
         num_classes: outputs of the new classifier.
         weights: torchvision weights name ("IMAGENET1K_V1", "DEFAULT") for the backbone,
             ``"pretrained"`` for timm's own, or a local ``.pth``/``.safetensors`` file;
-            None for random init.
+            None or ``"none"`` for random init.
         **overrides: ``query`` and ``responses`` (module names such as "layer4.2"),
             ``nl_layers``, ``inner_channels``; ours also ``drop_rate`` and ``width``;
             ``img_size``, the input size, for backbones built for one size (ViT, Swin: timm
             resizes their position embeddings); our ResNets take any size and ignore it.
     """
+    weights = weights if wants_weights(weights) else None
     if is_foreign(name):
         unknown = sorted(set(overrides) - set(FOREIGN_OVERRIDES))
         if unknown:
             raise InvalidArgument(f"unknown arguments {unknown} for {name}; valid: {', '.join(FOREIGN_OVERRIDES)}")
         return create_foreign(name, num_classes, weights, **overrides)
+    if name in _YOURS:
+        return _your_model(name, num_classes, weights, overrides)
     if name not in _MODELS:
-        raise InvalidValue(
-            f"unknown model {name!r}; valid models: {', '.join(list_models())}, "
-            "or any torchvision or timm classifier as tv:NAME or timm:NAME (with _nl5 or _cnl5)"
-        )
+        raise InvalidValue(unknown_model(name))
     overrides.pop("img_size", None)  # a ResNet takes any input size
     unknown = sorted(set(overrides) - set(OVERRIDES))
     if unknown:
@@ -82,10 +110,42 @@ def create_model(name: str, num_classes: int = 1000, weights: str | Path | None 
     return model
 
 
+def _your_model(name: str, num_classes: int, weights: str | Path | None, overrides: dict[str, Any]) -> nn.Module:
+    """A model of the user's own (``register_model``), with a weights file's state dict when given."""
+    from cnl.models.weights import is_weights_file, read_state_dict
+
+    overrides.pop("img_size", None)
+    model = _YOURS[name](num_classes, **overrides)
+    if weights is not None:
+        if not is_weights_file(weights):
+            raise InvalidValue(f"{name} is a model of your own: its weights are a local file, not {weights!r}")
+        model.load_state_dict(read_state_dict(weights))
+    return model
+
+
 def check_input_size(name: str, img_size: int, weights: str | Path | None = None) -> None:
     """An error, before any data is read, when model ``name`` cannot take ``img_size`` px
     (a fixed-size backbone whose pretrained weights pin its size); ours take any size."""
     if is_foreign(name):
         from cnl.models.backbones import check_input_size as check_backbone
 
-        check_backbone(name, img_size, weights)
+        check_backbone(name, img_size, weights if wants_weights(weights) else None)
+
+
+def check_model(name: str, img_size: int, weights: str | Path | None = None, **overrides: Any) -> None:
+    """Before any data is read, each in one line: an unknown model or layer name, an input
+    size the backbone cannot take, a weights name or file that does not exist. The model is
+    built on the meta device (no memory, no weights)."""
+    import torch
+
+    check_input_size(name, img_size, weights)
+    with torch.device("meta"):
+        model = create_model(name, num_classes=2, img_size=img_size, **overrides)
+    if not wants_weights(weights) or name in _YOURS:
+        return
+    if is_foreign(name):
+        from cnl.models.backbones import check_foreign_weights
+
+        check_foreign_weights(name, weights)  # type: ignore[arg-type]
+    else:
+        check_weights(model.arch, weights)  # type: ignore[arg-type]

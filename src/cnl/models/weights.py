@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import urllib.error
+import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -54,26 +57,64 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return current_keys(state)
 
 
+NO_WEIGHTS = "none"  # random initial weights: what --weights none and a preset's `weights: none` ask for
+WEIGHTS_FILE_SUFFIXES = (".pth", ".pt", ".safetensors")
+
+
+def wants_weights(weights: str | Path | None) -> bool:
+    """Whether ``weights`` names weights to load (None and "none" ask for random ones)."""
+    return weights is not None and str(weights) != NO_WEIGHTS
+
+
+def is_weights_file(weights: str | Path) -> bool:
+    text = str(weights)
+    return isinstance(weights, Path) or Path(text).suffix in WEIGHTS_FILE_SUFFIXES or Path(text).exists()
+
+
+def torchvision_weights(arch: str, name: str) -> Any:
+    """torchvision's weights enum member ``name`` of ``arch``; an unknown name is one line
+    listing each valid name once."""
+    enum = get_model_weights(arch)
+    try:
+        return enum[name] if name != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        valid = ", ".join(dict.fromkeys(["DEFAULT", *enum.__members__]))
+        raise InvalidValue(
+            f"unknown weights {name!r} for {arch}; valid names: {valid}, {NO_WEIGHTS} (random), or a local file"
+        ) from None
+
+
+def check_weights(arch: str, weights: str | Path) -> None:
+    """Before any data is read: a weights file that does not exist, or a name torchvision
+    does not know for ``arch``, in one line."""
+    if is_weights_file(weights):
+        if not Path(weights).is_file():
+            raise MissingFile(f"weights file {weights} does not exist")
+        return
+    torchvision_weights(arch, str(weights))
+
+
 def torchvision_state_dict(arch: str, name: str) -> dict[str, Tensor]:
     """torchvision's weights ``name`` (e.g. "IMAGENET1K_V1", "DEFAULT") for ``arch``.
 
     Downloads into torch.hub's cache ($TORCH_HOME/hub/checkpoints) unless the file is
-    already there.
-    """
-    enum = get_model_weights(arch)
+    already there; a machine that cannot fetch it gets one line naming the file to put there."""
+    weights = torchvision_weights(arch, name)
     try:
-        weights = enum[name] if name != "DEFAULT" else enum.DEFAULT
-    except KeyError:
-        valid = ", ".join(["DEFAULT", *enum.__members__])
-        raise InvalidValue(f"unknown weights {name!r} for {arch}; valid names: {valid}, or a local file") from None
-    return weights.get_state_dict(progress=True, check_hash=True)
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except (urllib.error.URLError, OSError) as error:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlparse(weights.url).path).name
+        reason = getattr(error, "reason", None) or error
+        raise MissingFile(
+            f"cannot download the {name} weights of {arch} ({reason}): put {weights.url} at {cached} by hand, "
+            f"or train from random weights with --weights {NO_WEIGHTS}"
+        ) from None
 
 
 def resolve_state_dict(arch: str, weights: str | Path) -> dict[str, Tensor]:
-    text = str(weights)
-    if isinstance(weights, Path) or Path(text).suffix in (".pth", ".pt", ".safetensors") or Path(text).exists():
-        return read_state_dict(text)
-    return torchvision_state_dict(arch, text)
+    if is_weights_file(weights):
+        return read_state_dict(str(weights))
+    return torchvision_state_dict(arch, str(weights))
 
 
 def load_pretrained(model: nn.Module, arch: str, weights: str | Path, head: str = HEAD_PREFIX) -> None:
