@@ -10,7 +10,7 @@ from cnl.cli import main
 from cnl.data import build_dataset
 from cnl.data.synth import MARKS, PATTERNS, SILHOUETTES, SynthConfig, class_grid, generate, render_sample
 
-SMALL = SynthConfig(classes=4, train_per_class=3, test_per_class=2, image_size=48, seed=3)
+SMALL = SynthConfig(task="parts", classes=4, train_per_class=3, test_per_class=2, image_size=48, seed=3)
 
 
 def digest(root):
@@ -68,8 +68,12 @@ def test_classes_differ_in_pixels_where_their_part_differs():
 
 
 def test_invalid_config_is_rejected(tmp_path):
-    with pytest.raises(ValueError, match="--classes must be between 2 and 125"):
-        generate(tmp_path, SynthConfig(classes=500))
+    with pytest.raises(ValueError, match="--classes must be between 2 and 125 for the parts task"):
+        generate(tmp_path, SynthConfig(task="parts", classes=500))
+    with pytest.raises(ValueError, match="--classes must be between 2 and 12 for the relation task"):
+        generate(tmp_path, SynthConfig(task="relation", classes=13))
+    with pytest.raises(ValueError, match="unknown task 'shapes'; valid tasks: relation, control, parts"):
+        generate(tmp_path, SynthConfig(task="shapes"))
 
 
 def test_cli_synth_and_check(tmp_path, capsys):
@@ -85,3 +89,32 @@ def test_cli_synth_and_check(tmp_path, capsys):
     victim.unlink()
     assert main(["data", "check", "--dataset", "cub", "--root", str(out)]) == 1
     assert f"missing: {victim}" in capsys.readouterr().out
+
+
+def test_the_relation_task_needs_the_mark_where_the_body_puts_its_head():
+    """In the relation task every image holds its class mark at the head and another kind
+    at the tail, and the background marks of every kind: which marks are present does not
+    tell the class. The control draws the same object with its class mark alone."""
+    from cnl.data.synth import RELATION_MARKS, relation_grid, render_relation_object
+
+    grid = relation_grid(12)
+    assert len(set(grid)) == 12 and {s for s, _ in grid} == {0, 1, 2} and {m for _, m in grid} == {0, 1, 2, 3}
+    assert relation_grid(4) == [(0, 0), (1, 0), (2, 0), (0, 1)]  # shapes and marks both vary from 4 classes on
+
+    for cell in grid:
+        with_tail = render_relation_object(cell, 160, np.random.default_rng(1), tail=True)
+        alone = render_relation_object(cell, 160, np.random.default_rng(1), tail=False)
+        head, tail = np.asarray(with_tail)[72:88, 140:156], np.asarray(with_tail)[72:88, 28:44]
+        assert (np.asarray(alone)[72:88, 140:156] == head).all()  # the same head mark
+        assert (np.asarray(alone)[72:88, 28:44] != tail).any()  # a mark at the tail only in the relation task
+    assert len(RELATION_MARKS) == 4
+
+
+def test_the_tasks_write_their_classes_and_same_bytes(tmp_path):
+    for task in ("relation", "control"):
+        config = SynthConfig(task=task, classes=6, train_per_class=2, test_per_class=1, image_size=48)
+        root = generate(tmp_path / task, config)
+        train = build_dataset("auto", root, "train")
+        assert train.classes[:4] == ["fish dot", "teardrop dot", "arrow dot", "fish bar"] and len(train) == 12
+        assert digest(root) == digest(generate(tmp_path / f"{task}-again", config))
+    assert digest(tmp_path / "relation") != digest(tmp_path / "control")

@@ -87,11 +87,14 @@ def add_list_models(subparsers: argparse._SubParsersAction) -> None:
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from cnl.data.synth import SynthConfig, contact_sheet, generate
 
-    config = SynthConfig(args.classes, args.train_per_class, args.test_per_class, args.image_size, args.seed)
+    config = SynthConfig(
+        task=args.task, classes=args.classes, train_per_class=args.train_per_class,
+        test_per_class=args.test_per_class, image_size=args.image_size, seed=args.seed,
+    )  # fmt: skip
     out = generate(args.out, config)
     print(
-        f"wrote {config.classes * (config.train_per_class + config.test_per_class)} images "
-        f"in the CUB-200-2011 layout to {out}"
+        f"wrote {config.classes * (config.train_per_class + config.test_per_class)} images of the {config.task} "
+        f"task in the CUB-200-2011 layout to {out}"
     )
     if args.contact_sheet:
         print(f"wrote {contact_sheet(out, args.contact_sheet)}")
@@ -124,13 +127,18 @@ def cmd_data_get(args: argparse.Namespace) -> int:
 
 
 def add_data(subparsers: argparse._SubParsersAction) -> None:
-    from cnl.data.synth import SynthConfig
+    from cnl.data.synth import TASKS, SynthConfig
 
     data = subparsers.add_parser("data", help="get a dataset, check one, or write the synthetic benchmark")
     commands = data.add_subparsers(dest="data_command", required=True)
     defaults = SynthConfig()
     synth = commands.add_parser("synth", help="write the synthetic multi-scale fine-grained benchmark (CUB layout)")
     synth.add_argument("--out", required=True, help="folder to write")
+    synth.add_argument(
+        "--task", choices=TASKS, default=defaults.task,
+        help="parts: a conjunction of a silhouette, a pattern and a mark (default, the demo's); relation: the class "
+        "is the mark at the body's head, among marks of every kind; control: the same with the head mark alone",
+    )  # fmt: skip
     synth.add_argument("--classes", type=int, default=defaults.classes)
     synth.add_argument("--train-per-class", type=int, default=defaults.train_per_class)
     synth.add_argument("--test-per-class", type=int, default=defaults.test_per_class)

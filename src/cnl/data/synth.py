@@ -1,6 +1,24 @@
 """A synthetic multi-scale fine-grained benchmark, written in the CUB-200-2011 layout.
 
-Each class is an object described by three parts, one per scale:
+Three tasks (``SynthConfig.task``):
+
+- **parts** (the default, the demo's): a conjunction of a silhouette, a wing pattern and a
+  head mark, one per scale, described below.
+- **relation**: a class is a body shape and the small mark at its *head*.
+  Every object carries a second mark, of another kind, at its tail, and marks of every
+  kind lie about the background at the same size: which marks an image holds says
+  nothing of its class. Only the mark at the place the coarse shape defines (its head,
+  turned any way) does: the class needs a fine detail *related to* the whole object,
+  as a bird's species is in a small mark at a particular place on a particular body.
+- **control**: the same classes, objects and backgrounds, but the head mark is the only
+  mark in the image: detecting each part on its own separates the classes, no relation
+  between scales is needed.
+
+The relation task is built so that association across scales is required; docs/datasets.md
+says what training from scratch on it showed (so far: not even the control's lone mark is
+learned from a thousand images, so it cannot yet show what a module adds).
+
+In the parts task each class is an object described by three parts, one per scale:
 
 - a **silhouette** (coarse, the whole object): oval, diamond, fish, capsule, hexagon;
 - a **wing pattern** (mid-size, a region inside the body): plain, stripes, spots, checks, rings;
@@ -25,6 +43,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance
@@ -43,10 +62,17 @@ MARK_RADIUS = 0.12  # of the half-object: about 3 px for a 55 px object
 JPEG_QUALITY = 90
 
 
+TASKS = ("relation", "control", "parts")
+RELATION_SILHOUETTES = ("fish", "teardrop", "arrow")  # each with a head and a tail
+RELATION_MARKS = ("dot", "bar", "cross", "ring")
+TAIL = (-0.55, 0.0)
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Arguments of the synthetic benchmark (``cnl data synth``); the defaults are the demo's."""
 
+    task: str = "parts"
     classes: int = 12
     train_per_class: int = 80
     test_per_class: int = 25
@@ -56,8 +82,11 @@ class SynthConfig:
     object_scale: tuple[float, float] = (0.7, 0.95)  # of the image side
 
     def validate(self) -> None:
-        if not 2 <= self.classes <= MAX_CLASSES:
-            raise InvalidValue(f"--classes must be between 2 and {MAX_CLASSES}, got {self.classes}")
+        if self.task not in TASKS:
+            raise InvalidValue(f"unknown task {self.task!r}; valid tasks: {', '.join(TASKS)}")
+        most = MAX_CLASSES if self.task == "parts" else len(RELATION_SILHOUETTES) * len(RELATION_MARKS)
+        if not 2 <= self.classes <= most:
+            raise InvalidValue(f"--classes must be between 2 and {most} for the {self.task} task, got {self.classes}")
         if self.train_per_class < 1 or self.test_per_class < 1:
             raise InvalidValue("--train-per-class and --test-per-class must be at least 1")
         if self.image_size < 32:
@@ -86,9 +115,15 @@ def class_name(attributes: tuple[int, int, int]) -> str:
 # --- masks in object coordinates (u, v in [-1, 1], the head towards +u) --------------
 
 
-def silhouette_mask(kind: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def silhouette_mask(kind: int | str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     au, av = np.abs(u), np.abs(v)
-    name = SILHOUETTES[kind]
+    name = SILHOUETTES[kind] if isinstance(kind, int) else kind
+    if name == "teardrop":  # a round head, a pointed tail
+        head = ((u - 0.3) / 0.65) ** 2 + (v / 0.55) ** 2 <= 1
+        return head | ((u <= 0.3) & (u >= -0.95) & (av <= 0.55 * (u + 0.95) / 1.25))
+    if name == "arrow":  # a pointed head, a notched tail
+        shaft = (u >= -0.9) & (u <= 0.3) & (av <= 0.3) & ~((u < -0.65) & (av < (-0.65 - u) * 1.2))
+        return shaft | ((u > 0.3) & (u <= 0.95) & (av <= (0.95 - u) * 0.9))
     if name == "oval":
         return (u / 0.95) ** 2 + (v / 0.62) ** 2 <= 1
     if name == "diamond":
@@ -184,8 +219,8 @@ def corner(rng: np.random.Generator, span: int) -> tuple[int, int]:
     return int(x), int(y)
 
 
-def render_background(size: int, rng: np.random.Generator) -> Image.Image:
-    """A noisy gradient with clutter: blobs, lines, stray marks and pattern patches."""
+def render_background(size: int, rng: np.random.Generator, stray_marks: bool = True) -> Image.Image:
+    """A noisy gradient with clutter: blobs, lines, stray marks (unless not asked) and pattern patches."""
     top, bottom = hsv_colour(rng, (0.1, 0.6), (0.3, 0.9)), hsv_colour(rng, (0.1, 0.6), (0.3, 0.9))
     ramp = np.linspace(0, 1, size)[:, None, None]
     pixels = top * (1 - ramp) + bottom * ramp + rng.normal(0, 8, (size, size, 3))
@@ -197,7 +232,7 @@ def render_background(size: int, rng: np.random.Generator) -> Image.Image:
         draw.ellipse((x - r, y - r * rng.uniform(0.3, 1), x + r, y + r), fill=colour())
     for _ in range(rng.integers(2, 5)):
         draw.line(tuple(rng.uniform(0, size, 4)), fill=colour(), width=int(rng.integers(1, 4)))
-    for _ in range(rng.integers(2, 5)):
+    for _ in range(rng.integers(2, 5) if stray_marks else 0):
         r = max(1.5, MARK_RADIUS * size * 0.3)
         kind = int(rng.integers(len(MARKS)))
         x, y = rng.uniform(0, size, 2)
@@ -230,6 +265,13 @@ def render_sample(
     thing = render_object(attributes, object_size, rng).rotate(
         rng.uniform(-max_rotation, max_rotation), Image.Resampling.BICUBIC, expand=True
     )
+    return place(image, thing, rng)
+
+
+def place(image: Image.Image, thing: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, tuple]:
+    """``thing`` pasted at a random place, then brightness, contrast and colour jittered;
+    the image and the object's box (x, y, width, height)."""
+    size = image.width
     left = int(rng.integers(0, max(1, size - thing.width + 1)))
     top = int(rng.integers(0, max(1, size - thing.height + 1)))
     image.paste(thing, (left, top), thing)
@@ -240,6 +282,73 @@ def render_sample(
     return image, box
 
 
+# --- the relation and control tasks ---------------------------------------------------
+
+
+def relation_grid(count: int) -> list[tuple[int, int]]:
+    """(body shape, head mark) of ``count`` classes: every shape with each mark in turn, so
+    that a few classes already hold two shapes and the marks that tell them apart."""
+    cells = [(s, m) for m in range(len(RELATION_MARKS)) for s in range(len(RELATION_SILHOUETTES))]
+    return cells[:count]
+
+
+def relation_name(cell: tuple[int, int]) -> str:
+    return f"{RELATION_SILHOUETTES[cell[0]] if cell[0] >= 0 else 'any'}_{RELATION_MARKS[cell[1]]}"
+
+
+def render_relation_object(cell: tuple[int, int], size: int, rng: np.random.Generator, tail: bool) -> Image.Image:
+    """The body with its class mark at the head (+x) and, when ``tail``, a mark of another
+    kind at the tail, in the same colour: which is which only the body's shape says."""
+    axis = (np.arange(size) + 0.5) / size * 2 - 1
+    u, v = np.meshgrid(axis, axis)
+    shape = cell[0] if cell[0] >= 0 else int(rng.integers(len(RELATION_SILHOUETTES)))  # -1: any shape
+    body = silhouette_mask(RELATION_SILHOUETTES[shape], u, v)
+    body_colour = hsv_colour(rng, (0.3, 0.9), (0.35, 0.95))
+    rgba = np.zeros((size, size, 4), dtype=np.float64)
+    rgba[body, :3] = body_colour
+    texture = body & pattern_mask(int(rng.integers(len(PATTERNS))), u, v)  # a pattern of no meaning
+    rgba[texture, :3] = 0.75 * body_colour + 0.25 * contrasting(rng, body_colour)
+    rgba[body, 3] = 255
+    image = Image.fromarray(rgba.astype(np.uint8), "RGBA")
+    draw = ImageDraw.Draw(image)
+    half = size / 2
+    colour = tuple(int(c) for c in contrasting(rng, body_colour)) + (255,)
+    radius = max(1.5, MARK_RADIUS * half)
+    kinds = [(cell[1], HEAD)]
+    if tail:
+        others = [m for m in range(len(RELATION_MARKS)) if m != cell[1]]
+        kinds.append((others[int(rng.integers(len(others)))], TAIL))
+    for kind, (x, y) in kinds:
+        draw_mark(draw, MARKS.index(RELATION_MARKS[kind]), half + x * half, half + y * half, radius, colour)
+    return image
+
+
+def render_relation_sample(
+    cell: tuple[int, int], size: int, rng: np.random.Generator, task: str, object_scale: tuple[float, float]
+) -> tuple[Image.Image, tuple]:
+    """One image of the relation (or control) task and the object's box (x, y, width, height):
+    the object turned any way, and in the relation task marks of every kind about the background."""
+    image = render_background(size, rng, stray_marks=False)
+    object_size = int(size * rng.uniform(*object_scale))
+    mark_radius = max(1.5, MARK_RADIUS * object_size / 2)
+    if task == "relation":
+        draw = ImageDraw.Draw(image)
+        for _ in range(rng.integers(2, 5)):
+            x, y = rng.uniform(0, size, 2)
+            kind = MARKS.index(RELATION_MARKS[int(rng.integers(len(RELATION_MARKS)))])
+            draw_mark(
+                draw,
+                kind,
+                float(x),
+                float(y),
+                mark_radius,
+                tuple(int(c) for c in hsv_colour(rng, (0.0, 0.8), (0.1, 1.0))),
+            )
+    thing = render_relation_object(cell, object_size, rng, tail=task == "relation")
+    thing = thing.rotate(rng.uniform(-180, 180), Image.Resampling.BICUBIC, expand=True)
+    return place(image, thing, rng)
+
+
 # --- the dataset on disk ---------------------------------------------------------------
 
 
@@ -247,8 +356,10 @@ def generate(out: str | Path, config: SynthConfig, progress: Callable[[int, int]
     """Write the benchmark under ``out`` in the CUB-200-2011 layout; returns ``out``."""
     config.validate()
     out = Path(out)
-    grid = class_grid(config.classes)
-    folders = [f"{k + 1:03d}.{class_name(a)}" for k, a in enumerate(grid)]
+    parts = config.task == "parts"
+    grid: list[Any] = class_grid(config.classes) if parts else relation_grid(config.classes)
+    name_of: Callable[[Any], str] = class_name if parts else relation_name
+    folders = [f"{k + 1:03d}.{name_of(a)}" for k, a in enumerate(grid)]
     per_class = config.train_per_class + config.test_per_class
     images: list[str] = []
     labels: list[str] = []
@@ -259,8 +370,13 @@ def generate(out: str | Path, config: SynthConfig, progress: Callable[[int, int]
         (out / "images" / folder).mkdir(parents=True, exist_ok=True)
         for index in range(per_class):
             rng = np.random.default_rng([config.seed, label, index])
-            image, box = render_sample(attributes, config.image_size, rng, config.max_rotation, config.object_scale)
-            relative = f"{folder}/{class_name(attributes)}_{index:04d}.jpg"
+            if parts:
+                image, box = render_sample(attributes, config.image_size, rng, config.max_rotation, config.object_scale)
+            else:
+                image, box = render_relation_sample(
+                    attributes, config.image_size, rng, config.task, config.object_scale
+                )
+            relative = f"{folder}/{name_of(attributes)}_{index:04d}.jpg"
             image.save(out / "images" / relative, "JPEG", quality=JPEG_QUALITY)
             image_id = len(images) + 1
             images.append(f"{image_id} {relative}")
