@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CPU numbers of docs/benchmarks.md: targets at 448, scaling, attention paths, input pipeline.
-# Usage: bash benchmarks/run_cpu.sh [OUT_DIR]   (about 20 minutes on 2 cores)
+# Usage: bash benchmarks/run_cpu.sh [OUT_DIR]   (about 25 minutes on 2 cores)
 set -euo pipefail
 out=${1:-runs/benchmarks}
 mkdir -p "$out"
@@ -22,5 +22,9 @@ for arch in resnet50 resnet18; do
     TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) $cnl bench model --models "${arch}_cnl5,${arch}_cnl5+compile" \
         --img-size 64 --batch-size 2 --repeats 1 --device cpu | tee "$out/compile_$arch.md"
 done
+# A frozen backbone's step against the full one (--freeze backbone; docs/benchmarks.md).
+$cnl bench model --models resnet50_cnl5,resnet50_cnl5+frozen --img-size 224 --batch-size 8 --device cpu \
+    | tee "$out/frozen.md"
+CNL="$cnl" bash "$(dirname "$0")/probe_cache.sh" "$out/probe" | tee "$out/probe_cache.md"
 $cnl bench predict | tee "$out/predict.md"
 $cnl bench predict --width 64 | tee "$out/predict_width64.md"

@@ -29,9 +29,9 @@ def test_each_builder_builds_its_one_thing(config, tmp_path):
     train, val, test = build_datasets(config, tmp_path)
     assert (len(train), len(val), len(test)) == (9, 3, 6) and class_names(train) == train.classes
     assert steps_per_epoch(train, 4, config.data_root) == 2
-    model = build_model(config, 3, ctx)
+    model = build_model(config, ["a", "b", "c"], ctx)
     torch.manual_seed(config.seed)
-    again = build_model(config, 3, ctx)
+    again = build_model(config, ["a", "b", "c"], ctx)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     parts = build_parts(model, config, ctx, steps=2)
     assert parts.model is model and parts.ema is not None and parts.scheduler.get_last_lr()

@@ -257,7 +257,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from cnl.engine.inference import evaluate_checkpoint
 
     options = {"data_root": args.data_root, "workers": args.workers, "device": args.device}
-    result = evaluate_checkpoint(args.checkpoint, args.batch_size, details=args.report is not None, **options)
+    result = evaluate_checkpoint(
+        args.checkpoint, args.batch_size, details=args.report is not None, tta=args.tta, **options
+    )
     if args.report is not None:
         from cnl.analysis.evidence import write_report
 
@@ -269,9 +271,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(result))
         else:
+            views = "" if result["tta"] == "none" else f", {result['tta']} test-time augmentation"
             print(
                 f"{result['checkpoint']}: top1 {result['top1']:.2f}  top5 {result['top5']:.2f}  "
-                f"loss {result['loss']:.4f}  ({result['count']} images)"
+                f"loss {result['loss']:.4f}  ({result['count']} images{views})"
             )
             for written in result.get("report", []):
                 print(f"wrote {written}")
@@ -318,6 +321,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_training(subparsers: argparse._SubParsersAction) -> None:
+    from cnl.data.policies import TTA_MODES
+
     train = subparsers.add_parser("train", help="train and evaluate a model with the paper's recipe")
     add_train_flags(train)
     train.set_defaults(func=cmd_train)
@@ -328,7 +333,12 @@ def add_training(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--batch-size", type=int)
     evaluate.add_argument("--workers", type=int)
     evaluate.add_argument("--device", default="auto", help="auto (default: cuda when there is one), cpu or cuda")
-    evaluate.add_argument("--json", action="store_true", help="print an object with top1, top5, loss, count")
+    evaluate.add_argument("--json", action="store_true", help="print an object with top1, top5, loss, count, tta")
+    evaluate.add_argument(
+        "--tta", choices=TTA_MODES, default="none",
+        help="test-time augmentation: flip (the image and its mirror), flip+crops (five crops of the evaluation "
+        "resize and their mirrors); the mean of the views' probabilities; said beside every figure (default none)",
+    )  # fmt: skip
     evaluate.add_argument(
         "--report", help="a folder for per_class.csv, confusion.png and predictions.csv (cnl report shows RUN/eval)"
     )

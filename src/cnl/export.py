@@ -13,6 +13,7 @@ from cnl.engine.checkpoint import card_path, current_umask, load_model_with_info
 from cnl.engine.modelinfo import ModelInfo
 from cnl.engine.runfolder import RunFolder
 from cnl.errors import InvalidValue
+from cnl.tables import markdown_cell
 
 FORMATS = ("onnx", "torchscript", "safetensors", "hf")
 ONNX_OPSET = 18
@@ -61,6 +62,13 @@ def run_summary(checkpoint: str | Path) -> dict[str, Any] | None:
     return RunFolder.of_checkpoint(checkpoint).read_summary()
 
 
+def run_evaluation(checkpoint: str | Path) -> dict[str, Any] | None:
+    """``RUN/eval/evaluation.json`` (``cnl eval --report RUN/eval``) of a checkpoint's run, if any."""
+    if not Path(checkpoint).is_file() or Path(checkpoint).parent.name != "checkpoints":
+        return None
+    return RunFolder.of_checkpoint(checkpoint).read_evaluation()
+
+
 def export_hub(model: torch.nn.Module, info: ModelInfo, checkpoint: str | Path, out: Path) -> list[Path]:
     """``out/config.json``, ``out/model.safetensors`` and ``out/README.md``: a folder to upload as it is."""
     from cnl.engine.hub import CARD, CONFIG, WEIGHTS, hub_config
@@ -71,12 +79,32 @@ def export_hub(model: torch.nn.Module, info: ModelInfo, checkpoint: str | Path, 
     config = hub_config(info, head_name(model), summary)
     (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     save_weights(model, out / WEIGHTS)
-    (out / CARD).write_text(model_card(config, out.name, Path(str(checkpoint)).name), encoding="utf-8")
+    evaluation = run_evaluation(checkpoint)
+    card = model_card(config, out.name, Path(str(checkpoint)).name, evaluation)
+    (out / CARD).write_text(card, encoding="utf-8")
     return [out / CONFIG, out / WEIGHTS, out / CARD]
 
 
-def model_card(config: dict[str, Any], name: str, source: str) -> str:
-    """The Hub's README.md: what the model is, how well it does and how that was chosen,
+def evaluated(evaluation: dict[str, Any] | None) -> str:
+    """The card's line for ``cnl eval``'s figures, their views said, never mixed with training's."""
+    if evaluation is None:
+        return ""
+    crop, resize = evaluation["eval_crop"], evaluation["eval_resize"]
+    views = {
+        "none": f"one centre crop of {crop} px from {resize} px",
+        "flip": f"test-time augmentation: the centre crop of {crop} px from {resize} px and its mirror image",
+        "flip+crops": f"test-time augmentation: five crops of {crop} px from {resize} px and their mirror images",
+    }[evaluation["tta"]]
+    checkpoint = markdown_cell(Path(str(evaluation.get("checkpoint", "?"))).name)
+    return (
+        f"\n\n`cnl eval --tta {evaluation['tta']}` of {checkpoint} ({views}):\n\n| top-1 | top-5 | views |\n"
+        f"|---|---|---|\n| {evaluation['top1']:.2f} | {evaluation['top5']:.2f} | {evaluation['tta']} |"
+    )
+
+
+def model_card(config: dict[str, Any], name: str, source: str, evaluation: dict[str, Any] | None = None) -> str:
+    """The Hub's README.md: what the model is, how well it does and how that was chosen
+    (training's single-crop figures and, apart, ``cnl eval``'s with the views it took),
     its recipe and provenance, licence and citation."""
     cnl = config["cnl"]
     recipe, summary = cnl["config"], cnl["summary"] or {}
@@ -91,7 +119,7 @@ def model_card(config: dict[str, Any], name: str, source: str) -> str:
         f"(its best.pt), chosen {chosen}. These weights come from its {source}."
         if summary.get("best_top1") is not None
         else f"No results were recorded with {source} (no summary.json beside its run)."
-    )
+    ) + evaluated(evaluation)
     provenance = summary.get("provenance", {})
     dataset = summary.get("dataset") or recipe.get("dataset", "unknown")  # the layout read, where the run says
     settings = "\n".join(f"{key}: {json.dumps(value)}" for key, value in recipe.items())

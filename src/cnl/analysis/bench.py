@@ -9,6 +9,7 @@ model with and without compiling it.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 import warnings
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from cnl.engine.builders import freeze_backbone, frozen_modules
 from cnl.engine.distributed import pick_device
 from cnl.engine.loop import AMP_DTYPES
 from cnl.errors import InvalidValue
@@ -32,6 +34,7 @@ KERNELS = {"sdpa": True, "bmm": False, "auto": None}
 # The kernels that never store the attention map; the math kernel, which does, is left out.
 FUSED_KERNELS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION}
 COMPILED = "+compile"
+FROZEN = "+frozen"  # --freeze backbone: only the NL/CNL modules and the head train
 # What scaled_dot_product_attention raises when no allowed kernel takes the inputs.
 REFUSALS = ("No available kernel", "No viable backend")
 
@@ -55,13 +58,16 @@ class Spec(NamedTuple):
     order: str
     use_sdpa: bool | None
     compiled: bool
+    frozen: bool = False
 
 
 def parse_spec(spec: str) -> Spec:
-    """``"name[:order[:kernel]][+compile]"``; order and kernel default to ``auto``. A name
-    may carry its source (``timm:convnext_tiny_cnl5:paper``)."""
+    """``"name[:order[:kernel]][+frozen][+compile]"``; order and kernel default to ``auto``.
+    A name may carry its source (``timm:convnext_tiny_cnl5:paper``)."""
     compiled = spec.endswith(COMPILED)
-    parts = spec.removesuffix(COMPILED).split(":")
+    spec = spec.removesuffix(COMPILED)
+    frozen = spec.endswith(FROZEN)
+    parts = spec.removesuffix(FROZEN).split(":")
     source = parts.pop(0) + ":" if parts[0] in SOURCES and len(parts) > 1 else ""
     name, *rest = parts
     name = source + name
@@ -69,11 +75,13 @@ def parse_spec(spec: str) -> Spec:
     kernel = rest[1] if len(rest) > 1 else "auto"
     if kernel not in KERNELS:
         raise InvalidValue(f"unknown attention kernel {kernel!r} in {spec!r}; valid kernels: {', '.join(KERNELS)}")
-    return Spec(name, order, KERNELS[kernel], compiled)
+    return Spec(name, order, KERNELS[kernel], compiled, frozen)
 
 
 def build(spec: Spec, num_classes: int, device: torch.device, channels_last: bool) -> nn.Module:
     model = create_model(spec.name, num_classes=num_classes)
+    if spec.frozen:
+        freeze_backbone(model)
     model = configure_attention(model, spec.order, spec.use_sdpa).to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
@@ -133,6 +141,9 @@ def peak_memory_mb(model: nn.Module, step: Callable[[], None], device: torch.dev
         return torch.cuda.max_memory_allocated(device) / 2**20 - held_before
     from torch.distributed._tools.mem_tracker import MemTracker
 
+    if not all(p.requires_grad for p in model.parameters()):
+        step()  # MemTracker hooks every parameter's gradient, which a frozen one has not
+        return math.nan
     optimizer = getattr(step, "optimizer", None)
     tracker = MemTracker()
     tracker.track_external(model, *([optimizer] if optimizer is not None else []))
@@ -155,7 +166,7 @@ def make_shared_workspaces(device: torch.device) -> None:
 
 MEMORY_METHODS = {
     "cuda": "CUDA allocator peak of a train step less what the models built before it hold",
-    "cpu": "MemTracker peak of a train step",
+    "cpu": "MemTracker peak of a train step (nan with a frozen backbone, which MemTracker cannot follow)",
 }
 
 
@@ -177,12 +188,15 @@ def _setup(
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     images = torch.randn(batch_size, 3, img_size, img_size, device=target).to(memory_format=memory_format)
     labels = torch.randint(0, num_classes, (batch_size,), device=target)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    frozen = frozen_modules(model) if parsed.frozen else []
     runner = torch.compile(model) if compile or parsed.compiled else model
     dtype = AMP_DTYPES.get(amp, torch.bfloat16)
 
     def train_step() -> None:
         model.train()
+        for module in frozen:  # as the trainer runs a frozen backbone: in eval mode
+            module.eval()
         with torch.autocast(target.type, dtype=dtype, enabled=amp != "none"):
             loss = nn.functional.cross_entropy(runner(images).float(), labels)
         loss.backward()

@@ -4,12 +4,14 @@ each image's answer (``cnl eval --report``)."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cnl.engine.predictions import PREDICTIONS, write_image_predictions
+from cnl.engine.runfolder import EVALUATION
 from cnl.tables import csv_row
 
 PER_CLASS = "per_class.csv"
@@ -79,9 +81,16 @@ def write_evidence(confusion: list[list[int]], classes: list[str], out: str | Pa
     return [write_per_class(matrix, classes, out / PER_CLASS), plot_confusion(matrix, classes, out / CONFUSION)]
 
 
+SAID = ("checkpoint", "model", "tta", "eval_crop", "eval_resize", "top1", "top5", "loss", "count")
+
+
 def write_report(result: dict[str, Any], out: str | Path) -> list[Path]:
     """``cnl eval --report``: ``write_evidence`` of an ``evaluate_checkpoint(details=True)``
-    result and ``out/predictions.csv`` of its test images."""
+    result, ``out/predictions.csv`` of its test images, and ``out/evaluation.json``: the
+    figures and how they were taken (test-time augmentation, crop and resize), which the
+    model card of ``cnl export`` shows beside the training's own."""
     written = write_evidence(result["confusion"], result["classes"], out)
     splits = {"test": (result["images"], result["per_image"])}
-    return [*written, write_image_predictions(Path(out) / PREDICTIONS, splits, result["classes"])]
+    summary = Path(out) / EVALUATION
+    summary.write_text(json.dumps({key: result[key] for key in SAID if key in result}, indent=2) + "\n")
+    return [*written, write_image_predictions(Path(out) / PREDICTIONS, splits, result["classes"]), summary]

@@ -24,8 +24,9 @@ from cnl.engine.randomness import seed_model_init, validation_indices
 from cnl.engine.schedule import build_scheduler
 from cnl.errors import DataError, InvalidValue
 from cnl.models import create_model
-from cnl.models.backbones import head_name
-from cnl.models.weights import NEW_MODULE_PREFIXES
+from cnl.models.backbones import PRETRAINED, head_name
+from cnl.models.registry import load_weights
+from cnl.models.weights import NEW_MODULE_PREFIXES, wants_weights
 
 
 def skip_log(output: Path) -> Path:
@@ -41,7 +42,6 @@ def build_datasets(
 ) -> tuple[FineGrainedDataset, FineGrainedDataset | None, FineGrainedDataset]:
     """Train, validation (None without ``val_split``) and test sets, checked before training."""
     log = skip_log(output)
-    scale = (config.crop_scale[0], config.crop_scale[1])
     root = config.data_root
     name = detect_layout(Path(root)) if config.dataset == "auto" else config.dataset
     official = config.val_split == "official"
@@ -51,15 +51,15 @@ def build_datasets(
             "carve one from the training split with a fraction, e.g. --val-split 0.1"
         )
     train_split = OFFICIAL_VALIDATION[name] if official else "train"
-    train = build_dataset(name, root, train_split, train_transform(config.img_size, scale), skip_log=log)
-    test = build_dataset(name, root, "test", eval_transform(config.img_size), skip_log=log)
+    train = build_dataset(name, root, train_split, train_transform_of(config), skip_log=log)
+    test = build_dataset(name, root, "test", eval_transform(*config.eval_sizes()), skip_log=log)
     val = None
     if official:
-        val = build_dataset(name, root, "val", eval_transform(config.img_size), skip_log=log)
+        val = build_dataset(name, root, "val", eval_transform(*config.eval_sizes()), skip_log=log)
     elif config.val_split is not None:
         held_out = validation_indices(train.targets, float(config.val_split), config.seed)
         kept = sorted(set(range(len(train))) - set(held_out))
-        train, val = train.subset(kept, train.transform), train.subset(held_out, eval_transform(config.img_size))
+        train, val = train.subset(kept, train.transform), train.subset(held_out, eval_transform(*config.eval_sizes()))
     for split, dataset in (("val", val), ("test", test)):
         if dataset is not None and dataset.classes != train.classes:
             raise DataError(f"the train and {split} splits of {root} name different classes")
@@ -67,6 +67,18 @@ def build_datasets(
         if dataset is not None:
             preflight(dataset, split, root)
     return train, val, test
+
+
+def train_transform_of(config: TrainConfig) -> Any:
+    """The training transform a config asks for: the paper's crop and flip, and any of the
+    augmentations of timm's and torchvision's scripts it turns on; with ``cache_features``,
+    evaluation's (features computed once cannot be augmented)."""
+    if config.cache_features:
+        return eval_transform(*config.eval_sizes())
+    scale = (config.crop_scale[0], config.crop_scale[1])
+    return train_transform(
+        config.img_size, scale, config.augment, config.color_jitter, config.random_erase, config.interpolation
+    )
 
 
 def set_determinism(config: TrainConfig) -> None:
@@ -95,19 +107,25 @@ def class_names(train_set: Any) -> list[str]:
 
 
 def build_model(
-    config: TrainConfig, num_classes: int, ctx: distributed.Context, given: torch.nn.Module | None = None
+    config: TrainConfig, classes: list[str], ctx: distributed.Context, given: torch.nn.Module | None = None
 ) -> torch.nn.Module:
-    """``config.model`` (or ``given``) with the seed's initial weights, on this process's
-    device; rank 0 builds first, so that it alone fetches pretrained weights."""
+    """``config.model`` (or ``given``) with the seed's initial weights and ``config.weights``
+    (saying what was loaded, skipped and left new), the backbone frozen when asked, on this
+    process's device; rank 0 builds first, so that it alone fetches pretrained weights."""
     if not ctx.is_main:
         distributed.barrier()
     seed_model_init(config.seed)
     model = given
     if model is None:
         overrides = model_overrides(config.to_dict())
-        model = create_model(
-            config.model, num_classes=num_classes, weights=config.weights, img_size=config.img_size, **overrides
-        )
+        at_build = config.weights if config.weights == PRETRAINED else None  # timm's own: timm loads them
+        model = create_model(config.model, len(classes), weights=at_build, img_size=config.img_size, **overrides)
+        if wants_weights(config.weights) and at_build is None:
+            report = load_weights(model, config.model, config.weights, classes)
+            if ctx.is_main:
+                print(report, flush=True)
+    if config.freeze == "backbone":
+        freeze_backbone(model)
     if ctx.is_main:
         distributed.barrier()
     if config.sync_bn and ctx.distributed:
@@ -116,23 +134,67 @@ def build_model(
     return model.to(memory_format=torch.channels_last) if config.channels_last else model
 
 
+def trainable_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
+    """The parameters that train when the backbone is frozen: the NL/CNL modules and the head."""
+    return (*NEW_MODULE_PREFIXES, head_name(model) + ".")
+
+
+def freeze_backbone(model: torch.nn.Module) -> None:
+    """``--freeze backbone``: every parameter but the modules' and the head's stops training."""
+    for name, parameter in model.named_parameters():
+        if not name.startswith(trainable_prefixes(model)):
+            parameter.requires_grad_(False)
+
+
+def frozen_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules whose parameters all stopped training (and that hold some, or buffers):
+    they run in eval mode while the rest trains, so that their norms keep their statistics."""
+    return [
+        module for name, module in model.named_modules()
+        if name and not f"{name}.".startswith(trainable_prefixes(model))
+        and any(True for _ in module.parameters(recurse=False)) | any(True for _ in module.buffers(recurse=False))
+        and not any(p.requires_grad for p in module.parameters(recurse=False))
+    ]  # fmt: skip
+
+
+def layer_depths(model: torch.nn.Module) -> tuple[dict[str, int], int]:
+    """Each parameter's depth for layer-wise lr decay, and the top: the backbone's top-level
+    modules in order (the blocks of a top-level sequence each one depth, a stem's leaves
+    together one), the head and the NL/CNL modules at the top."""
+    depths: dict[str, int] = {}
+    depth, previous_leaf = 0, False
+    for name, child in model.named_children():
+        if f"{name}.".startswith(trainable_prefixes(model)):
+            continue
+        blocks = list(child.named_children()) if isinstance(child, torch.nn.Sequential | torch.nn.ModuleList) else []
+        if blocks:
+            depth += previous_leaf
+            for block, module in blocks:
+                depths.update({f"{name}.{block}.{key}": depth for key, _ in module.named_parameters()})
+                depth += 1
+            previous_leaf = False
+        else:
+            depths.update({f"{name}.{key}": depth for key, _ in child.named_parameters()})
+            previous_leaf = previous_leaf or any(True for _ in child.parameters())
+    return depths, depth + previous_leaf
+
+
 def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     """The optimizer's groups: the new modules and the head at ``lr x head_lr_mult``, and with
     ``wd_norm_bias`` off no weight decay on norms and biases (the 1-d parameters). One group
     when neither is asked for, as in the paper."""
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-    head = head_name(model) + "."
+    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
+    depths, top = layer_depths(model) if config.layer_decay else ({}, 0)
     for name, parameter in model.named_parameters():
-        new = config.head_lr_mult != 1 and name.startswith((*NEW_MODULE_PREFIXES, head))
+        if not parameter.requires_grad:  # frozen: not the optimizer's
+            continue
+        new = name.startswith(trainable_prefixes(model))
+        scale = config.head_lr_mult if new else (config.layer_decay or 1.0) ** (top - depths.get(name, top))
         decay = config.wd_norm_bias or parameter.ndim > 1
-        groups.setdefault((new, decay), []).append(parameter)
+        groups.setdefault((scale, decay), []).append(parameter)
     return [
-        {
-            "params": parameters,
-            "lr": config.lr * (config.head_lr_mult if new else 1.0),
-            "weight_decay": config.weight_decay if decay else 0.0,
-        }
-        for (new, decay), parameters in groups.items()
+        {"params": parameters, "lr": config.lr * scale, "weight_decay": config.weight_decay if decay else 0.0}
+        for (scale, decay), parameters in groups.items()
     ]
 
 
@@ -141,7 +203,9 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     groups = parameter_groups(model, config)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=config.nesterov
+    )
 
 
 def build_ema(model: torch.nn.Module, decay: float) -> AveragedModel:
@@ -166,7 +230,7 @@ def build_parts(model: torch.nn.Module, config: TrainConfig, ctx: distributed.Co
         wrapped = DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
     compiled: torch.nn.Module = torch.compile(wrapped) if config.compile else wrapped  # type: ignore[assignment]
     ema = build_ema(model, config.ema) if config.ema else None
-    return TrainParts(compiled, optimizer, scheduler, scaler, ema)
+    return TrainParts(compiled, optimizer, scheduler, scaler, ema, frozen_modules(model))
 
 
 def build_step_settings(

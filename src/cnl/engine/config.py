@@ -23,11 +23,13 @@ from typing import Any
 
 import yaml
 
+from cnl.data.policies import AUTO_AUGMENTS, INTERPOLATION_NAMES
 from cnl.errors import InvalidValue, MissingFile, cut, excerpt
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine")
+FREEZE_CHOICES = ("none", "backbone")
 RESUME_CHOICES = ("no", "yes", "auto")
 DEVICES = ("auto", "cpu", "cuda")
 NO_WEIGHTS = "none"  # random initial weights (cnl.models.weights.NO_WEIGHTS, said here without torch)
@@ -38,7 +40,7 @@ BATCH_FIELDS = ("global_batch_size", "batch_size")
 # How and where this invocation runs, not the recipe: left out of a run's config.yaml.
 INVOCATION_FIELDS = ("output", "resume")
 # Where the modules sit and how wide they are: the settings create_model takes besides the name.
-MODEL_SETTINGS = ("query", "responses", "nl_layers", "inner_channels", "width")
+MODEL_SETTINGS = ("query", "responses", "nl_layers", "inner_channels", "width", "drop_rate", "drop_path")
 # How and where a run is carried out, not what it trains: a run may be continued or reused with
 # other values (the data may have moved; only where they are is compared, never what they hold).
 HOW_FIELDS = ("workers", "device", "compile", "channels_last", "deterministic", "data_root")
@@ -178,6 +180,51 @@ class TrainConfig:
     cutmix: float = setting(0.0, "CutMix alpha; 0 is off; with --mixup, one of the two per batch", NON_NEGATIVE)
     wd_norm_bias: bool = setting(True, "weight decay on norms and biases too (--no-wd-norm-bias: on weights only)")
     head_lr_mult: float = setting(1.0, "lr multiplier of the NL/CNL modules and the head", POSITIVE)
+    # The settings of timm's train.py and torchvision's references, off by default (docs/training.md).
+    augment: str = setting(
+        "none",
+        "an augmentation policy after the crop (torchvision's): randaugment, trivialaugment, autoaugment",
+        choices=AUTO_AUGMENTS,
+    )
+    color_jitter: float = setting(
+        0.0, "jitter of brightness, contrast and saturation (timm's --color-jitter, e.g. 0.4); 0 is off", Range(0, 1)
+    )
+    random_erase: float = setting(
+        0.0, "probability of erasing a random rectangle (timm's --reprob, e.g. 0.25); 0 is off", Range(0, 1)
+    )
+    interpolation: str = setting("bilinear", "resampling of the training crop", choices=INTERPOLATION_NAMES)
+    eval_resize: int | None = setting(
+        None,
+        "evaluation: the shorter side resized to this, then --eval-crop (default: crop x 512/448, the paper's)",
+        Range(16, 8192),
+    )
+    eval_crop: int | None = setting(None, "evaluation: the central square (default: --img-size)", Range(16, 8192))
+    eval_interpolation: str = setting("bilinear", "resampling of evaluation images", choices=INTERPOLATION_NAMES)
+    drop_rate: float | None = setting(
+        None, "dropout before the classifier (default: the model's: 0.5 for our ResNets, as the paper)", FRACTION
+    )
+    drop_path: float | None = setting(
+        None,
+        "stochastic depth: the rate of the last block, rising from 0 at the first (e.g. 0.1; default: off)",
+        FRACTION,
+    )
+    nesterov: bool = setting(False, "Nesterov momentum (SGD)")
+    layer_decay: float | None = setting(
+        None,
+        "layer-wise lr decay: each block's lr is the next one's times this (e.g. 0.75; default: off)",
+        Range(0, 1, low_open=True),
+    )
+    freeze: str = setting(
+        "none",
+        "backbone: train only the NL/CNL modules and the head; the rest runs in eval mode, without gradients",
+        choices=FREEZE_CHOICES,
+    )
+    cache_features: bool = setting(
+        False,
+        "with --freeze backbone: compute the frozen part once per image and keep it in OUTPUT/features "
+        "(training images then read as evaluation reads them, without augmentation)",
+    )
+    keep_best: int = setting(1, "keep the N best checkpoints by the selection metric (best-eNNN.pt)", AT_LEAST_ONE)
     workers: int = setting(4, "data loading processes per training process", NON_NEGATIVE)
     amp: str = setting("none", "mixed precision", choices=AMP_CHOICES)
     channels_last: bool = setting(False, "channels-last memory format")
@@ -200,15 +247,17 @@ class TrainConfig:
         problems = [problem for f in dataclasses.fields(self) if (problem := out_of_range(f, getattr(self, f.name)))]
         if data_root and not self.data_root:
             problems.append("data_root is required (--data-root)")
-        for name, choices in (("schedule", SCHEDULES), ("optimizer", OPTIMIZERS), ("amp", AMP_CHOICES),
-                              ("device", DEVICES)):  # fmt: skip
-            if getattr(self, name) not in choices:
-                problems.append(f"{name} must be one of {', '.join(choices)}, got {excerpt(getattr(self, name))}")
+        for setting in dataclasses.fields(self):  # a setting of choices: one of them, from any layer
+            choices = setting.metadata.get("choices")
+            if choices and getattr(self, setting.name) not in choices:
+                value = excerpt(getattr(self, setting.name))
+                problems.append(f"{setting.name} must be one of {', '.join(choices)}, got {value}")
         if self.val_split is not None and self.val_split != "official":
             if isinstance(self.val_split, bool) or not FRACTION.holds(self.val_split) or self.val_split == 0:
                 problems.append(f"val_split must be a fraction in (0, 1) or 'official', got {excerpt(self.val_split)}")
         if (self.batch_size is None) == (self.global_batch_size is None):
             problems.append("give exactly one of global_batch_size and batch_size (per process)")
+        problems += self._disagreements()
         if self.resume == "":
             problems.append(f"resume must be one of {', '.join(RESUME_CHOICES)} or a checkpoint's path, got ''")
         if not self.weights:
@@ -220,6 +269,36 @@ class TrainConfig:
                 )
         if problems:
             raise InvalidValue("invalid configuration: " + "; ".join(problems))
+
+    def _disagreements(self) -> list[str]:
+        """Settings valid alone that cannot go together."""
+        problems = []
+        if self.nesterov and (self.optimizer != "sgd" or not self.momentum):
+            problems.append("nesterov is SGD's, with momentum: give --optimizer sgd and a --momentum above 0")
+        if self.color_jitter and self.augment != "none":
+            problems.append(f"color_jitter and augment {self.augment} are alternatives (as in timm): give one")
+        if self.cache_features:
+            problems += self._uncacheable()
+        crop = self.eval_crop or self.img_size
+        if self.eval_resize is not None and self.eval_resize < crop:
+            problems.append(f"eval_resize {self.eval_resize} is smaller than the eval crop {crop}")
+        return problems
+
+    def _uncacheable(self) -> list[str]:
+        """What --cache-features cannot go with: features computed once cannot be augmented."""
+        problems = [] if self.freeze == "backbone" else ["cache_features needs --freeze backbone"]
+        augmenting = {
+            "mixup": self.mixup, "cutmix": self.cutmix, "color_jitter": self.color_jitter,
+            "random_erase": self.random_erase, "augment": self.augment != "none", "compile": self.compile,
+        }  # fmt: skip
+        given = [name for name, value in augmenting.items() if value]
+        if given:
+            problems.append(f"cache_features cannot go with {', '.join(given)}: cached features are computed once")
+        return problems
+
+    def eval_sizes(self) -> tuple[int, int | None, str]:
+        """Evaluation's crop, resize (None: the crop x 512/448) and interpolation."""
+        return self.eval_crop or self.img_size, self.eval_resize, self.eval_interpolation
 
     def cautions(self) -> list[str]:
         """Settings that are valid but cannot do what they seem to ask, each with its fix (a

@@ -105,6 +105,7 @@ def timm_name(model_name: str) -> str:
 def hub_config(info: ModelInfo, classifier: str, summary: dict[str, Any] | None) -> dict[str, Any]:
     """``config.json`` of a model ``info`` describes (as ``load_model_with_info`` gives it)."""
     classes, size = info.classes, info.img_size
+    crop, resize, interpolation = info.eval_sizes()  # timm's data config: the evaluation's geometry
     architecture = timm_name(info.model)
     model_args = {
         **info.overrides,
@@ -117,9 +118,9 @@ def hub_config(info: ModelInfo, classifier: str, summary: dict[str, Any] | None)
         "label_names": classes,
         "model_args": model_args,
         "pretrained_cfg": {
-            "input_size": [3, size, size],
-            "interpolation": "bilinear",
-            "crop_pct": 1 / RESIZE_RATIO,
+            "input_size": [3, crop, crop],
+            "interpolation": interpolation,
+            "crop_pct": crop / resize if resize else 1 / RESIZE_RATIO,
             "crop_mode": "center",
             "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD),

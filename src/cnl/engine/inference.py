@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 from cnl.data import build_dataset, eval_transform
 from cnl.data.datasets import IMAGE_SUFFIXES
 from cnl.data.images import ImageError, load_tensor
-from cnl.data.transforms import eval_geometry, normalise
+from cnl.data.policies import TTA_MODES
+from cnl.data.transforms import RESIZE_RATIO, eval_crops, eval_geometry, normalise
 from cnl.engine import distributed
 from cnl.engine.checkpoint import load_model_with_info
 from cnl.engine.config import make_config
@@ -27,10 +28,35 @@ from cnl.errors import DataError, InvalidValue, MissingFile
 from cnl.tables import csv_row
 
 
+class ViewsAveraged(torch.nn.Module):
+    """A model evaluated on several views of each image (test-time augmentation): the image
+    and its mirror image, and with ``eval_crops``'s five crops, each crop and its mirror. The
+    views' class probabilities are averaged and returned as log-probabilities, so that
+    top-k, accuracy and the loss (the likelihood of the averaged prediction) read them as
+    logits."""
+
+    def __init__(self, model: torch.nn.Module, channels_last: bool = False) -> None:
+        super().__init__()
+        self.model, self.channels_last = model, channels_last
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        views = images if images.ndim == 5 else images.unsqueeze(1)  # [B, views, C, H, W]
+        batch, count = views.shape[:2]
+        flat = views.flatten(0, 1)
+        flat = torch.cat([flat, flat.flip(-1)])
+        if self.channels_last:
+            flat = flat.contiguous(memory_format=torch.channels_last)
+        probabilities = self.model(flat).float().softmax(dim=-1)
+        averaged = probabilities.view(2, batch, count, -1).mean(dim=(0, 2))
+        return averaged.clamp_min(torch.finfo(averaged.dtype).tiny).log()
+
+
 def evaluate_checkpoint(
-    path: str | Path, batch_size: int | None = None, details: bool = False, **overrides: Any
+    path: str | Path, batch_size: int | None = None, details: bool = False, tta: str = "none", **overrides: Any
 ) -> dict[str, Any]:
-    """Top-1/top-5 (percent) of a checkpoint on its test split, exactly as training measured it.
+    """Top-1/top-5 (percent) of a checkpoint on its test split, exactly as training measured it;
+    with ``tta`` ("flip", "flip+crops": ``ViewsAveraged``), with test-time augmentation, which
+    the result says (``tta``) so that it is never mixed with single-crop figures.
 
     ``batch_size``: per process (default: the run's). ``details``: also the confusion matrix
     (``confusion``), each image's answer (``per_image``, as ``evaluate`` gives it), the test
@@ -38,6 +64,8 @@ def evaluate_checkpoint(
     the run's config: ``data_root``, ``workers``, ``device``, ``amp``. Under torchrun the test
     set is sharded and the sums reduced, so the result is the same.
     """
+    if tta not in TTA_MODES:
+        raise InvalidValue(f"unknown test-time augmentation {tta!r}; valid: {', '.join(TTA_MODES)}")
     model, classes, info = load_model_with_info(path)
     if not info.config:
         raise InvalidValue(f"{path} holds no training config: cnl eval needs a training checkpoint")
@@ -49,20 +77,27 @@ def evaluate_checkpoint(
         model = model.to(ctx.device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        test = build_dataset(config.dataset, config.data_root, "test", eval_transform(config.img_size))
+        views = eval_crops(*config.eval_sizes()) if tta == "flip+crops" else eval_transform(*config.eval_sizes())
+        test = build_dataset(config.dataset, config.data_root, "test", views)
         if test.classes != classes:
             raise DataError(
                 f"the test split of {config.data_root} does not name the checkpoint's {len(classes)} classes"
             )
         bars = wants_progress_bars(ctx.is_main)
-        settings = StepSettings(ctx.device, len(classes), config.amp, config.channels_last, show_progress=bars)
+        on_views = tta != "none"  # the views are laid out by ViewsAveraged, not by the transfer
+        settings = StepSettings(ctx.device, len(classes), config.amp, config.channels_last and not on_views,
+                                show_progress=bars)  # fmt: skip
+        if on_views:
+            model = ViewsAveraged(model, config.channels_last)
         batch_size = batch_size or config.batch_size or max(1, (config.global_batch_size or 1) // ctx.world_size)
         runnable: torch.nn.Module = torch.compile(model) if config.compile else model  # type: ignore[assignment]
         loader = eval_loader(test, batch_size, config.workers, ctx)
         metrics = evaluate(runnable, loader, settings, confusion=details, per_image=details)  # as training did
         if details:
             metrics.update(images=image_names(test), classes=classes)
-        return {"checkpoint": str(path), "model": config.model, **metrics, "is_main": ctx.is_main}
+        crop, resize, _ = config.eval_sizes()
+        views_said = {"tta": tta, "eval_crop": crop, "eval_resize": resize or round(crop * RESIZE_RATIO)}
+        return {"checkpoint": str(path), "model": config.model, **views_said, **metrics, "is_main": ctx.is_main}
     finally:
         distributed.teardown(ctx)
 
@@ -133,7 +168,9 @@ def predict_batches(
     Images are decoded in ``workers`` processes and run through the model ``batch_size`` at a time."""
     target = distributed.pick_device(device)
     model, classes, info = load_model_with_info(path, target)
-    yield from predict_with(model, classes, info.img_size, expand_images(images), topk, batch_size, workers)
+    crop, resize, interpolation = info.eval_sizes()
+    paths = expand_images(images)
+    yield from predict_with(model, classes, crop, paths, topk, batch_size, workers, resize, interpolation)
 
 
 @torch.no_grad()
@@ -145,8 +182,11 @@ def predict_with(
     topk: int = 5,
     batch_size: int = 32,
     workers: int = 0,
+    resize: int | None = None,
+    interpolation: str = "bilinear",
 ) -> Iterator[dict[str, Any]]:
-    """``predict_batches`` with a model in hand (eval mode, on its device).
+    """``predict_batches`` with a model in hand (eval mode, on its device); images are resized
+    to ``resize`` (default: ``img_size`` x 512/448) and centre-cropped to ``img_size``.
 
     On the CPU the decoding workers and the model share the cores: the model runs on the
     cores the workers leave (at least one), since intra-op threads that wait by spinning
@@ -158,7 +198,8 @@ def predict_with(
     if target.type == "cpu" and workers:
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - workers))
     try:
-        yield from _predict_loop(model, classes, img_size, paths, min(topk, len(classes)), batch_size, workers)
+        geometry = eval_geometry(img_size, resize, interpolation)
+        yield from _predict_loop(model, classes, geometry, paths, min(topk, len(classes)), batch_size, workers)
     finally:
         torch.set_num_threads(threads)
 
@@ -166,7 +207,7 @@ def predict_with(
 def _predict_loop(
     model: torch.nn.Module,
     classes: list[str],
-    img_size: int,
+    geometry: Any,
     paths: list[Path],
     k: int,
     batch_size: int,
@@ -175,7 +216,7 @@ def _predict_loop(
     target = next(model.parameters()).device
     to_float = normalise()
     loader = DataLoader(
-        ImagesToPredict(paths, eval_geometry(img_size)),  # uint8 through the workers: a quarter of the bytes
+        ImagesToPredict(paths, geometry),  # uint8 through the workers: a quarter of the bytes
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=stack_readable,

@@ -6,7 +6,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -68,6 +68,7 @@ class TrainParts:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     ema: AveragedModel | None = None  # updated after every optimizer step
+    frozen: list[nn.Module] = field(default_factory=list)  # in eval mode while the rest trains (--freeze)
 
 
 @dataclass
@@ -103,6 +104,14 @@ def optimizer_step(parts: TrainParts, settings: StepSettings) -> None:
         parts.ema.update_parameters(parts.model)
 
 
+def training(parts: TrainParts) -> torch.optim.Optimizer:
+    """The model in training mode, but for its frozen part (``--freeze``); its optimizer."""
+    parts.model.train()
+    for module in parts.frozen:
+        module.eval()
+    return parts.optimizer
+
+
 def train_one_epoch(
     parts: TrainParts,
     loader: DataLoader,
@@ -118,8 +127,7 @@ def train_one_epoch(
     processes that DDP averages over: every optimizer step follows the mean over the
     whole global batch. ``should_stop`` is asked after every optimizer step.
     """
-    model, optimizer = parts.model, parts.optimizer
-    model.train()
+    model, optimizer = parts.model, training(parts)
     criterion = nn.CrossEntropyLoss(reduction="sum", label_smoothing=settings.label_smoothing)
     meter = Accumulator(settings.num_classes, settings.device)
     bar = tqdm(loader, desc=f"train {epoch + 1}", disable=not settings.show_progress, leave=False, dynamic_ncols=True)

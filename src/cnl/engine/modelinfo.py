@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from cnl.engine.config import FIELD_INFO, MODEL_SETTINGS, coerce, out_of_range
+from cnl.engine.config import FIELD_INFO, MODEL_SETTINGS, coerce, out_of_range, stored_config
 from cnl.errors import DataError, InvalidValue, excerpt
 
 DEFAULT_IMG_SIZE = 448  # a checkpoint whose config does not say: the paper's
@@ -39,6 +39,11 @@ class ModelInfo:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def eval_sizes(self) -> tuple[int, int | None, str]:
+        """The evaluation geometry the model was trained with: its run's crop, resize (None:
+        the crop x 512/448) and interpolation (``TrainConfig.eval_sizes``), else its input size."""
+        return stored_config(self.config).eval_sizes() if self.config else (self.img_size, None, "bilinear")
 
     @classmethod
     def checked(cls, raw: Any, where: str) -> ModelInfo:

@@ -8,8 +8,11 @@ RUN/summary.json           the run's results, written when it ends
 RUN/predictions.csv        each test (and validation) image's answer at the best epoch
 RUN/skipped.txt            unreadable images that were skipped
 RUN/checkpoints/last.pt    the newest state (last-prev.pt: the one before), best.pt: the best epoch
+                           (best-eNNN.pt: the N best epochs, with --keep-best N)
 RUN/tensorboard/           the curves, for TensorBoard
-RUN/eval/                  cnl eval --report's evidence (cnl report reads it)
+RUN/eval/                  cnl eval --report's evidence (cnl report reads it; evaluation.json:
+                           its figures and views, which cnl export's model card shows)
+RUN/features/              --cache-features: each split's frozen features (NAME-DIGEST.pt)
 RUN/.lock                  held by the process that trains there
 ```
 """
@@ -20,7 +23,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cnl.data.policies import TTA_MODES
 from cnl.errors import DataError, excerpt
+
+EVALUATION = "evaluation.json"  # cnl eval --report: the figures and how they were taken
 
 
 class RunFolder:
@@ -43,6 +49,10 @@ class RunFolder:
     @property
     def best(self) -> Path:
         return self.checkpoints / "best.pt"
+
+    def kept(self, epoch: int) -> Path:
+        """One of the N best checkpoints (``--keep-best N``)."""
+        return self.checkpoints / f"best-e{epoch:03d}.pt"
 
     @property
     def config(self) -> Path:
@@ -73,6 +83,11 @@ class RunFolder:
         return self.root / "eval"
 
     @property
+    def features(self) -> Path:
+        """``--cache-features``: each split's features, named by what they depend on."""
+        return self.root / "features"
+
+    @property
     def lock(self) -> Path:
         return self.root / ".lock"
 
@@ -91,6 +106,32 @@ class RunFolder:
         if not isinstance(summary, dict):
             raise DataError(f"{self.summary} is damaged: it holds {type(summary).__name__}, not a run's summary")
         return summary
+
+    def read_evaluation(self) -> dict[str, Any] | None:
+        """``eval/evaluation.json`` (``cnl eval --report RUN/eval``): figures and how they were
+        taken, each field checked; None when there is none."""
+        path = self.evidence / EVALUATION
+        if not path.exists():
+            return None
+        said = read_json(path)
+        numbers_ok = isinstance(said, dict) and all(
+            isinstance(said.get(key), int | float) and not isinstance(said.get(key), bool) and 0 <= said[key] <= 100
+            for key in ("top1", "top5")
+        )
+        views_ok = (
+            numbers_ok
+            and said.get("tta") in TTA_MODES
+            and all(
+                isinstance(said.get(key), int) and not isinstance(said.get(key), bool) and 0 < said[key] <= 8192
+                for key in ("eval_crop", "eval_resize")
+            )
+        )
+        if not views_ok:
+            raise DataError(
+                f"{path} is damaged: expected top1 and top5 in [0, 100], tta one of {', '.join(TTA_MODES)} "
+                "and eval_crop and eval_resize in pixels, as cnl eval --report writes them"
+            )
+        return said
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """Each line of ``metrics.jsonl`` (an epoch's record); a damaged line is named."""

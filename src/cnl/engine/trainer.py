@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import signal
 import sys
@@ -31,7 +32,8 @@ from cnl.engine.builders import (
 )
 from cnl.engine.checkpoint import model_overrides, read_for_resume, remove_temporaries, save_checkpoint
 from cnl.engine.config import RESUME_CHOICES, TrainConfig, resume_differences
-from cnl.engine.loaders import eval_loader, train_loader
+from cnl.engine.features import CachedModel, cache_features
+from cnl.engine.loaders import eval_loader, train_loader, usable_workers
 from cnl.engine.loop import EpochStats, StepSettings, TrainParts, evaluate, train_one_epoch
 from cnl.engine.predictions import image_names, write_image_predictions
 from cnl.engine.provenance import provenance
@@ -126,7 +128,9 @@ def build_run(
     set_determinism(config)
     if given_model is None:
         # Before any data is read: the model's name, layers, input size and weights.
-        check_model(config.model, config.img_size, config.weights, **model_overrides(config.to_dict()))
+        check_model(
+            config.model, config.img_size, config.weights, config.eval_crop, **model_overrides(config.to_dict())
+        )
     train_set: Any
     test_set: Any
     val_set: Any = None
@@ -138,15 +142,23 @@ def build_run(
     if given_model is not None:
         check_named(config, given_model, len(classes))
     steps = steps_per_epoch(train_set, global_batch, config.data_root)
-    model = build_model(config, len(classes), ctx, given_model)
+    model = build_model(config, classes, ctx, given_model)
     parts = build_parts(model, config, ctx, steps)
     evaluated = parts.ema.module if parts.ema is not None else model
     eval_model: torch.nn.Module = torch.compile(evaluated) if config.compile else evaluated  # type: ignore[assignment]
-    test_loader = eval_loader(test_set, batch_size, config.workers, ctx)
-    val_loader = None if val_set is None else eval_loader(val_set, batch_size, config.workers, ctx)
     settings = build_step_settings(config, ctx, len(classes), global_batch)
+    read: dict[str, Any] = {"train": train_set, "val": val_set, "test": test_set}  # what the loaders read
+    if config.cache_features:
+        if ctx.distributed:
+            raise InvalidValue("--cache-features runs on one process: start it without torchrun")
+        folder = RunFolder(output).features
+        cached, read = cache_features(model, read, folder, batch_size, usable_workers(config.workers), ctx.device)
+        parts.model, eval_model = cached, CachedModel(evaluated, cached.cut, cached.shapes)
+        settings = dataclasses.replace(settings, channels_last=False)  # flat rows, not images
+    test_loader = eval_loader(read["test"], batch_size, config.workers, ctx)
+    val_loader = None if val_set is None else eval_loader(read["val"], batch_size, config.workers, ctx)
     return Built(
-        train_set, val_set, test_set, classes, steps, model, parts, evaluated, eval_model, test_loader, val_loader,
+        read["train"], val_set, test_set, classes, steps, model, parts, evaluated, eval_model, test_loader, val_loader,
         settings, provenance(ctx, batch_size, global_batch, config.accum_steps),
     )  # fmt: skip
 
@@ -187,6 +199,7 @@ class RunState:
     best: dict[str, float] = field(default_factory=dict)  # top1, top5 (test) and val_top1, val_top5 of best_epoch
     final: dict[str, float] = field(default_factory=dict)  # the same of the last finished epoch
     rates: list[float] = field(default_factory=list)  # training images/s of each finished epoch
+    kept: list[tuple[float, int]] = field(default_factory=list)  # (selection top-1, epoch) of best-eNNN.pt files
 
     @classmethod
     def of(cls, state: dict[str, Any]) -> RunState:
@@ -194,7 +207,9 @@ class RunState:
         best = dict(state["best"])
         best_epoch = int(best.pop("epoch"))
         final = state.get("final", {k: state.get("metrics", {}).get(k) for k in ("top1", "top5")})
-        return cls(state["epoch"], state.get("step", 0), best_epoch, best, dict(final), list(state.get("rates", [])))
+        kept = [(float(value), int(epoch)) for value, epoch in state.get("kept", [])]
+        rates = list(state.get("rates", []))
+        return cls(state["epoch"], state.get("step", 0), best_epoch, best, dict(final), rates, kept)
 
     def finished(self, epochs: int) -> bool:
         return self.start_epoch >= epochs and self.start_step == 0
@@ -261,6 +276,7 @@ class Run:
             "best": {**run.best, "epoch": run.best_epoch},
             "final": run.final,
             "rates": run.rates,
+            "kept": run.kept,
             "metrics": {k: v for k, v in metrics.items() if k not in ("per_class_top1", "per_image")},
             "config": self.recipe,
             "classes": self.built.classes,
@@ -479,13 +495,27 @@ class Run:
             run.best, run.best_epoch = current, epoch + 1
         run.final = current
         run.rates.append(train.images_per_s)
+        dropped = self._rank(run, current[chosen_on], epoch + 1)
         if self.main:
-            state = self._state(epoch + 1, run, metrics)  # gathered once, written once or twice
+            state = self._state(epoch + 1, run, metrics)  # gathered once, written once or more
             if improved:
                 save_checkpoint(state, self.folder.best)
                 self._write_predictions(metrics, val)
+            if (current[chosen_on], epoch + 1) in run.kept:
+                save_checkpoint(state, self.folder.kept(epoch + 1))
+            for gone in dropped:
+                self.folder.kept(gone).unlink(missing_ok=True)
             save_checkpoint(state, self.folder.last, keep_previous=True)
             self._log(writer, epoch + 1, lr, train, metrics, val)
+
+    def _rank(self, run: RunState, value: float, epoch: int) -> list[int]:
+        """``--keep-best N``: the N best epochs by the selection metric (the earlier first on a
+        tie) into ``run.kept``; the epochs that fall out of them, whose best-eNNN.pt goes."""
+        if self.config.keep_best < 2:
+            return []
+        ranked = sorted([*run.kept, (value, epoch)], key=lambda item: (-item[0], item[1]))
+        run.kept = ranked[: self.config.keep_best]
+        return [gone for _, gone in ranked[self.config.keep_best :]]
 
     def _write_predictions(self, test: dict[str, Any], val: dict[str, Any]) -> None:
         """predictions.csv of the epoch kept as best.pt: the test split, and the validation split when there is one."""

@@ -48,7 +48,33 @@ def is_foreign(name: str) -> bool:
     return name.partition(":")[0] in SOURCES and ":" in name
 
 
-def _torchvision(backbone: str, num_classes: int, weights: str | Path | None, img_size: int | None = None) -> nn.Module:
+TORCHVISION_NAMES = {"drop_rate": "dropout", "drop_path": "stochastic_depth_prob"}
+TIMM_NAMES = {"drop_rate": "drop_rate", "drop_path": "drop_path_rate"}
+
+
+def _regularisers(source: str, asked: dict[str, float]) -> dict[str, float]:
+    """``asked`` (drop_rate, drop_path) under the backbone constructor's own names."""
+    names = TIMM_NAMES if source == "timm" else TORCHVISION_NAMES
+    return {names[key]: value for key, value in asked.items()}
+
+
+def _refused(source: str, backbone: str, asked: dict[str, float], error: TypeError) -> str:
+    """The constructor took no dropout or stochastic depth (a TypeError that names it)."""
+    names = TIMM_NAMES if source == "timm" else TORCHVISION_NAMES
+    refused = [key for key in asked if names[key] in str(error)] or list(asked)
+    return (
+        f"{source}:{backbone} has no {' or '.join(refused)} (its constructor takes no "
+        f"{' or '.join(names[k] for k in refused)}); leave it unset for this backbone"
+    )
+
+
+def _torchvision(
+    backbone: str,
+    num_classes: int,
+    weights: str | Path | None,
+    img_size: int | None = None,
+    regularise: dict[str, float] | None = None,
+) -> nn.Module:
     import torchvision
 
     if backbone not in torchvision.models.list_models(torchvision.models):
@@ -57,15 +83,28 @@ def _torchvision(backbone: str, num_classes: int, weights: str | Path | None, im
     resize = img_size is not None and fixed is not None and img_size != fixed
     if resize and weights is not None:
         raise InvalidValue(_fixed_with_weights(backbone, fixed, img_size))
-    model = torchvision.models.get_model(
-        backbone, num_classes=num_classes, **({"image_size": img_size} if resize else {})
-    )
+    asked = regularise or {}
+    try:
+        model = torchvision.models.get_model(
+            backbone, num_classes=num_classes, **({"image_size": img_size} if resize else {}),
+            **_regularisers("tv", asked),
+        )  # fmt: skip
+    except TypeError as error:  # dropout or stochastic depth that its constructor has not
+        if not asked:
+            raise
+        raise InvalidValue(_refused("tv", backbone, asked, error)) from error
     if weights is not None:
         load_pretrained(model, backbone, weights, head=head_name(model) + ".")
     return model
 
 
-def _timm(backbone: str, num_classes: int, weights: str | Path | None, img_size: int | None = None) -> nn.Module:
+def _timm(
+    backbone: str,
+    num_classes: int,
+    weights: str | Path | None,
+    img_size: int | None = None,
+    regularise: dict[str, float] | None = None,
+) -> nn.Module:
     try:
         import timm
     except ImportError as error:
@@ -74,12 +113,18 @@ def _timm(backbone: str, num_classes: int, weights: str | Path | None, img_size:
         raise InvalidValue(f"unknown timm model {backbone!r}; see timm.list_models()")
     # A model of fixed input size (ViT, Swin, ...) is told the size: timm resizes its
     # position embeddings (and windows) to it, pretrained weights included.
-    sized: dict[str, Any] = {"img_size": img_size} if img_size and fixed_size(backbone, "timm") is not None else {}
+    options: dict[str, Any] = {"img_size": img_size} if img_size and fixed_size(backbone, "timm") is not None else {}
+    asked = regularise or {}
+    options.update(_regularisers("timm", asked))
     try:
         if weights == PRETRAINED:
             timm_weights_reachable(backbone)
-        model = timm.create_model(backbone, pretrained=weights == PRETRAINED, num_classes=num_classes, **sized)
-    except TypeError as error:  # a fixed-size model whose constructor takes no size
+        model = timm.create_model(backbone, pretrained=weights == PRETRAINED, num_classes=num_classes, **options)
+    except TypeError as error:  # a constructor that takes no size, or no drop rates
+        if asked and ("img_size" not in options or any(name in str(error) for name in TIMM_NAMES.values())):
+            raise InvalidValue(_refused("timm", backbone, asked, error)) from error
+        if "img_size" not in options:
+            raise
         raise InvalidValue(_takes_no_size(backbone, img_size, error)) from error
     if weights not in (None, PRETRAINED):
         load_pretrained(model, backbone, weights, head=head_name(model) + ".")
@@ -309,12 +354,20 @@ def create_foreign(
     nl_layers: Sequence[str] | None = None,
     inner_channels: int | None = None,
     img_size: int | None = None,
+    drop_rate: float | None = None,
+    drop_path: float | None = None,
 ) -> nn.Module:
     """A torchvision or timm classifier with NL/CNL modules (see the module docstring).
-    ``img_size``: the input size, for backbones built for one (ViT, Swin); None keeps theirs."""
+    ``img_size``: the input size, for backbones built for one (ViT, Swin); None keeps theirs.
+    ``drop_rate`` and ``drop_path``: the backbone's own dropout and stochastic depth, where
+    its constructor has them (timm's ``drop_rate``/``drop_path_rate``; torchvision's
+    ``dropout``/``stochastic_depth_prob``); an error where it has not."""
     spec = Spec.parse(name)
     build = _timm if spec.source == "timm" else _torchvision
-    model = build(spec.backbone, num_classes, weights, img_size)
+    regularised = {"drop_rate": drop_rate, "drop_path": drop_path}
+    model = build(
+        spec.backbone, num_classes, weights, img_size, {k: v for k, v in regularised.items() if v is not None}
+    )
     layout_name, prefix = layout(spec, model)
     by_rule = bool(spec.variant) and responses is None and nl_layers is None
     entries = stage_entries(spec, model) if by_rule else []

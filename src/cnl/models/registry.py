@@ -12,12 +12,12 @@ from torch import nn
 from cnl.errors import InvalidArgument, InvalidValue, excerpt
 from cnl.models.backbones import create_foreign, is_foreign
 from cnl.models.resnet import ARCHITECTURES, create_resnet, paper_placement
-from cnl.models.weights import check_weights, load_pretrained, wants_weights
+from cnl.models.weights import LoadReport, check_weights, load_pretrained, wants_weights
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _YOURS: dict[str, Callable[..., nn.Module]] = {}  # models of the user's own (register_model)
-OVERRIDES = ("nl_layers", "query", "responses", "inner_channels", "drop_rate", "width")
-FOREIGN_OVERRIDES = ("nl_layers", "query", "responses", "inner_channels", "img_size")
+OVERRIDES = ("nl_layers", "query", "responses", "inner_channels", "drop_rate", "width", "drop_path")
+FOREIGN_OVERRIDES = ("nl_layers", "query", "responses", "inner_channels", "img_size", "drop_rate", "drop_path")
 
 
 def _variants(arch: str) -> dict[str, dict[str, Any]]:
@@ -112,15 +112,37 @@ def create_model(name: str, num_classes: int = 1000, weights: str | Path | None 
 
 def _your_model(name: str, num_classes: int, weights: str | Path | None, overrides: dict[str, Any]) -> nn.Module:
     """A model of the user's own (``register_model``), with a weights file's state dict when given."""
-    from cnl.models.weights import is_weights_file, read_state_dict
-
     overrides.pop("img_size", None)
     model = _YOURS[name](num_classes, **overrides)
     if weights is not None:
-        if not is_weights_file(weights):
-            raise InvalidValue(f"{name} is a model of your own: its weights are a local file, not {weights!r}")
-        model.load_state_dict(read_state_dict(weights))
+        _your_model_weights(model, name, weights)
     return model
+
+
+def _your_model_weights(model: nn.Module, name: str, weights: str | Path) -> None:
+    from cnl.models.weights import is_weights_file, read_state_dict
+
+    if not is_weights_file(weights):
+        raise InvalidValue(f"{name} is a model of your own: its weights are a local file, not {weights!r}")
+    model.load_state_dict(read_state_dict(weights))
+
+
+def load_weights(model: nn.Module, name: str, weights: str | Path, classes: list[str] | None = None) -> LoadReport:
+    """Load ``weights`` into ``model`` (built by ``create_model(name)`` without weights): what
+    was loaded, skipped (a head of other classes) and left new (the NL/CNL modules). timm's
+    own pretrained weights are loaded by timm when the model is built, not here."""
+    from cnl.models.backbones import PRETRAINED, Spec, head_name
+
+    if name in _YOURS:
+        report = LoadReport(str(weights))
+        _your_model_weights(model, name, weights)
+        report.loaded = len(model.state_dict())
+        return report
+    if not is_foreign(name):
+        return load_pretrained(model, model.arch, weights, classes=classes)  # type: ignore[arg-type]
+    if str(weights) == PRETRAINED:
+        raise InvalidValue(f"timm's pretrained weights of {name} are loaded when the model is built")
+    return load_pretrained(model, Spec.parse(name).backbone, weights, head=head_name(model) + ".", classes=classes)
 
 
 def check_input_size(name: str, img_size: int, weights: str | Path | None = None) -> None:
@@ -132,13 +154,25 @@ def check_input_size(name: str, img_size: int, weights: str | Path | None = None
         check_backbone(name, img_size, weights if wants_weights(weights) else None)
 
 
-def check_model(name: str, img_size: int, weights: str | Path | None = None, **overrides: Any) -> None:
+def check_model(
+    name: str, img_size: int, weights: str | Path | None = None, eval_crop: int | None = None, **overrides: Any
+) -> None:
     """Before any data is read, each in one line: an unknown model or layer name, an input
-    size the backbone cannot take, a weights name or file that does not exist. The model is
-    built on the meta device (no memory, no weights)."""
+    size the backbone cannot take (in training or, ``eval_crop``, in evaluation), a weights
+    name or file that does not exist. The model is built on the meta device (no memory, no
+    weights)."""
     import torch
 
     check_input_size(name, img_size, weights)
+    if eval_crop not in (None, img_size) and is_foreign(name):
+        from cnl.models.backbones import Spec, fixed_size
+
+        spec = Spec.parse(name)
+        if fixed_size(spec.backbone, spec.source) is not None:
+            raise InvalidValue(
+                f"{name} is built for one input size ({img_size} px, --img-size): --eval-crop {eval_crop} "
+                "would not fit it; leave --eval-crop unset"
+            )
     with torch.device("meta"):
         model = create_model(name, num_classes=2, img_size=img_size, **overrides)
     if not wants_weights(weights) or name in _YOURS:

@@ -121,6 +121,25 @@ class ResNet(tv_resnet.ResNet):
         self.fc = nn.Linear(features * self.width // STAGE_WIDTHS[0], num_classes)
 
 
+def add_drop_path(model: tv_resnet.ResNet, rate: float) -> None:
+    """Stochastic depth (Huang et al., 2016) in torchvision's blocks, as timm's ResNets have
+    it: in training, each sample's residual branch is dropped with a probability rising
+    linearly from 0 at the first block to ``rate`` at the last, and kept branches are scaled
+    by 1 / (1 - p). A forward hook on each branch's last norm applies it, so the blocks,
+    their forward and their state-dict keys stay torchvision's."""
+    from torchvision.ops import stochastic_depth
+
+    blocks = [block for stage in STAGES for block in getattr(model, stage)]
+    for index, block in enumerate(blocks):
+        last = block.bn3 if isinstance(block, Bottleneck) else block.bn2
+        p = rate * index / max(1, len(blocks) - 1)
+
+        def drop(module: nn.Module, inputs: tuple, output: Tensor, p: float = p) -> Tensor:
+            return stochastic_depth(output, p, "row", module.training)
+
+        last.register_forward_hook(drop)
+
+
 def block_channels(arch: str, layer: str, width: int = STAGE_WIDTHS[0]) -> int:
     """Output channels of the block named ``layer`` (e.g. 2048 for ResNet-50's layer4.1)."""
     stage = STAGES.index(layer.split(".")[0])
@@ -145,8 +164,9 @@ def create_resnet(
     query: str | None = None,
     responses: Sequence[str] = (),
     inner_channels: int | None = None,
-    drop_rate: float = 0.5,
+    drop_rate: float | None = None,
     width: int = STAGE_WIDTHS[0],
+    drop_path: float | None = None,
 ) -> nn.Module:
     """A ``ResNet`` with NL blocks after ``nl_layers`` and one CNL module whose query is
     ``query``'s output and whose responses are those of ``responses`` (block names).
@@ -158,10 +178,13 @@ def create_resnet(
         query: block whose output is the CNL query; the CNL result feeds the next block.
         responses: blocks whose outputs are the CNL responses.
         inner_channels: width c of the NL/CNL embeddings (module defaults if None).
-        drop_rate: dropout before the linear head (0.5 in the paper's code).
+        drop_rate: dropout before the linear head (None: 0.5, the paper's code).
         width: channels of the stem and first stage (see ``ResNet``).
+        drop_path: stochastic depth (``add_drop_path``); None or 0: none.
     """
-    model = ResNet(arch, num_classes, drop_rate, width)
+    model = ResNet(arch, num_classes, 0.5 if drop_rate is None else drop_rate, width)
+    if drop_path:
+        add_drop_path(model, drop_path)
     nl = _ordered(arch, nl_layers, "nl_layers")
     chosen = _ordered(arch, responses, "responses")
     if query is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import urllib.error
 import urllib.parse
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -117,27 +118,86 @@ def resolve_state_dict(arch: str, weights: str | Path) -> dict[str, Tensor]:
     return torchvision_state_dict(arch, str(weights))
 
 
-def load_pretrained(model: nn.Module, arch: str, weights: str | Path, head: str = HEAD_PREFIX) -> None:
-    """Load ``weights`` into ``model``.
+@dataclass
+class LoadReport:
+    """What loading weights did, as timm's ``load_checkpoint(strict=False)`` reports it."""
 
-    The new NL/CNL modules may be missing (they stay at their identity init); the linear
-    head (keys starting with ``head``) is kept new when its shape differs (a different
-    number of classes), as the paper re-initialises it. Any other missing or unexpected
-    key is an error.
-    """
-    state = resolve_state_dict(arch, weights)
+    source: str
+    loaded: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)  # key -> why (a head of other classes)
+    new: list[str] = field(default_factory=list)  # the model's keys the weights lack: the NL/CNL modules
+    unexpected: list[str] = field(default_factory=list)  # the weights' keys the model lacks
+    reordered: bool = False  # the head's rows were mapped from another class order
+
+    def __str__(self) -> str:
+        parts = [f"weights {self.source}: {self.loaded} tensors loaded"]
+        if self.skipped:
+            reasons = sorted(set(self.skipped.values()))
+            parts.append(f"skipped {', '.join(self.skipped)} ({'; '.join(reasons)})")
+        if self.reordered:
+            parts.append("the head's rows mapped by class name from the weights' class order")
+        if self.new:
+            parts.append(f"{len(self.new)} new tensors ({_prefixes(self.new)}) at their identity start")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} tensors not in the model ({_prefixes(self.unexpected)}), not used")
+        return "; ".join(parts)
+
+
+def _prefixes(keys: list[str]) -> str:
+    """``plug.cnl.*, fc.*``: the modules of a list of keys, briefly."""
+    return ", ".join(dict.fromkeys(".".join(key.split(".")[:2]) + ".*" for key in keys))
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, Tensor], list[str] | None]:
+    """A weights file's state dict, and its class names when it is a cnl training checkpoint."""
+    classes = None
+    if Path(path).suffix not in (".safetensors",):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # read_state_dict says what is wrong
+            state = None
+        if isinstance(state, dict) and isinstance(state.get("classes"), list | tuple):
+            classes = [str(c) for c in state["classes"]]
+    return read_state_dict(path), classes
+
+
+def load_pretrained(
+    model: nn.Module, arch: str, weights: str | Path, head: str = HEAD_PREFIX, classes: list[str] | None = None
+) -> LoadReport:
+    """Load ``weights`` into ``model``; returns what was loaded, skipped and left new.
+
+    The new NL/CNL modules may be missing (they stay at their identity init). The linear
+    head (keys starting with ``head``) is kept new when its shape differs (another number of
+    classes), as the paper re-initialises it, or when the weights name other ``classes``;
+    when they name the same classes in another order, its rows are mapped by name. Keys the
+    model lacks are reported, not used (a CNL run's weights into a plain ResNet). A backbone
+    key the weights lack, or a tensor of another shape, is an error: other weights."""
+    if is_weights_file(weights):
+        state, named = read_weights(weights)
+    else:
+        state, named = resolve_state_dict(arch, weights), None
     own = model.state_dict()
-    mismatched_head = [k for k in state if k.startswith(head) and k in own and state[k].shape != own[k].shape]
-    if mismatched_head:
-        logger.info("new head: not loading %s from %s", mismatched_head, weights)
-        state = {k: v for k, v in state.items() if k not in mismatched_head}
+    report = LoadReport(str(weights))
+    for key in [k for k in state if k.startswith(head) and k in own]:
+        if state[key].shape != own[key].shape:
+            report.skipped[key] = "the head of another number of classes"
+        elif classes is not None and named is not None and named != classes:
+            if sorted(named) != sorted(classes):
+                report.skipped[key] = "the head of other classes"
+            else:
+                state[key] = state[key][[named.index(name) for name in classes]]
+                report.reordered = True
+    state = {k: v for k, v in state.items() if k not in report.skipped}
     reshaped = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
     if reshaped:
         shapes = ", ".join(f"{k} {tuple(state[k].shape)} (model: {tuple(own[k].shape)})" for k in reshaped[:3])
         raise InvalidValue(f"weights {weights} do not fit {arch} (another width?): {shapes}")
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(NEW_MODULE_PREFIXES) and k not in mismatched_head]
-    if missing or unexpected:
-        raise InvalidValue(
-            f"weights {weights} do not fit {arch}: missing keys {missing[:10]}, unexpected keys {unexpected[:10]}"
-        )
+    lacking = [k for k in missing if not k.startswith(NEW_MODULE_PREFIXES) and k not in report.skipped]
+    if lacking:
+        lack = f"they lack {len(lacking)} of its tensors: {lacking[:5]}"
+        raise InvalidValue(f"weights {weights} do not fit {arch}: {lack}")
+    report.loaded = len(state) - len(unexpected)
+    report.new = [k for k in missing if k.startswith(NEW_MODULE_PREFIXES)]
+    report.unexpected = list(unexpected)
+    return report
