@@ -259,9 +259,9 @@ def test_torchvision_resnet_gets_the_papers_placement_under_its_own_names():
 def test_bench_names_keep_their_source():
     from cnl.analysis.bench import parse_spec
 
-    assert parse_spec("timm:convnext_tiny_cnl5") == ("timm:convnext_tiny_cnl5", "auto", None, False)
-    assert parse_spec("tv:efficientnet_b0_cnl5:paper:bmm") == ("tv:efficientnet_b0_cnl5", "paper", False, False)
-    assert parse_spec("resnet50_cnl5:reassociated") == ("resnet50_cnl5", "reassociated", None, False)
+    assert parse_spec("timm:convnext_tiny_cnl5") == ("timm:convnext_tiny_cnl5", "auto", None, False, False)
+    assert parse_spec("tv:efficientnet_b0_cnl5:paper:bmm") == ("tv:efficientnet_b0_cnl5", "paper", False, False, False)
+    assert parse_spec("resnet50_cnl5:reassociated") == ("resnet50_cnl5", "reassociated", None, False, False)
 
 
 def test_profile_counts_a_plugged_backbone_and_receptive_fields_say_where_they_apply(capsys):

@@ -53,10 +53,10 @@ def test_old_bench_spellings_work_or_name_the_subcommand(capsys):
 
 
 def test_spec_parsing():
-    assert parse_spec("resnet50_cnl5") == ("resnet50_cnl5", "auto", None, False)
-    assert parse_spec("resnet50_nl5:paper:bmm") == ("resnet50_nl5", "paper", False, False)
-    assert parse_spec("resnet50_cnl5+compile") == ("resnet50_cnl5", "auto", None, True)
-    assert parse_spec("tv:resnet50_cnl5:paper+compile") == ("tv:resnet50_cnl5", "paper", None, True)
+    assert parse_spec("resnet50_cnl5") == ("resnet50_cnl5", "auto", None, False, False)
+    assert parse_spec("resnet50_nl5:paper:bmm") == ("resnet50_nl5", "paper", False, False, False)
+    assert parse_spec("resnet50_cnl5+compile") == ("resnet50_cnl5", "auto", None, True, False)
+    assert parse_spec("tv:resnet50_cnl5:paper+compile") == ("tv:resnet50_cnl5", "paper", None, True, False)
     with pytest.raises(ValueError, match="unknown attention kernel 'cuda'"):
         parse_spec("resnet50:paper:cuda")
 

@@ -170,8 +170,9 @@ def load_pretrained(
     head (keys starting with ``head``) is kept new when its shape differs (another number of
     classes), as the paper re-initialises it, or when the weights name other ``classes``;
     when they name the same classes in another order, its rows are mapped by name. Keys the
-    model lacks are reported, not used (a CNL run's weights into a plain ResNet). A backbone
-    key the weights lack, or a tensor of another shape, is an error: other weights."""
+    model lacks are reported, not used, when they are NL/CNL modules' (a CNL run's weights
+    into a plain ResNet). A backbone key the weights lack or the model lacks, or a tensor of
+    another shape, is an error: other weights."""
     if is_weights_file(weights):
         state, named = read_weights(weights)
     else:
@@ -194,9 +195,11 @@ def load_pretrained(
         raise InvalidValue(f"weights {weights} do not fit {arch} (another width?): {shapes}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     lacking = [k for k in missing if not k.startswith(NEW_MODULE_PREFIXES) and k not in report.skipped]
-    if lacking:
-        lack = f"they lack {len(lacking)} of its tensors: {lacking[:5]}"
-        raise InvalidValue(f"weights {weights} do not fit {arch}: {lack}")
+    foreign = [k for k in unexpected if not k.startswith(NEW_MODULE_PREFIXES)]  # another backbone's
+    if lacking or foreign:
+        lack = f"they lack {len(lacking)} of its tensors: {lacking[:5]}" if lacking else ""
+        extra = f"unexpected keys {foreign[:5]}" if foreign else ""
+        raise InvalidValue(f"weights {weights} do not fit {arch}: {'; '.join(filter(None, [lack, extra]))}")
     report.loaded = len(state) - len(unexpected)
     report.new = [k for k in missing if k.startswith(NEW_MODULE_PREFIXES)]
     report.unexpected = list(unexpected)
