@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 import cnl
 from cnl.cli import main
@@ -67,8 +68,22 @@ def test_timm_builds_the_exported_folder_with_the_checkpoints_logits(runs, kind)
 def test_the_model_card_says_what_the_model_is_and_how_its_epoch_was_chosen(runs):
     card = (runs["paper"][1] / "README.md").read_text()
     summary = json.loads((runs["paper"][0].parent.parent / "summary.json").read_text())
-    assert card.startswith("---\nlibrary_name: timm\nlicense: mit\n")
     assert f"| {summary['best_top1']:.2f} | {summary['best_top5']:.2f} | 1 of 1 |" in card
+    _, front, _ = card.split("---\n", 2)
+    metadata = yaml.safe_load(front)  # what the Hub reads: the results shown beside the model
+    assert (metadata["library_name"], metadata["pipeline_tag"], metadata["license"]) == (
+        "timm", "image-classification", "mit",
+    )  # fmt: skip
+    assert metadata["datasets"] == ["CUB-200-2011"]
+    (entry,) = metadata["model-index"]
+    (result,) = entry["results"]
+    assert entry["name"] == "hub" and result["task"]["type"] == "image-classification"
+    assert result["dataset"] == {"name": "CUB-200-2011", "type": "cub", "split": "test"}
+    top1, top5 = result["metrics"]
+    assert (top1["type"], top1["value"], top5["value"]) == (
+        "accuracy", round(summary["best_top1"], 2), round(summary["best_top5"], 2),
+    )  # fmt: skip
+    assert top1["name"] == "top-1 accuracy (best epoch, 1 of 1, chosen on the test split (optimistic); one crop)"
     assert "chosen on the test split itself, as the paper does: an optimistic figure" in card
     assert '"command":' in card and "arXiv:2005.09153" in card and "width: 16" in card
 

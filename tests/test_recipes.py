@@ -243,6 +243,13 @@ def test_cnl_eval_tta_is_said_beside_every_figure(trained, tmp_path, capsys):
     card = (tmp_path / "hub" / "README.md").read_text()
     assert "`cnl eval --tta flip` of last.pt (test-time augmentation: the centre crop of 32 px from 37 px" in card
     assert f"| {flips['top1']:.2f} | {flips['top5']:.2f} | flip |" in card
+    import yaml
+
+    trained_result, evaluated_result = yaml.safe_load(card.split("---\n", 2)[1])["model-index"][0]["results"]
+    assert "one crop" in trained_result["metrics"][0]["name"]
+    assert evaluated_result["metrics"][0] == {
+        "type": "accuracy", "name": "top-1 accuracy (cnl eval --tta flip of last.pt)", "value": round(flips["top1"], 2),
+    }  # fmt: skip
     (report / "evaluation.json").write_text('{"top1": 250, "tta": "flip"}')
     assert main(["export", "--checkpoint", str(checkpoint), "--format", "hf", "--out", str(tmp_path / "hub2")]) == 2
     assert "evaluation.json is damaged: expected top1 and top5 in [0, 100]" in capsys.readouterr().err

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
+from cnl.data.download import SOURCES
 from cnl.engine.checkpoint import card_path, current_umask, load_model_with_info
 from cnl.engine.modelinfo import ModelInfo
 from cnl.engine.runfolder import RunFolder
@@ -102,6 +104,42 @@ def evaluated(evaluation: dict[str, Any] | None) -> str:
     )
 
 
+def card_metadata(
+    name: str, dataset: str, summary: dict[str, Any], selection: str, evaluation: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The card's front matter, as the Hub reads it: timm as the library, the task, the
+    licence, the dataset, and a ``model-index`` with the test-split figures: training's best
+    epoch and, as a result of its own, ``cnl eval``'s with its views."""
+    source = next((s for s in SOURCES.values() if s.dataset == dataset), None)
+    title = source.title if source is not None else dataset
+
+    def result(top1: float, top5: float, how: str) -> dict[str, Any]:
+        return {
+            "task": {"type": "image-classification", "name": "Image Classification"},
+            "dataset": {"name": title, "type": dataset, "split": "test"},
+            "metrics": [
+                {"type": "accuracy", "name": f"top-1 accuracy ({how})", "value": round(float(top1), 2)},
+                {"type": "accuracy", "name": f"top-5 accuracy ({how})", "value": round(float(top5), 2)},
+            ],
+        }
+
+    results = []
+    if summary.get("best_top1") is not None:
+        how = f"best epoch, {summary['best_epoch']} of {summary['epochs']}, chosen {selection}; one crop"
+        results.append(result(summary["best_top1"], summary["best_top5"], how))
+    if evaluation is not None:
+        views = f"cnl eval --tta {evaluation['tta']} of {Path(str(evaluation.get('checkpoint', '?'))).name}"
+        results.append(result(evaluation["top1"], evaluation["top5"], views))
+    return {
+        "library_name": "timm",
+        "pipeline_tag": "image-classification",
+        "license": "mit",
+        "tags": ["image-classification", "timm", "cnl", "fine-grained"],
+        "datasets": [title],
+        **({"model-index": [{"name": name, "results": results}]} if results else {}),
+    }
+
+
 def model_card(config: dict[str, Any], name: str, source: str, evaluation: dict[str, Any] | None = None) -> str:
     """The Hub's README.md: what the model is, how well it does and how that was chosen
     (training's single-crop figures and, apart, ``cnl eval``'s with the views it took),
@@ -123,15 +161,10 @@ def model_card(config: dict[str, Any], name: str, source: str, evaluation: dict[
     provenance = summary.get("provenance", {})
     dataset = summary.get("dataset") or recipe.get("dataset", "unknown")  # the layout read, where the run says
     settings = "\n".join(f"{key}: {json.dumps(value)}" for key, value in recipe.items())
+    selection = "on the validation split" if recipe.get("val_split") else "on the test split (optimistic)"
+    metadata = card_metadata(name, dataset, summary, selection, evaluation)
     return f"""---
-library_name: timm
-license: mit
-tags:
-- image-classification
-- timm
-- cnl
-- fine-grained
----
+{yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)}---
 
 # {name}: {cnl["model"]} ({config["num_classes"]} classes)
 

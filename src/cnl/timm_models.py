@@ -14,14 +14,20 @@ any other timm model is reached through ``cnl.create_model("timm:NAME_cnl5")``).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from typing import Any
 
-from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
+import torch
+from timm.layers import register_notrace_module
+from timm.models import FeatureInfo, generate_default_cfgs, get_pretrained_cfg, register_model
+from torch import Tensor, nn
 
 from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RESIZE_RATIO
 from cnl.engine.hub import GENERIC
 from cnl.models import create_model, list_models
 from cnl.models.weights import current_keys
+from cnl.nn import CrossLayerNonLocal, NonLocal2d
 
 NAMES = [name for name in list_models() if name.endswith(("_nl5", "_cnl5"))]
 PAPER_WEIGHTS = "IMAGENET1K_V1"  # what every preset names; torchvision's DEFAULT is V2 for ResNet-50 and up
@@ -64,9 +70,40 @@ default_cfgs = generate_default_cfgs(
     {
         **{name: _cfg(name) for name in NAMES},
         **{name: _foreign_cfg(name) for name in FOREIGN},
-        GENERIC: {"url": "", "architecture": GENERIC},
+        GENERIC: {**_cfg("resnet50_cnl5"), "architecture": GENERIC},
     }
 )
+
+
+class FeatureMaps(nn.Module):
+    """``features_only=True``: the maps at the modules of the model's ``feature_info`` (stem
+    and stages), a list, the NL/CNL modules running inside the stages as in the classifier.
+    The whole model is kept (its keys under ``model.``), so the modules train with the rest."""
+
+    def __init__(self, model: nn.Module, out_indices: Sequence[int] | None = None) -> None:
+        super().__init__()
+        info = list(model.feature_info)  # type: ignore[arg-type]
+        indices = tuple(range(len(info))) if out_indices is None else tuple(out_indices)
+        self.model = model
+        self.feature_info = FeatureInfo(info, indices)
+        self.pretrained_cfg = self.default_cfg = getattr(model, "pretrained_cfg", {})
+        self.output_fmt = getattr(model, "output_fmt", "NCHW")
+        self.names = [info[i]["module"] for i in indices]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        found: dict[str, Tensor] = {}
+        handles = [
+            self.model.get_submodule(name).register_forward_hook(
+                lambda module, args, output, name=name: found.__setitem__(name, output)
+            )
+            for name in self.names
+        ]
+        try:
+            self.model.forward_features(x)  # type: ignore[operator]
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [found[name] for name in self.names]
 
 
 def _hub_model(target: str, num_classes: int, hub_cfg: dict[str, Any], kwargs: dict[str, Any]) -> Any:
@@ -94,15 +131,24 @@ def _entrypoint(name: str, target: str, pretrained_weights: str, doc: str, cfg: 
             kwargs.pop(key, None)
         if kwargs.get("drop_rate") is None:
             kwargs.pop("drop_rate", None)
+        device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+        features = {key: kwargs.pop(key) for key in ("features_only", "out_indices", "feature_cls") if key in kwargs}
         hub = isinstance(given_cfg, dict) and given_cfg.get("source") in ("local-dir", "hf-hub")
         if num_classes is None:
             num_classes = given_cfg["num_classes"] if hub else 1000
-        if hub and pretrained:
-            return _hub_model(target, num_classes, given_cfg, kwargs)
-        weights = kwargs.pop("weights", pretrained_weights if pretrained else None)
-        model = create_model(kwargs.pop("cnl_name", target), num_classes=num_classes, weights=weights, **kwargs)
-        if cfg is not None:
-            model.pretrained_cfg = model.default_cfg = cfg
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            if hub and pretrained:
+                model = _hub_model(target, num_classes, given_cfg, kwargs)
+            else:
+                weights = kwargs.pop("weights", pretrained_weights if pretrained else None)
+                name = kwargs.pop("cnl_name", target)
+                model = create_model(name, num_classes=num_classes, weights=weights, **kwargs)
+                if cfg is not None:
+                    model.pretrained_cfg = model.default_cfg = cfg
+        if dtype is not None:
+            model.to(dtype)
+        if features.pop("features_only", False):
+            model = FeatureMaps(model, features.get("out_indices"))
         return model
 
     entrypoint.__name__ = entrypoint.__qualname__ = name
@@ -120,5 +166,12 @@ for _name in FOREIGN:
 # Any other cnl model (a plain ResNet, a tv: backbone, ...) exported in the Hub format: its
 # config.json names it in model_args (cnl_name).
 globals()[GENERIC] = register_model(
-    _entrypoint(GENERIC, "resnet50_cnl5", PAPER_WEIGHTS, "any cnl model, named by cnl_name (cnl export --format hf).")
-)
+    _entrypoint(
+        GENERIC, "resnet50_cnl5", PAPER_WEIGHTS, "any cnl model, named by cnl_name (cnl export --format hf); "
+        "resnet50_cnl5 by default.", {**_cfg("resnet50_cnl5"), "architecture": GENERIC},
+    )
+)  # fmt: skip
+# timm's FX tracing treats the modules as leaves: their forwards choose a computation order
+# by the maps' sizes, which a symbolic trace cannot follow; the hooks that call them are traced.
+register_notrace_module(CrossLayerNonLocal)
+register_notrace_module(NonLocal2d)

@@ -48,17 +48,17 @@ def is_foreign(name: str) -> bool:
     return name.partition(":")[0] in SOURCES and ":" in name
 
 
-TORCHVISION_NAMES = {"drop_rate": "dropout", "drop_path": "stochastic_depth_prob"}
-TIMM_NAMES = {"drop_rate": "drop_rate", "drop_path": "drop_path_rate"}
+TORCHVISION_NAMES = {"drop_rate": "dropout", "drop_path": "stochastic_depth_prob", "global_pool": "global_pool"}
+TIMM_NAMES = {"drop_rate": "drop_rate", "drop_path": "drop_path_rate", "global_pool": "global_pool"}
 
 
-def _regularisers(source: str, asked: dict[str, float]) -> dict[str, float]:
-    """``asked`` (drop_rate, drop_path) under the backbone constructor's own names."""
+def _regularisers(source: str, asked: dict[str, Any]) -> dict[str, Any]:
+    """``asked`` (drop_rate, drop_path, global_pool) under the backbone constructor's own names."""
     names = TIMM_NAMES if source == "timm" else TORCHVISION_NAMES
     return {names[key]: value for key, value in asked.items()}
 
 
-def _refused(source: str, backbone: str, asked: dict[str, float], error: TypeError) -> str:
+def _refused(source: str, backbone: str, asked: dict[str, Any], error: TypeError) -> str:
     """The constructor took no dropout or stochastic depth (a TypeError that names it)."""
     names = TIMM_NAMES if source == "timm" else TORCHVISION_NAMES
     refused = [key for key in asked if names[key] in str(error)] or list(asked)
@@ -73,7 +73,7 @@ def _torchvision(
     num_classes: int,
     weights: str | Path | None,
     img_size: int | None = None,
-    regularise: dict[str, float] | None = None,
+    regularise: dict[str, Any] | None = None,
 ) -> nn.Module:
     import torchvision
 
@@ -103,7 +103,7 @@ def _timm(
     num_classes: int,
     weights: str | Path | None,
     img_size: int | None = None,
-    regularise: dict[str, float] | None = None,
+    regularise: dict[str, Any] | None = None,
 ) -> nn.Module:
     try:
         import timm
@@ -356,15 +356,16 @@ def create_foreign(
     img_size: int | None = None,
     drop_rate: float | None = None,
     drop_path: float | None = None,
+    global_pool: str | None = None,
 ) -> nn.Module:
     """A torchvision or timm classifier with NL/CNL modules (see the module docstring).
     ``img_size``: the input size, for backbones built for one (ViT, Swin); None keeps theirs.
-    ``drop_rate`` and ``drop_path``: the backbone's own dropout and stochastic depth, where
-    its constructor has them (timm's ``drop_rate``/``drop_path_rate``; torchvision's
-    ``dropout``/``stochastic_depth_prob``); an error where it has not."""
+    ``drop_rate``, ``drop_path`` and ``global_pool``: the backbone's own dropout, stochastic
+    depth and pooling, where its constructor has them (timm's ``drop_rate``/``drop_path_rate``/
+    ``global_pool``; torchvision's ``dropout``/``stochastic_depth_prob``); an error where not."""
     spec = Spec.parse(name)
     build = _timm if spec.source == "timm" else _torchvision
-    regularised = {"drop_rate": drop_rate, "drop_path": drop_path}
+    regularised = {"drop_rate": drop_rate, "drop_path": drop_path, "global_pool": global_pool}
     model = build(
         spec.backbone, num_classes, weights, img_size, {k: v for k, v in regularised.items() if v is not None}
     )

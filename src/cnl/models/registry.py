@@ -16,8 +16,10 @@ from cnl.models.weights import LoadReport, check_weights, load_pretrained, wants
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _YOURS: dict[str, Callable[..., nn.Module]] = {}  # models of the user's own (register_model)
-OVERRIDES = ("nl_layers", "query", "responses", "inner_channels", "drop_rate", "width", "drop_path")
-FOREIGN_OVERRIDES = ("nl_layers", "query", "responses", "inner_channels", "img_size", "drop_rate", "drop_path")
+OVERRIDES = ("nl_layers", "query", "responses", "inner_channels", "drop_rate", "width", "drop_path", "global_pool")
+FOREIGN_OVERRIDES = (
+    "nl_layers", "query", "responses", "inner_channels", "img_size", "drop_rate", "drop_path", "global_pool",
+)  # fmt: skip
 
 
 def _variants(arch: str) -> dict[str, dict[str, Any]]:

@@ -69,15 +69,20 @@ class ClassifierHead(nn.Linear):
     A ``Linear`` itself, so its keys are torchvision's ``fc.weight`` and ``fc.bias``."""
 
     def __init__(
-        self, in_features: int, out_features: int, drop_rate: float = 0.5, device: torch.device | None = None
+        self,
+        in_features: int,
+        out_features: int,
+        drop_rate: float = 0.5,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(in_features, out_features, device=device)
+        super().__init__(in_features, out_features, device=device, dtype=dtype)
         self.dropout = nn.Dropout(drop_rate)
 
     @classmethod
     def around(cls, linear: nn.Linear, drop_rate: float) -> ClassifierHead:
         """A head with ``linear``'s parameters (and so its initialisation), drawing nothing."""
-        head = nn.utils.skip_init(cls, linear.in_features, linear.out_features, drop_rate)
+        head = nn.utils.skip_init(cls, linear.in_features, linear.out_features, drop_rate, device=linear.weight.device)
         head.weight, head.bias = linear.weight, linear.bias
         return head
 
@@ -85,25 +90,120 @@ class ClassifierHead(nn.Linear):
         return super().forward(self.dropout(x))
 
 
+POOLS = ("avg", "")  # global average pooling, or none (the map itself: timm's global_pool="")
+
+
 class ResNet(tv_resnet.ResNet):
     """torchvision's ResNet with ``width`` channels in the stem and first stage (64 in
-    torchvision; every stage scales with it) and dropout before its classifier.
+    torchvision; every stage scales with it) and dropout before its classifier, with
+    timm's model interface (``forward_features``, ``forward_head``, ``reset_classifier``,
+    ``num_features``, ``feature_info``, ...; docs/modules.md says why this way).
 
-    Only the construction differs: the forward and the state-dict keys are torchvision's.
-    Another width has no pretrained weights (the demo trains width 16 from scratch).
+    The state-dict keys are torchvision's and the forward computes what torchvision's
+    does. Another width has no pretrained weights (the demo trains width 16 from scratch).
+    ``num_classes=0`` leaves out the classifier; ``global_pool=""`` the pooling too.
     """
 
-    fc: nn.Linear  # a ClassifierHead once built
+    fc: nn.Module  # a ClassifierHead once built (nn.Identity without classes)
+    in_chans = 3
 
-    def __init__(self, arch: str, num_classes: int = 1000, drop_rate: float = 0.5, width: int = STAGE_WIDTHS[0]):
+    def __init__(
+        self,
+        arch: str,
+        num_classes: int = 1000,
+        drop_rate: float = 0.5,
+        width: int = STAGE_WIDTHS[0],
+        global_pool: str = "avg",
+    ):
         if width < 1:
             raise InvalidValue(f"width must be a positive number of channels, got {width}")
+        if global_pool not in POOLS:
+            raise InvalidValue(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
         spec = ARCHITECTURES[arch]
         self.width = width  # read by _make_layer during ResNet.__init__
-        super().__init__(spec.block, list(spec.depths), num_classes=num_classes)
+        super().__init__(spec.block, list(spec.depths), num_classes=max(num_classes, 1))
         if width != STAGE_WIDTHS[0]:
-            self._narrow_stem_and_head(num_classes, STAGE_WIDTHS[-1] * spec.block.expansion)
-        self.fc = ClassifierHead.around(self.fc, drop_rate)
+            self._narrow_stem_and_head(max(num_classes, 1), STAGE_WIDTHS[-1] * spec.block.expansion)
+        self.num_classes, self.drop_rate, self.global_pool = num_classes, drop_rate, global_pool
+        linear = self.fc
+        assert isinstance(linear, nn.Linear)
+        self.num_features: int = linear.in_features
+        self.head_hidden_size: int = linear.in_features
+        self.fc = ClassifierHead.around(linear, drop_rate) if num_classes else nn.Identity()
+        self.feature_info = [
+            {"num_chs": width, "reduction": 2, "module": "relu"},
+            *({"num_chs": block_channels(arch, stage, width), "reduction": 4 * 2**k, "module": stage}
+              for k, stage in enumerate(STAGES)),
+        ]  # fmt: skip
+
+    def _new_pass(self) -> None:
+        """What the plug keeps for its query starts empty, also in a pass that is not
+        ``forward`` (whose pre-hook empties it) and after one that stopped early."""
+        plug = getattr(self, "plug", None)
+        if plug is not None:
+            plug.kept = []
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The map before pooling: stem, then the four stages (the NL/CNL modules run inside)."""
+        self._new_pass()
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """timm's: the maps at ``feature_info``'s levels (``indices``: those, or the last N;
+        default all), and unless ``intermediates_only`` the final map. ``norm`` does nothing
+        (a ResNet has no final norm); ``stop_early`` ends after the last level asked for."""
+        if output_fmt != "NCHW":
+            raise InvalidValue(f"a ResNet's maps are NCHW, not {output_fmt}")
+        levels = len(self.feature_info)
+        take = list(range(levels))[-indices:] if isinstance(indices, int) else list(indices or range(levels))
+        stages = [nn.Sequential(self.conv1, self.bn1, self.relu), nn.Sequential(self.maxpool, self.layer1),
+                  self.layer2, self.layer3, self.layer4]  # fmt: skip
+        intermediates = []
+        self._new_pass()
+        for level, stage in enumerate(stages[: max(take) + 1] if stop_early or intermediates_only else stages):
+            x = stage(x)
+            if level in take:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Global average pooling (unless ``global_pool=""``), then the classifier."""
+        if self.global_pool:
+            x = torch.flatten(self.avgpool(x), 1)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new classifier of ``num_classes`` (0: none), on the device and in the dtype and
+        mode of the model; ``global_pool`` ("avg" or "") changes the pooling, None keeps it."""
+        if global_pool is not None:
+            if global_pool not in POOLS:
+                raise InvalidValue(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        like = self.conv1.weight
+        head: nn.Module = nn.Identity()
+        if num_classes:
+            head = ClassifierHead(self.num_features, num_classes, self.drop_rate, like.device, like.dtype)
+        self.fc = head.train(self.training)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Not offered: recomputing a block in the backward pass would run its NL/CNL hooks twice."""
+        raise NotImplementedError("gradient checkpointing is not offered by cnl's ResNets")
 
     def _make_layer(
         self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int = 1, dilate: bool = False
@@ -167,6 +267,7 @@ def create_resnet(
     drop_rate: float | None = None,
     width: int = STAGE_WIDTHS[0],
     drop_path: float | None = None,
+    global_pool: str = "avg",
 ) -> nn.Module:
     """A ``ResNet`` with NL blocks after ``nl_layers`` and one CNL module whose query is
     ``query``'s output and whose responses are those of ``responses`` (block names).
@@ -181,8 +282,9 @@ def create_resnet(
         drop_rate: dropout before the linear head (None: 0.5, the paper's code).
         width: channels of the stem and first stage (see ``ResNet``).
         drop_path: stochastic depth (``add_drop_path``); None or 0: none.
+        global_pool: "avg" (the paper's), or "" for the map without pooling (timm's).
     """
-    model = ResNet(arch, num_classes, 0.5 if drop_rate is None else drop_rate, width)
+    model = ResNet(arch, num_classes, 0.5 if drop_rate is None else drop_rate, width, global_pool)
     if drop_path:
         add_drop_path(model, drop_path)
     nl = _ordered(arch, nl_layers, "nl_layers")

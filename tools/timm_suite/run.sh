@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# timm's own model tests over the names cnl registers in timm: tests/test_models.py of the
+# sdist of the installed timm version (pip downloads it from the package index; nothing is
+# vendored), with tools/timm_suite/conftest.py beside it. Usage: bash tools/timm_suite/run.sh
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+py=${PY:-$here/../../.venv/bin/python}
+version=$("$py" -c "import timm; print(timm.__version__)")
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$py" -m pip download -q --no-deps --no-binary :all: "timm==$version" -d "$work"
+tar xzf "$work/timm-$version.tar.gz" -C "$work" "timm-$version/tests/test_models.py"
+cp "$here/conftest.py" "$work/timm-$version/tests/"
+docs="$here/../../docs/ecosystem.md"
+cd "$work/timm-$version/tests"
+# -k: the names cnl registers (_nl5, _cnl5, cnl_model); the rest are timm's own models.
+"$py" -m pytest -q -p no:cacheprovider -p no:warnings -o addopts="" test_models.py -k "cnl or nl5" "$@" \
+    | tee "$work/log"
+# docs/ecosystem.md shows the counts: they must be what the suite printed.
+counts=$(tail -1 "$work/log" | grep -oE "[0-9]+ (passed|failed|skipped)" | paste -sd, | sed 's/,/, /g')
+grep -qxF "$counts" "$docs" || { echo "docs/ecosystem.md does not show '$counts' (timm's suite)"; exit 1; }
