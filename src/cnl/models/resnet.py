@@ -203,7 +203,7 @@ class ResNet(tv_resnet.ResNet):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Not offered: recomputing a block in the backward pass would run its NL/CNL hooks twice."""
-        raise NotImplementedError("gradient checkpointing is not offered by cnl's ResNets")
+        raise InvalidValue("gradient checkpointing is not offered by cnl's ResNets: it would run their hooks twice")
 
     def _make_layer(
         self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int = 1, dilate: bool = False
