@@ -57,18 +57,23 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
     path.chmod(0o666 & ~current_umask())
 
 
-def run_summary(checkpoint: str | Path) -> dict[str, Any] | None:
-    """The ``summary.json`` of the run a checkpoint belongs to (RUN/checkpoints/best.pt), if any."""
+def run_of(checkpoint: str | Path) -> RunFolder | None:
+    """The run folder a checkpoint file belongs to (RUN/checkpoints/best.pt), if it is in one."""
     if not Path(checkpoint).is_file() or Path(checkpoint).parent.name != "checkpoints":
         return None
-    return RunFolder.of_checkpoint(checkpoint).read_summary()
+    return RunFolder.of_checkpoint(checkpoint)
+
+
+def run_summary(checkpoint: str | Path) -> dict[str, Any] | None:
+    """The ``summary.json`` of the run a checkpoint belongs to, if any."""
+    run = run_of(checkpoint)
+    return run.read_summary() if run is not None else None
 
 
 def run_evaluation(checkpoint: str | Path) -> dict[str, Any] | None:
     """``RUN/eval/evaluation.json`` (``cnl eval --report RUN/eval``) of a checkpoint's run, if any."""
-    if not Path(checkpoint).is_file() or Path(checkpoint).parent.name != "checkpoints":
-        return None
-    return RunFolder.of_checkpoint(checkpoint).read_evaluation()
+    run = run_of(checkpoint)
+    return run.read_evaluation() if run is not None else None
 
 
 def export_hub(model: torch.nn.Module, info: ModelInfo, checkpoint: str | Path, out: Path) -> list[Path]:
@@ -87,6 +92,11 @@ def export_hub(model: torch.nn.Module, info: ModelInfo, checkpoint: str | Path, 
     return [out / CONFIG, out / WEIGHTS, out / CARD]
 
 
+def evaluated_file(evaluation: dict[str, Any]) -> str:
+    """The file name of the checkpoint ``cnl eval`` evaluated."""
+    return Path(str(evaluation.get("checkpoint", "?"))).name
+
+
 def evaluated(evaluation: dict[str, Any] | None) -> str:
     """The card's line for ``cnl eval``'s figures, their views said, never mixed with training's."""
     if evaluation is None:
@@ -97,7 +107,7 @@ def evaluated(evaluation: dict[str, Any] | None) -> str:
         "flip": f"test-time augmentation: the centre crop of {crop} px from {resize} px and its mirror image",
         "flip+crops": f"test-time augmentation: five crops of {crop} px from {resize} px and their mirror images",
     }[evaluation["tta"]]
-    checkpoint = markdown_cell(Path(str(evaluation.get("checkpoint", "?"))).name)
+    checkpoint = markdown_cell(evaluated_file(evaluation))
     return (
         f"\n\n`cnl eval --tta {evaluation['tta']}` of {checkpoint} ({views}):\n\n| top-1 | top-5 | views |\n"
         f"|---|---|---|\n| {evaluation['top1']:.2f} | {evaluation['top5']:.2f} | {evaluation['tta']} |"
@@ -128,7 +138,7 @@ def card_metadata(
         how = f"best epoch, {summary['best_epoch']} of {summary['epochs']}, chosen {selection}; one crop"
         results.append(result(summary["best_top1"], summary["best_top5"], how))
     if evaluation is not None:
-        views = f"cnl eval --tta {evaluation['tta']} of {Path(str(evaluation.get('checkpoint', '?'))).name}"
+        views = f"cnl eval --tta {evaluation['tta']} of {evaluated_file(evaluation)}"
         results.append(result(evaluation["top1"], evaluation["top5"], views))
     return {
         "library_name": "timm",

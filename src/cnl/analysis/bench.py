@@ -24,7 +24,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from cnl.engine.builders import freeze_backbone, frozen_modules
 from cnl.engine.distributed import pick_device
-from cnl.engine.loop import AMP_DTYPES
+from cnl.engine.loop import AMP_DTYPES, train_mode
 from cnl.errors import InvalidValue
 from cnl.models import create_model
 from cnl.models.backbones import SOURCES
@@ -194,9 +194,7 @@ def _setup(
     dtype = AMP_DTYPES.get(amp, torch.bfloat16)
 
     def train_step() -> None:
-        model.train()
-        for module in frozen:  # as the trainer runs a frozen backbone: in eval mode
-            module.eval()
+        train_mode(model, frozen)  # as the trainer runs it
         with torch.autocast(target.type, dtype=dtype, enabled=amp != "none"):
             loss = nn.functional.cross_entropy(runner(images).float(), labels)
         loss.backward()

@@ -59,15 +59,21 @@ class FeatureSet(Dataset):
         return self.rows[index], self.targets[index]
 
 
-def digest(model: nn.Module, cut: Cut, dataset: Any) -> str:
-    """What the cached features depend on: the frozen weights and buffers, the cut, and each
-    image (path, size, modification time, label) and the transform."""
+def frozen_digest(model: nn.Module, cut: Cut) -> str:
+    """The frozen weights and buffers and the cut: what every split's features depend on."""
     h = hashlib.sha256(f"format {FORMAT}; cut at {cut.start}; responses {cut.responses}".encode())
     for name, tensor in model.state_dict().items():
         if name.startswith(cut.trainable):  # what trains is read after the cut
             continue
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def digest(frozen: str, dataset: Any) -> str:
+    """What a split's cached features depend on: ``frozen_digest``, and each image (path,
+    size, modification time, label) and the transform."""
+    h = hashlib.sha256(frozen.encode())
     if not hasattr(dataset, "samples"):
         raise InvalidValue("--cache-features needs cnl's datasets (a list of image files), not a dataset of your own")
     for path, label in dataset.samples:
@@ -118,9 +124,7 @@ def read_cache(path: Path, count: int) -> dict[str, Any] | None:
     there or damaged: it is computed again, as nothing but time is lost."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        return None
-    except Exception:  # damaged: any way torch.load can fail on a bad file
+    except Exception:  # not there, or damaged: any way torch.load can fail on a bad file
         return None
     if not isinstance(state, dict) or state.pop("checksum", None) != content_digest(state):
         return None
@@ -132,11 +136,12 @@ def read_cache(path: Path, count: int) -> dict[str, Any] | None:
 
 def cached_split(
     folder: Path, name: str, model: nn.Module, cut: Cut, dataset: Any, batch_size: int, workers: int,
-    device: torch.device,
+    device: torch.device, frozen: str | None = None,
 ) -> tuple[FeatureSet, list[torch.Size], bool]:  # fmt: skip
     """The split's features from ``folder/NAME-DIGEST.pt``, computed and written when that file
-    is not there (other files of the split removed); whether they were computed now."""
-    path = folder / f"{name}-{digest(model, cut, dataset)}.pt"
+    is not there (other files of the split removed); whether they were computed now.
+    ``frozen``: ``frozen_digest(model, cut)``, when the caller has it already."""
+    path = folder / f"{name}-{digest(frozen or frozen_digest(model, cut), dataset)}.pt"
     targets = torch.tensor([label for _, label in dataset.samples])
     state = read_cache(path, len(dataset))
     if state is not None:
@@ -159,12 +164,15 @@ def cache_features(
     cut = split(model, probe)
     sets: dict[str, FeatureSet | None] = {}
     shapes: list[torch.Size] = []
+    frozen = frozen_digest(model, cut)  # once: the weights are the same for every split
     for name, dataset in splits.items():
         if dataset is None:
             sets[name] = None
             continue
         start = time.perf_counter()
-        sets[name], shapes, computed = cached_split(folder, name, model, cut, dataset, batch_size, workers, device)
+        sets[name], shapes, computed = cached_split(
+            folder, name, model, cut, dataset, batch_size, workers, device, frozen
+        )
         verb = "computed" if computed else "reused"
         print(
             f"features of {len(dataset)} {name} images {verb} (cut at {cut.start!r}): "

@@ -104,11 +104,16 @@ def optimizer_step(parts: TrainParts, settings: StepSettings) -> None:
         parts.ema.update_parameters(parts.model)
 
 
-def training(parts: TrainParts) -> torch.optim.Optimizer:
-    """The model in training mode, but for its frozen part (``--freeze``); its optimizer."""
-    parts.model.train()
-    for module in parts.frozen:
+def train_mode(model: nn.Module, frozen: list[nn.Module]) -> None:
+    """``model`` in training mode, but for its ``frozen`` part (``--freeze``), in eval mode."""
+    model.train()
+    for module in frozen:
         module.eval()
+
+
+def training(parts: TrainParts) -> torch.optim.Optimizer:
+    """The parts' model in training mode (``train_mode``); its optimizer."""
+    train_mode(parts.model, parts.frozen)
     return parts.optimizer
 
 

@@ -134,7 +134,7 @@ def rest(model: nn.Module, cut: Cut, cached: Sequence[Tensor]) -> Tensor:
     hooks keep them, then the modules after the cut in order (flattened before the head)."""
     plug = getattr(model, "plug", None)
     if plug is not None:
-        plug.kept = []
+        plug.new_pass()
         for name, output in zip(cut.responses, cached[:-1]):
             plug._keep(name, None, (), output)
     x = cached[-1]

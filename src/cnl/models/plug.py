@@ -145,6 +145,12 @@ class Plug(nn.Module):
             backbone.get_submodule(self.query).register_forward_hook(self._after_query)
 
     def _start(self, module: nn.Module, args: Any) -> None:
+        self.new_pass()
+
+    def new_pass(self) -> None:
+        """What is kept for the query starts empty: before each forward of the backbone (a
+        pre-hook), and before a pass that is not its ``forward`` (``forward_features``, a
+        pass from a cached cut) or after one that stopped early."""
         self.kept = []
 
     def _after_nl(self, name: str, module: nn.Module, args: Any, output: Tensor) -> Tensor:

@@ -137,11 +137,9 @@ class ResNet(tv_resnet.ResNet):
         ]  # fmt: skip
 
     def _new_pass(self) -> None:
-        """What the plug keeps for its query starts empty, also in a pass that is not
-        ``forward`` (whose pre-hook empties it) and after one that stopped early."""
         plug = getattr(self, "plug", None)
         if plug is not None:
-            plug.kept = []
+            plug.new_pass()
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The map before pooling: stem, then the four stages (the NL/CNL modules run inside)."""

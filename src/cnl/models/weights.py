@@ -39,15 +39,21 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     A training checkpoint holding the state dict under ``"model"`` or ``"state_dict"``
     is accepted too.
     """
+    return _read(path)[0]
+
+
+def _read(path: str | Path) -> tuple[dict[str, Tensor], Any]:
+    """``read_state_dict``'s state dict, and the whole object the file held (a training
+    checkpoint's other entries; None for safetensors), from one read of the file."""
     path = Path(path)
     if not path.is_file():
         raise MissingFile(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return current_keys(load_file(str(path)))
+        return current_keys(load_file(str(path))), None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        held = state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError...
         raise InvalidValue(f"cannot read weights from {path}: {error}") from error
     for key in ("model", "state_dict"):
@@ -55,7 +61,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise InvalidValue(f"{path} does not hold a state dict of tensors")
-    return current_keys(state)
+    return current_keys(state), held
 
 
 NO_WEIGHTS = "none"  # random initial weights: what --weights none and a preset's `weights: none` ask for
@@ -150,15 +156,9 @@ def _prefixes(keys: list[str]) -> str:
 
 def read_weights(path: str | Path) -> tuple[dict[str, Tensor], list[str] | None]:
     """A weights file's state dict, and its class names when it is a cnl training checkpoint."""
-    classes = None
-    if Path(path).suffix not in (".safetensors",):
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # read_state_dict says what is wrong
-            state = None
-        if isinstance(state, dict) and isinstance(state.get("classes"), list | tuple):
-            classes = [str(c) for c in state["classes"]]
-    return read_state_dict(path), classes
+    state, held = _read(path)
+    named = held.get("classes") if isinstance(held, dict) else None
+    return state, [str(c) for c in named] if isinstance(named, list | tuple) else None
 
 
 def load_pretrained(
