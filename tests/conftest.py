@@ -51,3 +51,15 @@ def pytest_runtest_logfinish(nodeid: str, location: tuple) -> None:
             f"{stopped[0].name} reached the test run during {nodeid}: the run was asked to end",
             returncode=128 + stopped[0],
         )
+
+
+@pytest.fixture
+def server():
+    """A real HTTP server on 127.0.0.1 (``archives.Server``), shut down after the test."""
+    from archives import Server
+
+    running = Server()
+    running.thread.start()
+    yield running
+    running.httpd.shutdown()
+    running.httpd.server_close()

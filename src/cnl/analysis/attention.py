@@ -166,8 +166,8 @@ def attention_rows(
     return AttentionRows(image, grid, list(queries), rows)
 
 
-def render(rows: AttentionRows, out: str | Path, dpi: int = 100) -> Path:
-    """Draw the figure (matplotlib, Agg) to ``out`` (PNG)."""
+def render(rows: AttentionRows, out: str | Path, dpi: int = 100, title: str | None = None) -> Path:
+    """Draw the figure (matplotlib, Agg) to ``out`` (PNG), under ``title`` when given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,6 +191,8 @@ def render(rows: AttentionRows, out: str | Path, dpi: int = 100) -> Path:
             axes[r][c].set_title(panel.title, fontsize=7)
     for axis in axes.flat:
         axis.axis("off")
+    if title:
+        figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cnl.analysis.ablation import format_ablation
+from cnl.analysis.ablation import format_ablation, format_paired
 from cnl.analysis.evidence import CONFUSION, PER_CLASS
 from cnl.engine.checkpoint import load_model_with_info
 from cnl.engine.config import stored_config
@@ -17,6 +17,7 @@ from cnl.errors import DataError, MissingFile
 from cnl.tables import from_csv_cell, markdown_cell
 
 EVIDENCE_FOLDER = "eval"  # cnl eval --checkpoint RUN/checkpoints/best.pt --report RUN/eval
+CLASSES_SHOWN = 12  # the verdict's attention figures: one test image of each of the first classes
 
 
 def expand_runs(paths: list[str | Path]) -> tuple[list[tuple[str, Path]], list[dict[str, Any]], dict | None]:
@@ -115,6 +116,74 @@ def attention_figures(label: str, run: Path, out_dir: Path, images: int) -> list
     return paths
 
 
+def verdict_section(rows: list[dict[str, Any]]) -> tuple[str, str, list[Path]] | None:
+    """The report's opening: one verdict per model compared with the first, then the per-seed
+    points behind it (None without a comparison)."""
+    from cnl.analysis.paired import verdict
+
+    compared = [row for row in rows[1:] if row.get("diff_top1")]
+    if not compared:
+        return None
+    verdicts = [verdict(row["model"], rows[0]["model"], row["diff_top1"]) for row in compared]
+    return ("Verdict", "\n".join(verdicts) + "\n\n" + format_paired(rows), [])
+
+
+def test_predictions(run: Path) -> dict[str, str]:
+    """Each test image's predicted class name, from the run's predictions.csv ({} without one)."""
+    path = RunFolder(run).predictions
+    if not path.exists():
+        return {}
+    with open(path, encoding="utf-8", newline="") as file:
+        rows = [row for row in csv.DictReader(file) if row["split"] == "test"]
+    return {row["image"]: from_csv_cell(row["predicted_name"]) for row in rows}
+
+
+def class_attention(label: str, run: Path, out_dir: Path) -> tuple[str, list[Path]]:
+    """Fig. 3 on the first test image of each class (up to ``CLASSES_SHOWN``), each titled with
+    its class and the run's prediction; ("", []) for a run without NL or CNL modules."""
+    from cnl.analysis.attention import attention_rows, render
+    from cnl.data import build_dataset
+
+    checkpoint = RunFolder(run).best
+    if not checkpoint.exists():
+        return "", []
+    model, classes, info = load_model_with_info(checkpoint)
+    if not (model.responses or model.nl_layers):
+        return "", []
+    config = stored_config(info.config)
+    test = build_dataset(config.dataset, config.data_root, "test")
+    first: dict[int, Path] = {}
+    for path, target in test.samples:
+        first.setdefault(target, path)
+    predicted = test_predictions(run)
+    shown = sorted(first)[:CLASSES_SHOWN]
+    figures = []
+    for target in shown:
+        said = predicted.get(str(first[target]))
+        title = f"{classes[target]}" + (f": predicted {said}" if said is not None else "")
+        rows = attention_rows(model, first[target], config.img_size, count=1)
+        figures.append(render(rows, out_dir / f"class_{label.replace('/', '_')}_{target}.png", title=title))
+    some = f"the first {len(shown)} of {len(classes)} classes" if len(shown) < len(classes) else "every class"
+    text = (
+        f"{label} ({info.model}), on the first test image of {some}: the query cell where the deepest features "
+        "are strongest (red) and what it attends to in each layer, shallow to deep; titled with the class and "
+        "the run's prediction."
+    )
+    return text, figures
+
+
+def class_attention_section(
+    rows: list[dict[str, Any]], runs: dict[str, Path], out_dir: Path
+) -> list[tuple[str, str, list[Path]]]:
+    """Class by class attention of the last model with modules (its first seed's run)."""
+    for row in reversed(rows):
+        label = row.get("runs", [row["model"]])[0]
+        text, figures = class_attention(label, runs[label], out_dir)
+        if figures:
+            return [("What the modules attend to, class by class", text, figures)]
+    return []
+
+
 def class_evidence(label: str, run: Path, out_dir: Path, worst: int = 10) -> tuple[str, list[Path]]:
     """The least accurate classes and the confusion figure of ``RUN/eval`` (``cnl eval --report``)."""
     folder = run / EVIDENCE_FOLDER
@@ -140,6 +209,10 @@ def build_report(paths: list[str | Path], out: str | Path, images: int = 2) -> P
     out.mkdir(parents=True, exist_ok=True)
     runs, rows, ablation = expand_runs(paths)
     sections: list[tuple[str, str, list[Path]]] = []  # (title, markdown text, figures)
+    opening = verdict_section(rows)
+    if opening is not None and ablation is not None:
+        sections.append(opening)
+        sections += class_attention_section(rows, dict(runs), out)
     sections.append(
         (
             "Training curves",

@@ -44,10 +44,27 @@ def program_name() -> str:
     return f"python -m {program.parent.name}" if program.name == "__main__.py" else program.name
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+def cpu_name() -> str:
+    """The processor's model name (Linux's /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine() or "cpu"
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+
+
+def cpu_kernels() -> str:
+    """What decides a CPU run's sums besides the code: the processor, the instruction set
+    whose kernels torch chose (AVX2, AVX512, ...: each adds in its own order) and the threads."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{cpu_name()}, torch {torch.__version__} with {capability} kernels, {torch.get_num_threads()} threads"
 
 
 def provenance(ctx: distributed.Context, batch_size: int, global_batch_size: int, accum_steps: int) -> dict[str, Any]:
