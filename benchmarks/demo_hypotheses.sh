@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Why the synthetic demo shows no difference between the models where real photos do: each
+# experiment of docs/synthetic.md, on the CPU, ResNet-18 against ResNet-18 + 5CNL, seeds 0
+# and 1, paired per image (cnl ablate), into OUT/NAME with its table in OUT/NAME/ablation.md.
+#   bash benchmarks/demo_hypotheses.sh OUT [NAME ...]
+# NAME: sgd (the photo demo's recipe on the parts task), size128 (the parts task at 128 px),
+# relation and control (the tasks built to need, and not to need, a relation across scales),
+# curves (test top-1 per epoch of a finished `cnl demo` in OUT/demo; runs it when missing).
+set -euo pipefail
+out=${1:?usage: demo_hypotheses.sh OUT [NAME ...]}
+shift
+names=("$@")
+[ $# -gt 0 ] || names=(sgd size128 relation control curves)
+cnl=${CNL:-cnl}
+python=${PYTHON:-python}
+models=resnet18,resnet18_cnl5
+# cnl demo's recipe (src/cnl/demo.py RECIPE), as flags.
+demo=(--dataset cub --width 16 --epochs 20 --warmup-epochs 1 --global-batch-size 32 --optimizer adamw
+      --lr 0.003 --schedule cosine --set lr_steps=[] --weight-decay 0.05 --crop-scale 0.6 1.0
+      --workers 0 --device cpu --deterministic)
+# cnl demo --dataset's recipe (src/cnl/demo.py PHOTO_RECIPE) at the demo's width.
+photo=(--dataset cub --width 16 --epochs 12 --warmup-epochs 0 --global-batch-size 32 --optimizer sgd
+       --lr 0.1 --schedule step --lr-steps 8 11 --weight-decay 1e-4 --crop-scale 0.35 1.0
+       --workers 0 --device cpu --deterministic)
+
+data() {  # data NAME SYNTH-FLAGS...: the benchmark once
+    local name=$1
+    shift
+    [ -f "$out/data/$name/synth.json" ] || $cnl data synth --out "$out/data/$name" "$@" > /dev/null
+}
+
+ablate() {  # ablate NAME DATA IMG-SIZE RECIPE-FLAGS...
+    local name=$1 data=$2 size=$3
+    shift 3
+    $cnl ablate --data-root "$out/data/$data" --img-size "$size" --models $models --seeds 0,1 "$@" \
+        --output "$out/$name" > "$out/$name.log" 2>&1
+    echo "## $name"
+    echo
+    cat "$out/$name/ablation.md"
+    echo
+}
+
+mkdir -p "$out"
+for name in "${names[@]}"; do
+    case $name in
+        sgd) data parts; ablate sgd parts 64 "${photo[@]}" ;;
+        size128) data parts128 --image-size 128; ablate size128 parts128 128 "${demo[@]}" ;;
+        relation|control)
+            data "$name" --task "$name" --classes 4 --train-per-class 150 --test-per-class 40
+            ablate "$name" "$name" 64 "${demo[@]}" ;;
+        curves)
+            [ -f "$out/demo/ablation/ablation.json" ] || $cnl demo --output "$out/demo" > "$out/demo.log" 2>&1
+            $python - "$out/demo/ablation" <<'PY'
+import json, statistics, sys
+from pathlib import Path
+
+ablation = Path(sys.argv[1])
+rows = json.loads((ablation / "ablation.json").read_text())["rows"]
+curves = {}
+for row in rows:
+    per_seed = [[json.loads(line)["top1"] for line in (ablation / run / "metrics.jsonl").read_text().splitlines()]
+                for run in row["runs"]]
+    curves[row["model"]] = [statistics.mean(values) for values in zip(*per_seed)]
+epochs = [1, 2, 3, 5, 10, 15, 20]
+print("## curves (cnl demo: test top-1 by epoch, mean of seeds 0 and 1)")
+print()
+print("| model | " + " | ".join(f"epoch {e}" for e in epochs) + " |")
+print("|---" * (len(epochs) + 1) + "|")
+for model, curve in curves.items():
+    print(f"| {model} | " + " | ".join(f"{curve[e - 1]:.2f}" for e in epochs if e <= len(curve)) + " |")
+print()
+PY
+            ;;
+        *) echo "unknown experiment $name" >&2; exit 2 ;;
+    esac
+done
