@@ -5,7 +5,7 @@
 #   bash benchmarks/demo_hypotheses.sh OUT [NAME ...]
 # NAME: sgd (the photo demo's recipe on the parts task), size128 (the parts task at 128 px),
 # relation and control (the tasks built to need, and not to need, a relation across scales),
-# curves (test top-1 per epoch of a finished `cnl demo` in OUT/demo; runs it when missing).
+# curves (test top-1 per epoch of `cnl demo` run in OUT, into OUT/runs/demo; run when missing).
 set -euo pipefail
 out=${1:?usage: demo_hypotheses.sh OUT [NAME ...]}
 shift
@@ -49,8 +49,8 @@ for name in "${names[@]}"; do
             data "$name" --task "$name" --classes 4 --train-per-class 150 --test-per-class 40
             ablate "$name" "$name" 64 "${demo[@]}" ;;
         curves)
-            [ -f "$out/demo/ablation/ablation.json" ] || $cnl demo --output "$out/demo" > "$out/demo.log" 2>&1
-            $python - "$out/demo/ablation" <<'PY'
+            [ -f "$out/runs/demo/ablation/ablation.json" ] || (cd "$out" && $cnl demo > demo.log 2>&1)
+            $python - "$out/runs/demo/ablation" <<'PY'
 import json, statistics, sys
 from pathlib import Path
 
