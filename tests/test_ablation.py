@@ -228,7 +228,9 @@ def test_ablate_over_two_seeds_keeps_every_run_and_reports_error_bars(tmp_path, 
     report = build_report([output], tmp_path / "report", images=1)
     page = report.read_text()
     assert "mean ± sd over seeds" in page and "resnet18_cnl5/seed1" in page
-    assert page.count("<table>") == 2 and "<th>McNemar p</th>" in page  # the seed-level table, then the per-image one
+    # The verdicts and the per-image tests first, then the seed-level table (once each).
+    assert page.count("<table>") == 2 and page.index("<th>McNemar p</th>") < page.index("<th>GMACs layers</th>")
+    assert page.index("<h2>Verdict</h2>") < page.index("resnet18_cnl5: ") < page.index("<h2>Ablation</h2>")
     assert (tmp_path / "report" / "ablation.png").is_file()
 
 

@@ -15,7 +15,7 @@ from cnl.engine.checkpoint import card_path, current_umask, load_model_with_info
 from cnl.engine.modelinfo import ModelInfo
 from cnl.engine.runfolder import RunFolder
 from cnl.errors import InvalidValue
-from cnl.tables import markdown_cell
+from cnl.tables import Table, markdown_cell
 
 FORMATS = ("onnx", "torchscript", "safetensors", "hf")
 ONNX_OPSET = 18
@@ -108,10 +108,10 @@ def evaluated(evaluation: dict[str, Any] | None) -> str:
         "flip+crops": f"test-time augmentation: five crops of {crop} px from {resize} px and their mirror images",
     }[evaluation["tta"]]
     checkpoint = markdown_cell(evaluated_file(evaluation))
-    return (
-        f"\n\n`cnl eval --tta {evaluation['tta']}` of {checkpoint} ({views}):\n\n| top-1 | top-5 | views |\n"
-        f"|---|---|---|\n| {evaluation['top1']:.2f} | {evaluation['top5']:.2f} | {evaluation['tta']} |"
+    table = Table.of(
+        ["top-1", "top-5", "views"], [[f"{evaluation['top1']:.2f}", f"{evaluation['top5']:.2f}", evaluation["tta"]]]
     )
+    return f"\n\n`cnl eval --tta {evaluation['tta']}` of {checkpoint} ({views}):\n\n{table.markdown()}"
 
 
 def card_metadata(
@@ -161,13 +161,16 @@ def model_card(config: dict[str, Any], name: str, source: str, evaluation: dict[
         if recipe.get("val_split")
         else "on the test split itself, as the paper does: an optimistic figure"
     )
-    results = (
-        f"| top-1 | top-5 | epoch |\n|---|---|---|\n| {summary['best_top1']:.2f} | {summary['best_top5']:.2f} | "
-        f"{summary['best_epoch']} of {summary['epochs']} |\n\nTest-split accuracy (%) of the run's best epoch "
-        f"(its best.pt), chosen {chosen}. These weights come from its {source}."
-        if summary.get("best_top1") is not None
-        else f"No results were recorded with {source} (no summary.json beside its run)."
-    ) + evaluated(evaluation)
+    if summary.get("best_top1") is not None:
+        best = [f"{summary['best_top1']:.2f}", f"{summary['best_top5']:.2f}"]
+        best.append(f"{summary['best_epoch']} of {summary['epochs']}")
+        results = (
+            f"{Table.of(['top-1', 'top-5', 'epoch'], [best]).markdown()}\n\nTest-split accuracy (%) of the run's "
+            f"best epoch (its best.pt), chosen {chosen}. These weights come from its {source}."
+        )
+    else:
+        results = f"No results were recorded with {source} (no summary.json beside its run)."
+    results += evaluated(evaluation)
     provenance = summary.get("provenance", {})
     dataset = summary.get("dataset") or recipe.get("dataset", "unknown")  # the layout read, where the run says
     settings = "\n".join(f"{key}: {json.dumps(value)}" for key, value in recipe.items())

@@ -1,5 +1,5 @@
 """Cells of the files people open: CSV that a spreadsheet reads as data, Markdown tables
-whose cells stay cells.
+whose cells stay cells; and ``Table``, the one writer of every table we print or render.
 
 Names in these files come from outside: a class is named by its dataset's folder, an
 image by its path. A spreadsheet runs a CSV cell that begins with ``=``, ``+``, ``-``, ``@``,
@@ -12,7 +12,10 @@ characters themselves.
 
 from __future__ import annotations
 
+import html
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -43,9 +46,46 @@ def csv_row(values: list[Any]) -> list[Any]:
     return [csv_cell(value) for value in values]
 
 
-MARKDOWN_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "&#124;", "\n": " ", "\r": " "}
+MARKDOWN_ESCAPES = {"&": "&amp;", ">": "&gt;", "|": "&#124;", "\n": " ", "\r": " "}
+# A < opens HTML in Markdown only before a letter, /, ! or ? (CommonMark's tags, comments,
+# declarations, autolinks): "p < 1e-6" stays as people read it.
+OPENS_HTML = re.compile(r"<(?=[A-Za-z/!?])")
 
 
 def markdown_cell(text: Any) -> str:
     """``text`` as one Markdown table cell: ``|``, line breaks and HTML cannot leave it."""
-    return "".join(MARKDOWN_ESCAPES.get(char, char) for char in str(text))
+    return OPENS_HTML.sub("&lt;", "".join(MARKDOWN_ESCAPES.get(char, char) for char in str(text)))
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows of cells under a header, kept as the cells themselves: written as Markdown for
+    the console and ``.md`` files, as HTML for reports, never parsed back from its text.
+    An empty cell is written ``| |``. (Eight short tables did not earn ``tabulate``: its
+    Markdown pads cells to a common width, which these outputs never had.)"""
+
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+    @classmethod
+    def of(cls, header: Iterable[Any], rows: Iterable[Iterable[Any]]) -> Table:
+        return cls(tuple(map(str, header)), tuple(tuple(map(str, row)) for row in rows))
+
+    def markdown(self) -> str:
+        def line(cells: tuple[str, ...]) -> str:
+            return "|" + "".join(f" {markdown_cell(cell)} |" if cell else " |" for cell in cells)
+
+        return "\n".join([line(self.header), "|---" * len(self.header) + "|", *map(line, self.rows)])
+
+    def html(self) -> str:
+        head = "".join(f"<th>{html.escape(cell)}</th>" for cell in self.header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in self.rows)
+        return f"<div class='wide'><table><tr>{head}</tr>{body}</table></div>"
+
+
+Block = str | Table  # a paragraph (its lines) or a table: what a report section is made of
+
+
+def markdown(blocks: Iterable[Block]) -> str:
+    """Blocks as Markdown, a blank line between each."""
+    return "\n\n".join(block.markdown() if isinstance(block, Table) else block for block in blocks)

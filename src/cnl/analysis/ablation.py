@@ -34,7 +34,7 @@ from cnl.engine.predictions import Answers, read_correct
 from cnl.engine.runfolder import RunFolder
 from cnl.engine.trainer import RunInterrupted, RunState, fit
 from cnl.errors import DataError, InvalidValue, excerpt
-from cnl.tables import markdown_cell
+from cnl.tables import Block, Table, markdown
 
 PER_SEED = ("top1", "top5", "best_epoch", "final_top1", "train_images_per_s")
 
@@ -196,33 +196,28 @@ def _difference(row: dict[str, Any]) -> str:
     return text if diff["low"] is None else f"{text} [{diff['low']:+.2f}, {diff['high']:+.2f}]"
 
 
-def format_paired(rows: list[dict[str, Any]]) -> str:
-    """Markdown: per model and seed, the per-image comparison with the first model; per model
-    over seeds, the stratified test."""
+def paired_table(rows: list[dict[str, Any]]) -> Table:
+    """Per model and seed, the per-image comparison with the first model; per model over
+    seeds, the stratified test."""
     first = rows[0]["model"]
-    lines = [
-        f"| model | seed | top-1 vs {markdown_cell(first)} | paired bootstrap 95% | only this right "
-        f"| only {markdown_cell(first)} right "
-        "| McNemar p |",
-        "|---" * 7 + "|",
-    ]
+    header = ["model", "seed", f"top-1 vs {first}", "paired bootstrap 95%", "only this right"]
+    header += [f"only {first} right", "McNemar p"]
+    lines: list[list[Any]] = []
     for row in rows[1:]:
         diff = row.get("diff_top1")
         if diff is None:
             continue
         for seed in diff["per_seed"]:
             lines.append(
-                f"| {markdown_cell(row['model'])} | {seed['seed']} | {seed['diff']:+.2f} "
-                f"| [{seed['low']:+.2f}, {seed['high']:+.2f}] "
-                f"| {seed['only_other']} | {seed['only_first']} | {p_number(seed['p'])} |"
-            )
+                [row["model"], seed["seed"], f"{seed['diff']:+.2f}", f"[{seed['low']:+.2f}, {seed['high']:+.2f}]",
+                 seed["only_other"], seed["only_first"], p_number(seed["p"])]
+            )  # fmt: skip
         if len(diff["per_seed"]) > 1:
             lines.append(
-                f"| {markdown_cell(row['model'])} | all: better in {diff['better']}, worse in {diff['worse']} "
-                f"| {diff['mean']:+.2f} | "
-                f"| {diff['only_other']} | {diff['only_first']} | {p_number(diff['stratified_p'])} (stratified) |"
-            )
-    return "\n".join(lines)
+                [row["model"], f"all: better in {diff['better']}, worse in {diff['worse']}", f"{diff['mean']:+.2f}",
+                 "", diff["only_other"], diff["only_first"], f"{p_number(diff['stratified_p'])} (stratified)"]
+            )  # fmt: skip
+    return Table.of(header, lines)
 
 
 def selection(config: TrainConfig) -> str:
@@ -233,29 +228,39 @@ def selection(config: TrainConfig) -> str:
     return f"{what} the epoch with the best validation top-1 (val split {config.val_split})"
 
 
-def format_ablation(
-    rows: list[dict[str, Any]], config: TrainConfig, seeds: list[int] | None = None, timing: bool = True
-) -> str:
-    """Markdown: accuracy over seeds, the paired difference to the first model, size, cost,
-    speed relative to the first (unless ``timing`` is False: a table that repeats exactly),
-    then one verdict per model."""
+def ablation_blocks(
+    rows: list[dict[str, Any]],
+    config: TrainConfig,
+    seeds: list[int] | None = None,
+    timing: bool = True,
+    tests: bool = True,
+) -> list[Block]:
+    """Accuracy over seeds, the paired difference to the first model, size, cost, speed
+    relative to the first (unless ``timing`` is False: a table that repeats exactly), how it
+    was measured, then (unless ``tests`` is False) the per-image tests and one verdict per model."""
     seeds = seeds or [config.seed]
-    header = "| model | top-1 | top-5 | top-1 vs first | params (M) | GMACs layers | GMACs all |"
-    lines = [header + (" train img/s | speed vs first |" if timing else ""), "|---" * (9 if timing else 7) + "|"]
+    header = ["model", "top-1", "top-5", "top-1 vs first", "params (M)", "GMACs layers", "GMACs all"]
     reference = rows[0]["train_images_per_s"] if rows else None
+    lines = []
     for row in rows:
-        line = (
-            f"| {markdown_cell(row['model'])} | {_plus_minus(row['top1'], row.get('top1_std'))} | "
-            f"{_plus_minus(row['top5'], row.get('top5_std'))} | {_difference(row)} | {row['params'] / 1e6:.2f} | "
-            f"{row['macs'] / 1e9:.3f} | {row['macs_all'] / 1e9:.3f} |"
-        )
+        line = [
+            row["model"],
+            _plus_minus(row["top1"], row.get("top1_std")),
+            _plus_minus(row["top5"], row.get("top5_std")),
+        ]
+        line += [
+            _difference(row),
+            f"{row['params'] / 1e6:.2f}",
+            f"{row['macs'] / 1e9:.3f}",
+            f"{row['macs_all'] / 1e9:.3f}",
+        ]
         if timing:
             speed = row["train_images_per_s"]
-            line += f" {speed:.1f} | {f'{speed / reference:.2f}x' if reference else '-'} |"
+            line += [f"{speed:.1f}", f"{speed / reference:.2f}x" if reference else "-"]
         lines.append(line)
     over = f"mean ± sd over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
-    lines += [
-        "",
+    blocks: list[Block] = [
+        Table.of(header + (["train img/s", "speed vs first"] if timing else []), lines),
         f"{config.dataset} at {config.data_root}, {config.img_size}x{config.img_size}, {config.epochs} epochs, "
         f"{config.batch_description()}, lr {config.lr}; {over}. {selection(config)}. The difference to the "
         f"first model is paired by seed (mean ± sd, with a Student-t 95 % interval from {SEEDS_FOR_INTERVAL} "
@@ -263,7 +268,19 @@ def format_ablation(
         "leaves out the attention products, as the paper's table).",
     ]
     compared = [row for row in rows[1:] if row.get("diff_top1")]
-    if compared:
-        lines += ["", format_paired(rows), ""]
-        lines += [verdict(row["model"], rows[0]["model"], row["diff_top1"]) for row in compared]
-    return "\n".join(lines)
+    if compared and tests:
+        blocks += [paired_table(rows), verdicts(rows)]
+    return blocks
+
+
+def verdicts(rows: list[dict[str, Any]]) -> str:
+    """One verdict sentence a line, for each model compared with the first."""
+    compared = [row for row in rows[1:] if row.get("diff_top1")]
+    return "\n".join(verdict(row["model"], rows[0]["model"], row["diff_top1"]) for row in compared)
+
+
+def format_ablation(
+    rows: list[dict[str, Any]], config: TrainConfig, seeds: list[int] | None = None, timing: bool = True
+) -> str:
+    """``ablation_blocks`` as Markdown."""
+    return markdown(ablation_blocks(rows, config, seeds, timing))

@@ -29,6 +29,7 @@ from cnl.errors import InvalidValue
 from cnl.models import create_model
 from cnl.models.backbones import SOURCES
 from cnl.nn import CrossLayerNonLocal, NonLocal2d, configure_attention
+from cnl.tables import Table
 
 KERNELS = {"sdpa": True, "bmm": False, "auto": None}
 # The kernels that never store the attention map; the math kernel, which does, is left out.
@@ -245,17 +246,17 @@ def bench_models(specs: list[str], repeats: int = 3, **settings) -> list[BenchRe
 
 
 def format_results(results: list[BenchResult], settings: dict) -> str:
-    lines = [
-        "| model | train step (s) | vs first | inference img/s | vs first | peak memory (MB) | vs first "
-        "| first train + inference step (s) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r.model} | {r.train_step_s:.3f} | {r.train_ratio:.2f}x | {r.inference_images_per_s:.2f} | "
-            f"{r.inference_ratio:.2f}x | {r.peak_memory_mb:.0f} | {r.memory_ratio:.2f}x | "
-            f"{r.first_steps_s[0]:.2f} + {r.first_steps_s[1]:.2f} |"
-        )
+    header = ["model", "train step (s)", "vs first", "inference img/s", "vs first", "peak memory (MB)", "vs first"]
+    table = Table.of(
+        [*header, "first train + inference step (s)"],
+        [
+            [r.model, f"{r.train_step_s:.3f}", f"{r.train_ratio:.2f}x", f"{r.inference_images_per_s:.2f}",
+             f"{r.inference_ratio:.2f}x", f"{r.peak_memory_mb:.0f}", f"{r.memory_ratio:.2f}x",
+             f"{r.first_steps_s[0]:.2f} + {r.first_steps_s[1]:.2f}"]
+            for r in results
+        ],
+    )  # fmt: skip
+    lines = [table.markdown()]
     described = ", ".join(f"{k}={v}" for k, v in settings.items())
     memory = MEMORY_METHODS["cuda" if pick_device(settings.get("device", "auto")).type == "cuda" else "cpu"]
     lines += [
@@ -323,12 +324,9 @@ def kernel_that_runs(step: Callable[[], None]) -> str:
 
 
 def format_module_rows(rows: list[dict]) -> str:
-    lines = ["| module | order | kernel | ran | forward + backward (ms) |", "|---|---|---|---|---|"]
-    lines += [
-        f"| {r['module']} | {r['order']} | {r['kernel']} | {r['ran']} | {1000 * r['forward_backward_s']:.1f} |"
-        for r in rows
-    ]
-    return "\n".join(lines)
+    header = ["module", "order", "kernel", "ran", "forward + backward (ms)"]
+    cells = [[r["module"], r["order"], r["kernel"], r["ran"], f"{1000 * r['forward_backward_s']:.1f}"] for r in rows]
+    return Table.of(header, cells).markdown()
 
 
 # --- the input pipeline -----------------------------------------------------------------
@@ -374,8 +372,8 @@ def bench_input(img_size: int = 448, count: int = 48, repeats: int = 3) -> list[
 
 
 def format_input_rows(rows: list[dict]) -> str:
-    lines = ["| decoder | decode + augment (img/s, one process) |", "|---|---|"]
-    return "\n".join(lines + [f"| {r['decoder']} | {r['images_per_s']:.1f} |" for r in rows])
+    header = ["decoder", "decode + augment (img/s, one process)"]
+    return Table.of(header, [[r["decoder"], f"{r['images_per_s']:.1f}"] for r in rows]).markdown()
 
 
 def bench_predict(
@@ -413,8 +411,9 @@ def bench_predict(
 
 
 def format_predict_rows(rows: list[dict], model_name: str, img_size: int, width: int = 64) -> str:
-    lines = ["| predict | workers | images/s | vs one at a time |", "|---|---|---|---|"]
-    lines += [f"| {r['mode']} | {r['workers']} | {r['images_per_s']:.1f} | {r['vs_first']:.2f}x |" for r in rows]
+    header = ["predict", "workers", "images/s", "vs one at a time"]
+    cells = [[r["mode"], r["workers"], f"{r['images_per_s']:.1f}", f"{r['vs_first']:.2f}x"] for r in rows]
+    lines = [Table.of(header, cells).markdown()]
     lines += [
         "",
         f"{model_name} (width {width}) at {img_size}x{img_size}, 500x375 JPEGs decoded and resized "

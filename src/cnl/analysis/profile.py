@@ -29,6 +29,7 @@ from cnl.analysis.table2 import TABLE2
 from cnl.errors import InvalidValue
 from cnl.models import create_model
 from cnl.nn import DotProductAttention, configure_attention
+from cnl.tables import Table
 
 ATTENTION_BYTES_PER_ELEMENT = 4  # float32 maps
 
@@ -123,17 +124,16 @@ def _cell(value: float | None) -> str:
 
 def format_table(profiles: list[ModelProfile]) -> str:
     """A Markdown table: ours beside the paper's, in the paper's units."""
-    lines = [
-        "| model | params (1e7) | paper | MACs layers (1e10) | paper 'Flops' | MACs all (1e10) | MACs ours (1e10) "
-        "| attention maps (MB/img) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for p in profiles:
-        lines.append(
-            f"| {p.model} | {p.params / 1e7:.2f} | {_cell(p.paper_params)} | {p.macs / 1e10:.3f} | "
-            f"{_cell(p.paper_flops)} | {p.macs_all / 1e10:.3f} | {p.macs_fast / 1e10:.3f} | "
-            f"{p.attention_bytes / 2**20:.2f} |"
-        )
+    header = ["model", "params (1e7)", "paper", "MACs layers (1e10)", "paper 'Flops'", "MACs all (1e10)"]
+    table = Table.of(
+        [*header, "MACs ours (1e10)", "attention maps (MB/img)"],
+        [
+            [p.model, f"{p.params / 1e7:.2f}", _cell(p.paper_params), f"{p.macs / 1e10:.3f}", _cell(p.paper_flops),
+             f"{p.macs_all / 1e10:.3f}", f"{p.macs_fast / 1e10:.3f}", f"{p.attention_bytes / 2**20:.2f}"]
+            for p in profiles
+        ],
+    )  # fmt: skip
+    lines = [table.markdown()]
     first = profiles[0]
     lines += [
         "",
@@ -171,9 +171,9 @@ def format_placements(name: str, img_size: int = 448, num_classes: int = 200) ->
     order = [n for n, _ in model.named_modules()]
     names = sorted(roles, key=order.index)
     outputs = record_outputs(model, names, torch.zeros(1, 3, img_size, img_size))
-    lines = [f"{name} at {img_size}x{img_size}:", "| module | role | output | map [C, H, W] |", "|---|---|---|---|"]
-    for layer in names:
-        shape = tuple(outputs[layer].shape)
-        map_shape = list(as_map(model, layer, outputs[layer]).shape[1:])
-        lines.append(f"| {layer} | {roles[layer]} | {list(shape)} | {map_shape} |")
-    return "\n".join(lines)
+    cells = [
+        [layer, roles[layer], list(outputs[layer].shape), list(as_map(model, layer, outputs[layer]).shape[1:])]
+        for layer in names
+    ]
+    table = Table.of(["module", "role", "output", "map [C, H, W]"], cells)
+    return f"{name} at {img_size}x{img_size}:\n{table.markdown()}"

@@ -15,6 +15,7 @@ from torchvision.models import ResNet
 
 from cnl.errors import InvalidValue
 from cnl.models.resnet import STAGES
+from cnl.tables import Table
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,8 @@ def format_fields(name: str, model: Any) -> str:
         roles.append((model.query, "query"))
     order = list(fields)
     roles.sort(key=lambda item: order.index(item[0]))
-    lines = [f"{name}:", "| layer | role | receptive field (px) | stride (px) |", "|---|---|---|---|"]
-    lines += [f"| {layer} | {role} | {fields[layer].size} | {fields[layer].stride} |" for layer, role in roles]
-    if len(roles) == 0:
-        lines.append("| - | no NL or CNL module | - | - |")
-    return "\n".join(lines)
+    cells = [[layer, role, fields[layer].size, fields[layer].stride] for layer, role in roles]
+    table = Table.of(
+        ["layer", "role", "receptive field (px)", "stride (px)"], cells or [["-", "no NL or CNL module", "-", "-"]]
+    )
+    return f"{name}:\n{table.markdown()}"

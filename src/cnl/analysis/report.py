@@ -6,18 +6,26 @@ import csv
 import html
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from cnl.analysis.ablation import format_ablation, format_paired
+from cnl.analysis.ablation import ablation_blocks, paired_table, verdicts
 from cnl.analysis.evidence import CONFUSION, PER_CLASS
 from cnl.engine.checkpoint import load_model_with_info
 from cnl.engine.config import stored_config
 from cnl.engine.runfolder import RunFolder, read_json
 from cnl.errors import DataError, MissingFile
-from cnl.tables import from_csv_cell, markdown_cell
+from cnl.tables import Block, Table, from_csv_cell, markdown
 
 EVIDENCE_FOLDER = "eval"  # cnl eval --checkpoint RUN/checkpoints/best.pt --report RUN/eval
 CLASSES_SHOWN = 12  # the verdict's attention figures: one test image of each of the first classes
+
+
+class Section(NamedTuple):
+    """A part of the report: its title, its paragraphs and tables, its figures."""
+
+    title: str
+    blocks: list[Block]
+    figures: list[Path]
 
 
 def expand_runs(paths: list[str | Path]) -> tuple[list[tuple[str, Path]], list[dict[str, Any]], dict | None]:
@@ -116,16 +124,12 @@ def attention_figures(label: str, run: Path, out_dir: Path, images: int) -> list
     return paths
 
 
-def verdict_section(rows: list[dict[str, Any]]) -> tuple[str, str, list[Path]] | None:
+def verdict_section(rows: list[dict[str, Any]]) -> Section | None:
     """The report's opening: one verdict per model compared with the first, then the per-seed
     points behind it (None without a comparison)."""
-    from cnl.analysis.paired import verdict
-
-    compared = [row for row in rows[1:] if row.get("diff_top1")]
-    if not compared:
+    if not any(row.get("diff_top1") for row in rows[1:]):
         return None
-    verdicts = [verdict(row["model"], rows[0]["model"], row["diff_top1"]) for row in compared]
-    return ("Verdict", "\n".join(verdicts) + "\n\n" + format_paired(rows), [])
+    return Section("Verdict", [verdicts(rows), paired_table(rows)], [])
 
 
 def test_predictions(run: Path) -> dict[str, str]:
@@ -172,35 +176,35 @@ def class_attention(label: str, run: Path, out_dir: Path) -> tuple[str, list[Pat
     return text, figures
 
 
-def class_attention_section(
-    rows: list[dict[str, Any]], runs: dict[str, Path], out_dir: Path
-) -> list[tuple[str, str, list[Path]]]:
+def class_attention_section(rows: list[dict[str, Any]], runs: dict[str, Path], out_dir: Path) -> list[Section]:
     """Class by class attention of the last model with modules (its first seed's run)."""
     for row in reversed(rows):
         label = row.get("runs", [row["model"]])[0]
         text, figures = class_attention(label, runs[label], out_dir)
         if figures:
-            return [("What the modules attend to, class by class", text, figures)]
+            return [Section("What the modules attend to, class by class", [text], figures)]
     return []
 
 
-def class_evidence(label: str, run: Path, out_dir: Path, worst: int = 10) -> tuple[str, list[Path]]:
+def class_evidence(label: str, run: Path, out_dir: Path, worst: int = 10) -> Section | None:
     """The least accurate classes and the confusion figure of ``RUN/eval`` (``cnl eval --report``)."""
     folder = run / EVIDENCE_FOLDER
     if not (folder / PER_CLASS).exists():
-        return "", []
+        return None
     with open(folder / PER_CLASS, encoding="utf-8") as file:
         rows = [row for row in csv.DictReader(file) if row["top1"]]
     rows.sort(key=lambda row: float(row["top1"]))
-    lines = ["| class | test images | top-1 | most confused with |", "|---|---|---|---|"]
-    lines += [
-        f"| {markdown_cell(from_csv_cell(r['class']))} | {r['images']} | {float(r['top1']):.1f} | "
-        f"{markdown_cell(from_csv_cell(r['most_confused_with']))} ({r['times']}) |"
-        for r in rows[:worst]
-    ]
+    table = Table.of(
+        ["class", "test images", "top-1", "most confused with"],
+        [
+            [from_csv_cell(r["class"]), r["images"], f"{float(r['top1']):.1f}",
+             f"{from_csv_cell(r['most_confused_with'])} ({r['times']})"]
+            for r in rows[:worst]
+        ],
+    )  # fmt: skip
     figure = out_dir / f"confusion_{label.replace('/', '_')}.png"
     shutil.copyfile(folder / CONFUSION, figure)
-    return "\n".join(lines), [figure]
+    return Section(f"Run {label}: least accurate classes", [table], [figure])
 
 
 def build_report(paths: list[str | Path], out: str | Path, images: int = 2) -> Path:
@@ -208,40 +212,36 @@ def build_report(paths: list[str | Path], out: str | Path, images: int = 2) -> P
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs, rows, ablation = expand_runs(paths)
-    sections: list[tuple[str, str, list[Path]]] = []  # (title, markdown text, figures)
+    sections: list[Section] = []
     opening = verdict_section(rows)
     if opening is not None and ablation is not None:
         sections.append(opening)
         sections += class_attention_section(rows, dict(runs), out)
-    sections.append(
-        (
-            "Training curves",
-            "Loss (train solid, test dashed) and test top-1 per epoch.",
-            [plot_curves(runs, out / "curves.png")],
-        )
-    )
+    curves = plot_curves(runs, out / "curves.png")
+    sections.append(Section("Training curves", ["Loss (train solid, test dashed) and test top-1 per epoch."], [curves]))
     if rows and ablation is not None:
-        table = format_ablation(rows, stored_config(ablation["config"]), ablation.get("seeds"))
-        sections.append(("Ablation", table, [plot_bars(rows, out / "ablation.png")]))
+        # The per-image tests and verdicts open the report already.
+        blocks = ablation_blocks(rows, stored_config(ablation["config"]), ablation.get("seeds"), tests=opening is None)
+        sections.append(Section("Ablation", blocks, [plot_bars(rows, out / "ablation.png")]))
     for label, run in runs:
         summary = RunFolder(run).read_summary() or {}
         figures = attention_figures(label, run, out, images)
         text = ", ".join(
             f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items() if k != "provenance"
         )
-        sections.append((f"Run {label}", text, figures))
-        worst, confusion = class_evidence(label, run, out)
-        if worst:
-            sections.append((f"Run {label}: least accurate classes", worst, confusion))
+        sections.append(Section(f"Run {label}", [text], figures))
+        evidence = class_evidence(label, run, out)
+        if evidence is not None:
+            sections.append(evidence)
     (out / "index.md").write_text(_markdown(sections))
     (out / "index.html").write_text(_html(sections))
     return out / "index.html"
 
 
-def _markdown(sections: list[tuple[str, str, list[Path]]]) -> str:
+def _markdown(sections: list[Section]) -> str:
     parts = ["# cnl report", ""]
-    for title, text, figures in sections:
-        parts += [f"## {title}", "", text, ""] + [_markdown_item(f) for f in figures] + [""]
+    for title, blocks, figures in sections:
+        parts += [f"## {title}", "", markdown(blocks), ""] + [_markdown_item(f) for f in figures] + [""]
     return "\n".join(parts)
 
 
@@ -258,35 +258,17 @@ def _html_item(figure: Path) -> str:
     return f"<img src='{html.escape(figure.name)}' alt='{html.escape(figure.stem)}'>"
 
 
-def _table_html(text: str) -> str:
-    """Markdown text of tables and paragraphs as HTML, in order (a table: consecutive ``|`` lines)."""
-    parts: list[str] = []
-    table: list[str] = []
-    for line in [*text.splitlines(), ""]:
-        if line.startswith("|"):
-            table.append(line)
-            continue
-        if table:
-            parts.append(_one_table(table))
-            table = []
-        if line.strip():
-            parts.append(f"<p>{html.escape(line)}</p>")
-    return "".join(parts)
+def _blocks_html(blocks: list[Block]) -> str:
+    """Paragraphs (a ``<p>`` a line) and tables, in order."""
+    return "".join(
+        block.html()
+        if isinstance(block, Table)
+        else "".join(f"<p>{html.escape(line)}</p>" for line in block.splitlines() if line.strip())
+        for block in blocks
+    )
 
 
-def _one_table(lines: list[str]) -> str:
-    cells = [
-        # a cell's own |, < and & are character references (markdown_cell): one escape of the text they stand for
-        [html.escape(html.unescape(c.strip())) for c in line.strip("|").split("|")]
-        for line in lines
-        if not line.startswith("|---")
-    ]
-    head = "".join(f"<th>{c}</th>" for c in cells[0])
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[1:])
-    return f"<div class='wide'><table><tr>{head}</tr>{body}</table></div>"
-
-
-def _html(sections: list[tuple[str, str, list[Path]]]) -> str:
+def _html(sections: list[Section]) -> str:
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 12px}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:100%}p,h2{overflow-wrap:anywhere}"
@@ -296,8 +278,8 @@ def _html(sections: list[tuple[str, str, list[Path]]]) -> str:
     head = f"<head><meta charset='utf-8'>{viewport}<title>cnl report</title><style>{style}</style></head>"
     parts = [f"<!doctype html><html>{head}<body>",
              "<h1>cnl report</h1>"]  # fmt: skip
-    for title, text, figures in sections:
-        parts += [f"<h2>{html.escape(title)}</h2>", _table_html(text)]
+    for title, blocks, figures in sections:
+        parts += [f"<h2>{html.escape(title)}</h2>", _blocks_html(blocks)]
         parts += [_html_item(f) for f in figures]
     parts.append("</body></html>")
     return "\n".join(parts)

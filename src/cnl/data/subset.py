@@ -77,7 +77,9 @@ def resized(path: Path, short_side: int) -> Image.Image:
     image = load_image(path)
     scale = short_side / min(image.size)
     if scale < 1:
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BICUBIC)
+        image = image.resize(
+            (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BICUBIC
+        )
     return image
 
 
