@@ -218,3 +218,37 @@ def test_nabirds_reads_its_sparse_class_ids_hierarchy_and_boxes(tmp_path, capsys
     (root / "image_class_labels.txt").write_text((root / "image_class_labels.txt").read_text().replace(" 313", " 999"))
     with pytest.raises(ValueError, match=r"image_class_labels.txt, image .*: class '999' is not in classes.txt"):
         build_dataset("nabirds", root, "train")
+
+
+def test_the_catalog_is_the_one_record_of_each_dataset():
+    """Every reader, fetcher, published split size, validation split and command-line choice
+    comes from cnl.data.catalog: one record a dataset, each with its reader."""
+    from cnl.data import check, datasets, download
+    from cnl.data.catalog import CATALOG, detection_order
+    from cnl.engine.builders import OFFICIAL_VALIDATION
+
+    assert list(datasets.BUILDERS) == list(CATALOG) and set(datasets.READERS) == set(CATALOG)
+    assert set(download.SOURCES) == {name for name, record in CATALOG.items() if record.fetchable}
+    assert set(check.OFFICIAL) == {name for name, record in CATALOG.items() if record.splits}
+    assert OFFICIAL_VALIDATION == {"aircraft": "train_without_val"}
+    order = [record.name for record in detection_order()]
+    assert order.index("nabirds") < order.index("cub") and order.index("list") < order.index("folder")
+    for record in CATALOG.values():
+        if record.splits:
+            assert set(record.published) <= set(record.splits) and set(record.disjoint) <= set(record.splits)
+        if record.validation:
+            assert record.validation in record.splits
+
+
+def test_each_catalog_marker_identifies_its_layout(tmp_path):
+    from cnl.data.catalog import CATALOG
+
+    for record in CATALOG.values():
+        for marker in record.markers:
+            root = tmp_path / record.name / marker.replace("/", "_")
+            (root / marker).parent.mkdir(parents=True, exist_ok=True)
+            if marker.endswith("train"):  # a folder
+                (root / marker).mkdir()
+            else:
+                (root / marker).touch()
+            assert detect_layout(root) == record.name, (record.name, marker)

@@ -160,7 +160,38 @@ def guide_help() -> str:
     return "\n\n".join(sections)
 
 
-SECTIONS = {"commands": guide_table, "help": guide_help}
+def datasets_table() -> str:
+    """docs/datasets.md's table of what ``cnl data get`` fetches, from the catalog's records."""
+    from collections import Counter
+
+    from cnl.data.catalog import CATALOG
+    from cnl.data.check import SplitReport, compare_official
+    from cnl.tables import Table
+
+    rows = []
+    for record in (r for r in CATALOG.values() if r.fetchable):
+        files = ", ".join(f"`{a.file}`" for a in record.archives)
+        if not record.archives:
+            files = "none: its terms need a person; the command says where to ask and where to put it"
+        elif all(a.url is None for a in record.archives):
+            files = f"only with `--mirror`: {files}"
+        else:
+            files += f" ([{record.publisher}]({record.page}))"
+        sizes = [a.size for a in record.archives]
+        size = " + ".join(f"{n:,}" for n in sizes if n) if any(sizes) else ("not pinned" if sizes else "")
+        assert record.splits is not None and record.classes is not None
+        reports = [
+            SplitReport(split, record.splits[split], [str(k) for k in range(record.classes)], Counter())
+            for split in record.published
+        ]
+        (check,) = compare_official(record.name, reports)
+        reads = f"`--dataset {record.name} --data-root ROOT/{record.folder}`"
+        rows.append([f"`{record.name}`", files, size, record.pinned_by, reads, check])
+    header = ["`cnl data get`", "publisher's files", "size (bytes, as pinned)", "digest pinned by", "reads with"]
+    return Table.of([*header, "on a complete copy, `cnl data check` ends with"], rows).markdown()
+
+
+SECTIONS = {"commands": guide_table, "help": guide_help, "datasets": datasets_table}
 
 
 def regenerate_sections(text: str) -> str:

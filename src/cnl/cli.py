@@ -127,6 +127,7 @@ def cmd_data_get(args: argparse.Namespace) -> int:
 
 
 def add_data(subparsers: argparse._SubParsersAction) -> None:
+    from cnl.data.catalog import CATALOG
     from cnl.data.synth import TASKS, SynthConfig
 
     data = subparsers.add_parser("data", help="get a dataset, check one, or write the synthetic benchmark")
@@ -153,7 +154,7 @@ def add_data(subparsers: argparse._SubParsersAction) -> None:
         "against its published checksum, unpack it into the layout --dataset reads, and compare the splits with "
         "the published sizes. cars and nabirds cannot be fetched from an official host: they say what to do.",
     )  # fmt: skip
-    get.add_argument("name", choices=["cub", "dogs", "aircraft", "flowers102", "cars", "nabirds"])
+    get.add_argument("name", choices=[name for name, record in CATALOG.items() if record.fetchable])
     get.add_argument("--root", required=True, help="the folder to download and unpack into")
     get.add_argument(
         "--mirror", help="a URL to fetch each archive from by its own file name, instead of the official host"
@@ -165,7 +166,7 @@ def add_data(subparsers: argparse._SubParsersAction) -> None:
     )
     check.add_argument(
         "--dataset", default="auto",
-        help="cub, dogs, cars, aircraft, flowers102, nabirds, folder, list or auto (default auto)",
+        help=f"{', '.join(CATALOG)} or auto (default auto)",
     )  # fmt: skip
     check.add_argument("--root", required=True, help="the dataset's folder")
     check.add_argument("--splits", nargs="+", default=["train", "test"], help="default train test")
@@ -327,6 +328,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_training(subparsers: argparse._SubParsersAction) -> None:
+    from cnl.data.catalog import CATALOG
     from cnl.data.policies import TTA_MODES
 
     train = subparsers.add_parser("train", help="train and evaluate a model with the paper's recipe")
@@ -377,10 +379,11 @@ def add_training(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--output", default="runs/demo", help="default runs/demo (real photos: OUTPUT/DATASET)")
     demo.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tiny data, into OUTPUT/quick)")
     photos = demo.add_argument_group("real photos")
+    fetched = [name for name, record in CATALOG.items() if record.fetchable and record.manual is None]
     photos.add_argument(
         "--dataset", default="synth",
-        help="synth (default), or a dataset to take a subset of: flowers102, cub, dogs, aircraft (fetched by cnl "
-        "data get when --data-root is not given), cars, nabirds, folder, list or auto (with --data-root)",
+        help=f"synth (default), or a dataset to take a subset of: {', '.join(fetched)} (fetched by cnl data get when "
+        f"--data-root is not given), {', '.join(n for n in CATALOG if n not in fetched)} or auto (with --data-root)",
     )  # fmt: skip
     photos.add_argument("--data-root", help="the dataset's folder (default: fetch it into --root)")
     photos.add_argument("--root", default="data", help="where cnl data get puts the dataset (default data)")

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import yaml
 
-from cnl.data.download import SOURCES
+from cnl.data.catalog import CATALOG
 from cnl.engine.checkpoint import card_path, current_umask, load_model_with_info
 from cnl.engine.modelinfo import ModelInfo
 from cnl.engine.runfolder import RunFolder
@@ -120,8 +120,8 @@ def card_metadata(
     """The card's front matter, as the Hub reads it: timm as the library, the task, the
     licence, the dataset, and a ``model-index`` with the test-split figures: training's best
     epoch and, as a result of its own, ``cnl eval``'s with its views."""
-    source = next((s for s in SOURCES.values() if s.dataset == dataset), None)
-    title = source.title if source is not None else dataset
+    record = CATALOG.get(dataset)
+    title = record.title if record is not None and record.fetchable else dataset  # the user's own: by its kind
 
     def result(top1: float, top5: float, how: str) -> dict[str, Any]:
         return {

@@ -6,27 +6,21 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cnl.data.catalog import CATALOG
 from cnl.data.datasets import FineGrainedDataset, build_dataset, detect_layout
 from cnl.data.images import ImageError
 from cnl.errors import DataError
 
-# The published splits: images per split (our split names) and classes.
+# The published splits: images per split (our split names) and classes (cnl.data.catalog).
 OFFICIAL: dict[str, tuple[dict[str, int], int]] = {
-    "cub": ({"train": 5994, "test": 5794}, 200),
-    "dogs": ({"train": 12000, "test": 8580}, 120),
-    "cars": ({"train": 8144, "test": 8041}, 196),
-    # Our "train" is the usual trainval (3,334 + 3,333); "train_without_val" the train split alone.
-    "aircraft": ({"train": 6667, "trainval": 6667, "train_without_val": 3334, "val": 3333, "test": 3333}, 100),
-    "flowers102": ({"train": 1020, "val": 1020, "test": 6149}, 102),
-    # The 555 visual categories that label its images (classes.txt holds 1,011 ids with the hierarchy).
-    "nabirds": ({"train": 23929, "test": 24633}, 555),
+    r.name: (dict(r.splits), r.classes) for r in CATALOG.values() if r.splits is not None and r.classes is not None
 }
 
 
 def published_splits(name: str) -> tuple[str, ...]:
-    """The splits the publisher gives, in our names: Aircraft's are its train alone, val and
-    test (our "train" is their trainval); every other dataset's, those of ``OFFICIAL``."""
-    return ("train_without_val", "val", "test") if name == "aircraft" else tuple(OFFICIAL[name][0])
+    """The splits the publisher gives, in our names (Aircraft's: its train alone, val and
+    test; our "train" is their trainval)."""
+    return CATALOG[name].published
 
 
 @dataclass

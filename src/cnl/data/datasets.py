@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 from PIL import Image
 from torch.utils.data import Dataset
 
+from cnl.data.catalog import CATALOG, detection_order
 from cnl.data.images import ImageError, load_image, load_tensor
 from cnl.errors import DataError, InvalidValue, MissingFile
 
@@ -574,7 +575,8 @@ def build_list(root: Path, split: str, **kwargs: Any) -> FineGrainedDataset:
     return FineGrainedDataset(samples, classes, origins=origins, **kwargs)
 
 
-BUILDERS: dict[str, Callable[..., FineGrainedDataset]] = {
+# The reader of each dataset of the catalog, in its order.
+READERS: dict[str, Callable[..., FineGrainedDataset]] = {
     "cub": build_cub,
     "dogs": build_dogs,
     "cars": build_cars,
@@ -584,36 +586,21 @@ BUILDERS: dict[str, Callable[..., FineGrainedDataset]] = {
     "folder": build_folder,
     "list": build_list,
 }
+BUILDERS = {name: READERS[name] for name in CATALOG}
 
 
 def detect_layout(root: str | os.PathLike[str]) -> str:
-    """The dataset name whose official files are found under ``root``."""
+    """The dataset whose identifying files (``cnl.data.catalog``) are found under ``root``."""
     root = Path(root)
     if not root.exists():
         raise MissingFile(f"dataset root {root} does not exist")
     if not root.is_dir():
         raise MissingFile(f"dataset root {root} is not a folder")
-    checks = [
-        ("nabirds", nabirds_root(root) / "hierarchy.txt"),  # before CUB: both hold images.txt
-        ("cub", cub_root(root) / "images.txt"),
-        ("dogs", root / "lists" / "train_list.mat"),
-        ("cars", root / "cars_annos.mat"),
-        ("cars", root / "devkit" / "cars_meta.mat"),
-        ("aircraft", root / "data" / "variants.txt"),
-        ("aircraft", root / "variants.txt"),
-        ("flowers102", flowers_root(root) / "setid.mat"),
-        ("cars", root / "car_devkit" / "devkit" / "cars_meta.mat"),
-        ("cars", root / "car_data" / "car_data" / "train"),
-        ("list", root / "train.txt"),
-        ("list", root / "train.list"),
-        ("folder", root / "train"),
-    ]
-    for name, marker in checks:
-        if marker.exists():
+    markers = [(record.name, marker) for record in detection_order() for marker in record.markers]
+    for name, marker in markers:
+        if (root / marker).exists():
             return name
-    raise LayoutError(
-        f"cannot tell the layout of {root}: none of {', '.join(str(m.relative_to(root)) for _, m in checks)} is there"
-    )
+    raise LayoutError(f"cannot tell the layout of {root}: none of {', '.join(m for _, m in markers)} is there")
 
 
 def build_dataset(

@@ -38,6 +38,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from cnl.data.catalog import CATALOG, Archive
 from cnl.errors import DataError, InvalidValue, UserError, excerpt
 
 CHUNK = 1 << 20
@@ -56,20 +57,6 @@ class CannotFetch(UserError):
 
 
 @dataclass(frozen=True)
-class Archive:
-    """One file of a dataset: its name on the host (and under ``--mirror``), its official
-    address (None where the host is gone), its published digest (MD5 or SHA-256 by length;
-    None: recorded on first download), its size, and the folder under ROOT it is unpacked
-    (or, for a plain file such as a ``.mat``, copied) into."""
-
-    file: str
-    url: str | None
-    digest: str | None
-    size: int | None = None
-    into: str = ""
-
-
-@dataclass(frozen=True)
 class Source:
     """A dataset: its page, its archives, the folder under ROOT that ``build_dataset`` reads
     with layout ``dataset``, and, where no host serves it, what a person does instead."""
@@ -83,160 +70,12 @@ class Source:
     manual: str | None = None
 
 
-CARS_PAGE = "https://ai.stanford.edu/~jkrause/cars/car_dataset.html"
 SOURCES = {
-    "cub": Source(
-        "cub",
-        "CUB-200-2011",
-        "https://www.vision.caltech.edu/datasets/cub_200_2011/",
-        # MD5 as pinned by Avalanche (avalanche.benchmarks.datasets.CUB200) for this archive.
-        (
-            Archive(
-                "CUB_200_2011.tgz",
-                "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz",
-                "97eceeb196236b17998738112f37df78",
-                1150585339,
-            ),
-        ),
-        "CUB_200_2011",
-        "cub",
-    ),  # fmt: skip
-    "dogs": Source(
-        "dogs",
-        "Stanford Dogs",
-        "http://vision.stanford.edu/aditya86/ImageNetDogs/",
-        # SHA-256 and sizes as pinned by TensorFlow Datasets (url_checksums/stanford_dogs.txt).
-        (
-            Archive(
-                "images.tar",
-                "http://vision.stanford.edu/aditya86/ImageNetDogs/images.tar",
-                "a443fc2f9a851aa1a7b8e4fa4af94b8459fce2c9f5a2f4dd4669cf9673a4ec58",
-                793579520,
-                "StanfordDogs",
-            ),
-            Archive(
-                "lists.tar",
-                "http://vision.stanford.edu/aditya86/ImageNetDogs/lists.tar",
-                "34b47cacd9a98b5d150e084f24d29391c084c55272295ec65c85651bc35f4d6c",
-                481280,
-                "StanfordDogs/lists",
-            ),
-        ),
-        "StanfordDogs",
-        "dogs",
-    ),  # fmt: skip
-    "aircraft": Source(
-        "aircraft",
-        "FGVC-Aircraft",
-        "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/",
-        # SHA-256 and size as pinned by TensorFlow Datasets (url_checksums/fgvc.txt).
-        (
-            Archive(
-                "fgvc-aircraft-2013b.tar.gz",
-                "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz",
-                "d5f68b1b81d6d7831eb9d5c5517074176b5dfbce6bcb43dc14ed1c66a87b8d75",
-                2770575360,
-            ),
-        ),
-        "fgvc-aircraft-2013b",
-        "aircraft",
-    ),  # fmt: skip
-    "flowers102": Source(
-        "flowers102",
-        "Oxford 102 Flowers",
-        "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/",
-        # MD5s as pinned by torchvision (torchvision.datasets.Flowers102).
-        (
-            Archive(
-                "102flowers.tgz",
-                "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/102flowers.tgz",
-                "52808999861908f626f3c1f4e79d11fa",
-                None,
-                "flowers-102",
-            ),
-            Archive(
-                "imagelabels.mat",
-                "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/imagelabels.mat",
-                "e0620be6f572b9609742df49c70aed4d",
-                None,
-                "flowers-102",
-            ),
-            Archive(
-                "setid.mat",
-                "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/setid.mat",
-                "a5357ecc9cb78c4bef273ce3793fc85c",
-                None,
-                "flowers-102",
-            ),
-        ),
-        "flowers-102",
-        "flowers102",
-    ),  # fmt: skip
-    "cars": Source(
-        "cars",
-        "Stanford Cars",
-        CARS_PAGE,
-        # The original files, by their original names, with the SHA-256 and sizes pinned by
-        # TensorFlow Datasets (url_checksums/cars196.txt): what --mirror fetches and checks.
-        (
-            Archive(
-                "cars_train.tgz",
-                None,
-                "512b227b30e2f0a8aab9e09485786ab4479582073a144998da74d64b801fd288",
-                979269282,
-                "StanfordCars",
-            ),
-            Archive(
-                "cars_test.tgz",
-                None,
-                "bffea656d6f425cba3c91c6d83336e4c5f86c6cffd8975b0f375d3a10da8e243",
-                977350468,
-                "StanfordCars",
-            ),
-            Archive(
-                "car_devkit.tgz",
-                None,
-                "b97deb463af7d58b6bfaa18b2a4de9829f0f79e8ce663dfa9261bf7810e9accd",
-                330960,
-                "StanfordCars",
-            ),
-            Archive(
-                "cars_test_annos_withlabels.mat",
-                None,
-                "790f75be8ea34eeded134cc559332baf23e30e91367e9ddca97d26ed9b895f05",
-                185758,
-                "StanfordCars/devkit",
-            ),
-        ),
-        "StanfordCars",
-        "cars",
-        manual=(
-            "Stanford Cars' original host is gone (since 2023), so there is nothing official to download.\n"
-            "Either give --mirror URL of a copy that keeps the original file names (cars_train.tgz, "
-            "cars_test.tgz, car_devkit.tgz, cars_test_annos_withlabels.mat; their SHA-256 are checked), or "
-            "put one of the two community copies under ROOT/StanfordCars yourself and run cnl data check:\n"
-            "  - Kaggle's 'stanford-cars-dataset' archive: cars_train/cars_train/*.jpg, cars_test/cars_test/*.jpg, "
-            "car_devkit/devkit/*.mat, and cars_test_annos_withlabels.mat for the test labels;\n"
-            "  - the by-class folder copy ('stanford-car-dataset-by-classes-folder'): car_data/car_data/train/<class>/ "
-            "and test/<class>/, with anno_train.csv and anno_test.csv.\n"
-            "Both read with --dataset cars; docs/datasets.md says how."
-        ),
-    ),  # fmt: skip
-    "nabirds": Source(
-        "nabirds",
-        "NABirds",
-        "https://dl.allaboutbirds.org/nabirds",
-        (),
-        "nabirds",
-        "nabirds",
-        manual=(
-            "NABirds is given out by the Cornell Lab of Ornithology to a person who accepts its terms of use: "
-            "cnl cannot download it for you.\n"
-            "Ask for it at https://dl.allaboutbirds.org/nabirds, then unpack nabirds.tar.gz under ROOT "
-            "(ROOT/nabirds/images/, ROOT/nabirds/classes.txt, ...): --dataset nabirds --data-root ROOT/nabirds reads "
-            "it, and cnl data check --dataset nabirds --root ROOT/nabirds compares it with the published splits."
-        ),
-    ),  # fmt: skip
+    record.name: Source(
+        record.name, record.title, record.page, record.archives, record.folder, record.name, record.manual
+    )
+    for record in CATALOG.values()
+    if record.page is not None
 }
 
 

@@ -25,13 +25,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from cnl.data.catalog import CATALOG
 from cnl.data.datasets import FineGrainedDataset, build_dataset, detect_layout
 from cnl.data.images import ImageError, load_image
 from cnl.errors import DataError
 
 RECORD = "subset.json"
-# Splits that hold disjoint images; the other layouts' train and test are pooled.
-DISJOINT_SPLITS = {"flowers102": ("train", "val", "test")}
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,8 @@ def pooled_images(dataset: str, root: str) -> tuple[list[str], dict[str, list[Pa
     per_class: dict[str, set[Path]] = {}
     names: list[str] = []
     dataset = detect_layout(root) if dataset == "auto" else dataset
-    for split in DISJOINT_SPLITS.get(dataset, ("train", "test")):
+    known = CATALOG.get(dataset)  # an unknown name: build_dataset says which are known
+    for split in known.disjoint if known else ("train", "test"):
         part: FineGrainedDataset = build_dataset(dataset, root, split)
         names = names or part.classes
         for path, label in part.samples:

@@ -13,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cnl.data import build_dataset, detect_layout, eval_transform, train_transform
+from cnl.data.catalog import CATALOG
 from cnl.data.check import preflight
 from cnl.data.datasets import FineGrainedDataset
 from cnl.data.transforms import batch_mix
@@ -34,7 +35,7 @@ def skip_log(output: Path) -> Path:
 
 
 # Datasets with an official validation split: the training split that leaves it out.
-OFFICIAL_VALIDATION = {"aircraft": "train_without_val"}
+OFFICIAL_VALIDATION = {r.name: r.validation for r in CATALOG.values() if r.validation is not None}
 
 
 def build_datasets(

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from cnl.data.catalog import CATALOG
 from cnl.data.policies import AUTO_AUGMENTS, INTERPOLATION_NAMES
 from cnl.errors import InvalidValue, MissingFile, cut, excerpt
 
@@ -126,9 +127,7 @@ class TrainConfig:
     """
 
     data_root: str = setting("", "the dataset's folder (required)")
-    dataset: str = setting(
-        "auto", "cub, dogs, cars, aircraft, flowers102, nabirds, folder, list or auto (from the folder's layout)"
-    )
+    dataset: str = setting("auto", f"{', '.join(CATALOG)} or auto (from the folder's layout)")
     model: str = setting("resnet50_cnl5", "a model name (cnl list-models), or tv:NAME / timm:NAME [_nl5|_cnl5]")
     weights: str = setting(
         NO_WEIGHTS,
