@@ -258,6 +258,7 @@ def test_demo_quick_runs_the_whole_pipeline(tmp_path, capsys):
             ).is_file()
     assert "against resnet18; " in out and "McNemar, 8 images)" in out and "Training images/s" in out
     assert "One epoch per run: nothing to say of convergence." in out  # a smoke run: one epoch
+    assert "docs/synthetic.md" in out and (Path(__file__).parents[1] / "docs" / "synthetic.md").is_file()
     assert "speed vs first" not in out  # the table repeats exactly; speed is a line of its own
     assert (tmp_path / "demo" / "quick" / "data" / "synth.json").is_file()
 

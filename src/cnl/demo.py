@@ -48,6 +48,10 @@ RECIPE = {
 }
 QUICK = {"img_size": 32, "epochs": 1, "warmup_epochs": 0, "global_batch_size": 8}
 FLAT = 2.0  # points: test top-1 of the last two epochs no further apart than this
+SYNTHETIC_LIMITS = (
+    "What this benchmark can and cannot show about the modules: docs/synthetic.md; the same comparison on "
+    "real photos: cnl demo --dataset flowers102."
+)
 QUICK_DATA = SynthConfig(classes=4, train_per_class=4, test_per_class=2, image_size=48)
 # Real photos from scratch: ResNet-18 at torchvision's width, 128 px, SGD stepped down
 # twice; about 30 minutes for 12 classes of 60 + 20 images on a 2-core CPU (README).
@@ -111,8 +115,9 @@ def run_demo(output: str | Path = "runs/demo", quick: bool = False, photos: Phot
     speed = ", ".join(f"{row['model']} {row['train_images_per_s']:.1f}" for row in rows)
     report = build_report([output / "ablation"], output / "report")
     minutes = (time.perf_counter() - started) / 60
+    where = "" if photos else f"{SYNTHETIC_LIMITS}\n"
     return (
-        f"{table}\n\n{convergence(output / 'ablation', rows)}\n"
+        f"{table}\n\n{convergence(output / 'ablation', rows)}\n{where}"
         f"Training images/s on this machine: {speed}.\n"
         f"Machine: {machine(config)}; it prints the same table on every run, another processor may not (README).\n"
         f"Demo finished in {minutes:.1f} min; results in {output}/ablation, report in {report}."

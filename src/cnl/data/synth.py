@@ -14,9 +14,9 @@ Three tasks (``SynthConfig.task``):
   mark in the image: detecting each part on its own separates the classes, no relation
   between scales is needed.
 
-The relation task is built so that association across scales is required; docs/datasets.md
-says what training from scratch on it showed (so far: not even the control's lone mark is
-learned from a thousand images, so it cannot yet show what a module adds).
+The relation task is built so that association across scales is required; docs/synthetic.md
+says what training from scratch on it showed (at 64 px from 600 images not even the
+control's lone mark is learned well, so it cannot yet show what a module adds).
 
 In the parts task each class is an object described by three parts, one per scale:
 
