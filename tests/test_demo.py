@@ -78,6 +78,9 @@ def test_the_same_settings_draw_the_same_bytes_and_another_seed_another_draw(tmp
     assert Image.open(next((first / "train" / "class 0").iterdir())).size == (75, 50)  # the shorter side 50
     stamp = (first / "subset.json").stat().st_mtime_ns
     assert write_subset(spec, first) == first and (first / "subset.json").stat().st_mtime_ns == stamp
+    for damage in (b"{", b"[1, 2]", b"\xff\xfe", b'{"spec": 3}'):  # a damaged record: drawn again, the same
+        (first / "subset.json").write_bytes(damage)
+        assert write_subset(spec, first) == first and files_of(first) == files_of(again)
     other = json.loads((write_subset(dataclasses.replace(spec, seed=1), tmp_path / "c") / "subset.json").read_text())
     assert other["classes"] != record["classes"]
 

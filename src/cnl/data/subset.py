@@ -83,11 +83,20 @@ def resized(path: Path, short_side: int) -> Image.Image:
     return image
 
 
+def recorded_spec(record: Path) -> dict | None:
+    """The settings a finished subset was drawn with; None when there is none or its record
+    is damaged (the subset is then drawn again)."""
+    try:
+        spec = json.loads(record.read_text(encoding="utf-8")).get("spec")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return spec if isinstance(spec, dict) else None
+
+
 def write_subset(spec: SubsetSpec, out: str | Path) -> Path:
     """Write the subset into ``out`` (unless ``out/subset.json`` records the same ``spec``); returns ``out``."""
     out = Path(out)
-    record = out / RECORD
-    if record.exists() and json.loads(record.read_text()).get("spec") == asdict(spec):
+    if recorded_spec(out / RECORD) == asdict(spec):
         return out
     names, per_class = pooled_images(spec.dataset, spec.root)
     needed = spec.train + spec.test
