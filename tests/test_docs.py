@@ -220,3 +220,10 @@ def test_the_readme_counts_the_tests_that_the_fast_subset_leaves_out():
     summary = re.search(r"(\d+)/\d+ tests collected", collected.stdout)
     assert summary, collected.stdout[-2000:] + collected.stderr[-2000:]
     assert int(stated.group(1)) == int(summary.group(1))
+
+
+def test_the_api_page_names_every_dataset_of_the_catalog():
+    from cnl.data.catalog import CATALOG
+
+    (row,) = [line for line in (REPO / "docs" / "api.md").read_text().splitlines() if "cnl.data.build_dataset(" in line]
+    assert re.findall(r"`(\w+)`", row.split("|")[2]) == [*CATALOG, "auto"]
