@@ -91,7 +91,7 @@ def run_folder_of(resume: str | None) -> str | None:
     return str(RunFolder.of_checkpoint(resume).root)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Built:
     """Everything a run trains with, built once from its config (``build_run``)."""
 
@@ -158,8 +158,10 @@ def build_run(
     test_loader = eval_loader(read["test"], batch_size, config.workers, ctx)
     val_loader = None if val_set is None else eval_loader(read["val"], batch_size, config.workers, ctx)
     return Built(
-        read["train"], val_set, test_set, classes, steps, model, parts, evaluated, eval_model, test_loader, val_loader,
-        settings, provenance(ctx, batch_size, global_batch, config.accum_steps),
+        train_set=read["train"], val_set=val_set, test_set=test_set, classes=classes, steps_per_epoch=steps,
+        model=model, parts=parts, evaluated=evaluated, eval_model=eval_model, test_loader=test_loader,
+        val_loader=val_loader, settings=settings,
+        provenance=provenance(ctx, batch_size, global_batch, config.accum_steps),
     )  # fmt: skip
 
 
