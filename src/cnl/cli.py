@@ -255,6 +255,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from cnl.engine.distributed import is_main_process
     from cnl.engine.inference import evaluate_checkpoint
 
     options = {"data_root": args.data_root, "workers": args.workers, "device": args.device}
@@ -264,11 +265,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.report is not None:
         from cnl.analysis.evidence import write_report
 
-        written = write_report(result, args.report) if result["is_main"] else []
+        written = write_report(result, args.report) if is_main_process() else []
         for detail in ("confusion", "per_image", "images", "classes"):
             result.pop(detail)
         result["report"] = [str(path) for path in written]
-    if result.pop("is_main"):
+    if is_main_process():  # under torchrun, one process prints
         if args.json:
             print(json.dumps(result))
         else:

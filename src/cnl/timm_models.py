@@ -26,10 +26,11 @@ from torch import Tensor, nn
 from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RESIZE_RATIO
 from cnl.engine.hub import GENERIC
 from cnl.models import create_model, list_models
+from cnl.models.backbones import VARIANTS
 from cnl.models.weights import current_keys
 from cnl.nn import CrossLayerNonLocal, NonLocal2d
 
-NAMES = [name for name in list_models() if name.endswith(("_nl5", "_cnl5"))]
+NAMES = [name for name in list_models() if name.endswith(VARIANTS)]
 PAPER_WEIGHTS = "IMAGENET1K_V1"  # what every preset names; torchvision's DEFAULT is V2 for ResNet-50 and up
 TIMM_FAMILIES = (
     "resnet50d",
@@ -39,7 +40,7 @@ TIMM_FAMILIES = (
     "swin_tiny_patch4_window7_224",
     "vit_small_patch16_224",
 )
-FOREIGN = {f"{family}{variant}": family for family in TIMM_FAMILIES for variant in ("_nl5", "_cnl5")}
+FOREIGN = {f"{family}{variant}": family for family in TIMM_FAMILIES for variant in VARIANTS}
 
 
 def _foreign_cfg(name: str) -> dict[str, Any]:

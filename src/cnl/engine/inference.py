@@ -97,7 +97,7 @@ def evaluate_checkpoint(
             metrics.update(images=image_names(test), classes=classes)
         crop, resize, _ = config.eval_sizes()
         views_said = {"tta": tta, "eval_crop": crop, "eval_resize": resize or round(crop * RESIZE_RATIO)}
-        return {"checkpoint": str(path), "model": config.model, **views_said, **metrics, "is_main": ctx.is_main}
+        return {"checkpoint": str(path), "model": config.model, **views_said, **metrics}
     finally:
         distributed.teardown(ctx)
 
