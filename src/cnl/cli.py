@@ -380,7 +380,7 @@ def add_training(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--output", default="runs/demo", help="default runs/demo (real photos: OUTPUT/DATASET)")
     demo.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tiny data, into OUTPUT/quick)")
     photos = demo.add_argument_group("real photos")
-    fetched = [name for name, record in CATALOG.items() if record.fetchable and record.manual is None]
+    fetched = [name for name, record in CATALOG.items() if record.downloadable]
     photos.add_argument(
         "--dataset", default="synth",
         help=f"synth (default), or a dataset to take a subset of: {', '.join(fetched)} (fetched by cnl data get when "

@@ -54,7 +54,7 @@ SYNTHETIC_LIMITS = (
 )
 QUICK_DATA = SynthConfig(classes=4, train_per_class=4, test_per_class=2, image_size=48)
 # Real photos from scratch: ResNet-18 at torchvision's width, 128 px, SGD stepped down
-# twice; about 30 minutes for 12 classes of 60 + 20 images on a 2-core CPU (README).
+# twice (README gives the time an epoch took on a 2-core CPU).
 PHOTO_RECIPE = {
     "dataset": "folder",
     "width": None,
@@ -158,13 +158,15 @@ def photo_config(photos: Photos, output: Path, quick: bool) -> TrainConfig:
 
 def fetched_folder(photos: Photos) -> Path:
     """The folder ``cnl data get`` fetches ``photos.dataset`` into (nothing downloaded twice)."""
-    from cnl.data.download import SOURCES, get_dataset
+    from cnl.data.catalog import CATALOG
+    from cnl.data.download import get_dataset
 
-    fetchable = [name for name, source in SOURCES.items() if source.manual is None]
-    if photos.dataset not in fetchable:
-        how = f"cnl data get {photos.dataset} says where to get it; " if photos.dataset in SOURCES else ""
+    downloadable = [name for name, record in CATALOG.items() if record.downloadable]
+    if photos.dataset not in downloadable:
+        known = photos.dataset in CATALOG and CATALOG[photos.dataset].fetchable
+        how = f"cnl data get {photos.dataset} says where to get it; " if known else ""
         raise InvalidValue(
-            f"cnl data get cannot fetch {photos.dataset!r} (it fetches {', '.join(fetchable)}): {how}"
+            f"cnl data get cannot fetch {photos.dataset!r} (it fetches {', '.join(downloadable)}): {how}"
             "give the dataset's folder with --data-root DIR"
         )
     return get_dataset(photos.dataset, photos.root, photos.mirror, progress=sys.stderr.isatty()).folder

@@ -267,16 +267,19 @@ def ablation_blocks(
         "seeds on) and, within each seed, image by image on the test split (below). GMACs per image ('layers' "
         "leaves out the attention products, as the paper's table).",
     ]
-    compared = [row for row in rows[1:] if row.get("diff_top1")]
-    if compared and tests:
+    if compared(rows) and tests:
         blocks += [paired_table(rows), verdicts(rows)]
     return blocks
 
 
+def compared(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows after the first that carry a comparison with it."""
+    return [row for row in rows[1:] if row.get("diff_top1")]
+
+
 def verdicts(rows: list[dict[str, Any]]) -> str:
     """One verdict sentence a line, for each model compared with the first."""
-    compared = [row for row in rows[1:] if row.get("diff_top1")]
-    return "\n".join(verdict(row["model"], rows[0]["model"], row["diff_top1"]) for row in compared)
+    return "\n".join(verdict(row["model"], rows[0]["model"], row["diff_top1"]) for row in compared(rows))
 
 
 def format_ablation(

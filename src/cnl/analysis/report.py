@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from cnl.analysis.ablation import ablation_blocks, paired_table, verdicts
+from cnl.analysis.ablation import ablation_blocks, compared, paired_table, verdicts
 from cnl.analysis.evidence import CONFUSION, PER_CLASS
 from cnl.engine.checkpoint import load_model_with_info
 from cnl.engine.config import stored_config
@@ -127,7 +127,7 @@ def attention_figures(label: str, run: Path, out_dir: Path, images: int) -> list
 def verdict_section(rows: list[dict[str, Any]]) -> Section | None:
     """The report's opening: one verdict per model compared with the first, then the per-seed
     points behind it (None without a comparison)."""
-    if not any(row.get("diff_top1") for row in rows[1:]):
+    if not compared(rows):
         return None
     return Section("Verdict", [verdicts(rows), paired_table(rows)], [])
 
@@ -213,8 +213,8 @@ def build_report(paths: list[str | Path], out: str | Path, images: int = 2) -> P
     out.mkdir(parents=True, exist_ok=True)
     runs, rows, ablation = expand_runs(paths)
     sections: list[Section] = []
-    opening = verdict_section(rows)
-    if opening is not None and ablation is not None:
+    opening = verdict_section(rows)  # rows come from ablation.json alone
+    if opening is not None:
         sections.append(opening)
         sections += class_attention_section(rows, dict(runs), out)
     curves = plot_curves(runs, out / "curves.png")

@@ -62,6 +62,11 @@ class DatasetRecord:
         """Whether ``cnl data get`` knows where this dataset comes from."""
         return self.page is not None
 
+    @property
+    def downloadable(self) -> bool:
+        """Whether ``cnl data get`` downloads it with no step of a person's (terms, a mirror)."""
+        return self.fetchable and self.manual is None
+
 
 CARS_PAGE = "https://ai.stanford.edu/~jkrause/cars/car_dataset.html"
 _PUBLISHED = {

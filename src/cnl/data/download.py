@@ -75,7 +75,7 @@ SOURCES = {
         record.name, record.title, record.page, record.archives, record.folder, record.name, record.manual
     )
     for record in CATALOG.values()
-    if record.page is not None
+    if record.page is not None  # fetchable, said so that the type checker sees the page
 }
 
 
