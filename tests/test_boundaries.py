@@ -157,6 +157,23 @@ def test_any_typed_value_of_any_setting_is_valid_or_one_line(key, text, capsys, 
     assert not (tmp_path / "run").exists()
 
 
+DEMO_FLAGS = ["--dataset", "--classes", "--train-per-class", "--test-per-class", "--weights", "--root", "--mirror"]
+
+
+@given(flag=st.sampled_from(DEMO_FLAGS), text=SETTING_TEXT)
+def test_any_value_of_a_demo_flag_is_valid_or_one_line(flag, text, capsys, tmp_path):
+    """cnl demo --dataset's flags, typed anyhow: argparse's mistakes are one line too, and a value
+    that parses ends at the data root that does not exist, before any download or training."""
+    assume("\x00" not in text and not (flag == "--dataset" and text == "synth"))  # synth: the synthetic demo
+    argv = ["demo", "--dataset", "folder", "--data-root", str(tmp_path / "no-data"), "--output", str(tmp_path / "run")]
+    try:
+        code = main([*argv, f"{flag}={text}"])
+    except SystemExit as refused:
+        code = int(refused.code or 0)
+    one_line_error(code, capsys.readouterr().err, "demo")
+    assert not (tmp_path / "run").exists()
+
+
 # --- presets: files from elsewhere are data ------------------------------------------------------
 
 

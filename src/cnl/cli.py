@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from cnl.errors import InvalidValue, TrainingDiverged, UserError
 
@@ -590,10 +590,16 @@ def import_modules(names: list[str]) -> None:
             raise InvalidValue(f"--import {name}: {error}") from None
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, saying a mistyped flag in one line and exit 2, as cnl says every
+    other mistake (the usage is one ``--help`` away); subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the flags)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cnl", description="Cross-layer non-local networks for fine-grained recognition"
-    )
+    parser = Parser(prog="cnl", description="Cross-layer non-local networks for fine-grained recognition")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_profile(subparsers)
     add_list_models(subparsers)
