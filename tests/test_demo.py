@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from archives import serve
 from cnl.cli import main
@@ -114,3 +116,12 @@ def test_what_the_photo_demo_cannot_do_is_one_line(argv, said, tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert said in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.pt"))
+
+
+@given(names=st.lists(st.text(max_size=12), max_size=8))
+def test_any_class_names_become_distinct_single_path_components(names):
+    taken: set[str] = set()
+    folders = [folder_name(name, taken) for name in names]
+    assert len(set(folders)) == len(folders)
+    for folder in folders:
+        assert folder and folder not in (".", "..") and not {"/", "\\", "\0"} & set(folder), repr(folder)
