@@ -12,9 +12,11 @@ missing one is trained; a folder holding a run of other settings is refused, nev
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import statistics
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from cnl.analysis.profile import profile_model
 from cnl.engine import distributed
 from cnl.engine.checkpoint import model_overrides, read_for_resume
 from cnl.engine.config import TrainConfig, recipe_differences
+from cnl.engine.parallel import fit_each
 from cnl.engine.predictions import Answers, read_correct
 from cnl.engine.runfolder import RunFolder
 from cnl.engine.trainer import RunInterrupted, RunState, fit
@@ -45,45 +48,87 @@ def run_folder(model: str, seed: int, seeds: list[int]) -> str:
 
 
 def run_ablation(
-    base: TrainConfig, models: list[str], output: str | Path, seeds: list[int] | None = None
+    base: TrainConfig,
+    models: list[str],
+    output: str | Path,
+    seeds: list[int] | None = None,
+    jobs: int = 1,
+    threads: int | None = None,
 ) -> list[dict[str, Any]]:
     """Train each of ``models`` once per seed (``base.seed`` when none are given) into
     ``output/<model>[/seed<k>]``; returns the rows (see ``summarise``).
 
+    ``jobs`` > 1 trains that many runs at once, each in a worker process with ``threads``
+    threads (1 if None; ``cnl.engine.parallel``); a single process (``jobs`` 1, or inside
+    torchrun) trains them in turn with ``threads`` threads (torch's own count if None).
     Writes ``output/ablation.json`` (every per-seed value) and ``output/ablation.md``.
     """
     output = Path(output)
     seeds = seeds or [base.seed]
-    results: dict[str, list[dict[str, Any]]] = {}
-    for seed in seeds:
-        for name in models:
-            folder = run_folder(name, seed, seeds)
-            config = dataclasses.replace(base, model=name, seed=seed, output=str(output / folder), resume="auto")
-            note = what_is_there(config)
-            if note and distributed.is_main_process():
-                print(note, flush=True)
-            try:
-                summary = fit(config)
-            except RunInterrupted:
-                write_ablation(summarise(base, results), base, output, seeds)  # what finished is still tabled
-                raise
-            results.setdefault(name, []).append(
-                {
-                    "seed": seed,
-                    "run": folder,
-                    "top1": summary["best_top1"],
-                    "top5": summary["best_top5"],
-                    "best_epoch": summary["best_epoch"],
-                    "final_top1": summary["final_top1"],
-                    "train_images_per_s": summary["train_images_per_s"],
-                    "params": summary["params"],
-                    "classes": summary["classes"],
-                    "predictions": RunFolder(output / folder).predictions,
-                }
-            )
-    rows = summarise(base, results)
+    plan = {
+        run_folder(name, seed, seeds): dataclasses.replace(
+            base, model=name, seed=seed, output=str(output / run_folder(name, seed, seeds)), resume="auto"
+        )
+        for seed in seeds
+        for name in models
+    }
+    for config in plan.values():  # a folder of other settings is refused before anything trains
+        note = what_is_there(config)
+        if note and distributed.is_main_process():
+            print(note, flush=True)
+    summaries: dict[str, dict[str, Any]] = {}
+    try:
+        if jobs > 1 and distributed.world_size() == 1:
+            fit_each(list(plan.values()), jobs, threads or 1, lambda config: f"{config.model} seed {config.seed}")
+        else:
+            with thread_count(threads):
+                for folder, config in plan.items():
+                    summaries[folder] = fit(config)
+    except RunInterrupted:
+        write_ablation(summarise(base, collect(plan, summaries)), base, output, seeds)  # what finished is tabled
+        raise
+    rows = summarise(base, collect(plan, summaries))
     write_ablation(rows, base, output, seeds)
     return rows
+
+
+@contextlib.contextmanager
+def thread_count(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` (None: left as they are), then restored."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def collect(plan: dict[str, TrainConfig], summaries: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Each model's finished runs, in seed order: the summaries returned, else (runs trained by
+    worker processes) the summary.json each finished run wrote."""
+    results: dict[str, list[dict[str, Any]]] = {}
+    for folder, config in plan.items():
+        summary = summaries.get(folder) or RunFolder(config.output).read_summary()
+        if summary is None or summary.get("epochs") != config.epochs:
+            continue  # not trained, or stopped before its end
+        results.setdefault(config.model, []).append(
+            {
+                "seed": config.seed,
+                "run": folder,
+                "top1": summary["best_top1"],
+                "top5": summary["best_top5"],
+                "best_epoch": summary["best_epoch"],
+                "final_top1": summary["final_top1"],
+                "train_images_per_s": summary["train_images_per_s"],
+                "params": summary["params"],
+                "classes": summary["classes"],
+                "predictions": RunFolder(config.output).predictions,
+            }
+        )
+    return results
 
 
 def what_is_there(config: TrainConfig) -> str | None:

@@ -60,11 +60,13 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
-def cpu_kernels() -> str:
+def cpu_kernels(threads: int | None = None) -> str:
     """What decides a CPU run's sums besides the code: the processor, the instruction set
-    whose kernels torch chose (AVX2, AVX512, ...: each adds in its own order) and the threads."""
+    whose kernels torch chose (AVX2, AVX512, ...: each adds in its own order) and the threads
+    (``threads``, or this process's)."""
     capability = torch.backends.cpu.get_cpu_capability()
-    return f"{cpu_name()}, torch {torch.__version__} with {capability} kernels, {torch.get_num_threads()} threads"
+    count = threads or torch.get_num_threads()
+    return f"{cpu_name()}, torch {torch.__version__} with {capability} kernels, {count} thread{'s' * (count > 1)}"
 
 
 def provenance(ctx: distributed.Context, batch_size: int, global_batch_size: int, accum_steps: int) -> dict[str, Any]:
