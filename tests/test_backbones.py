@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import cnl
 from cnl.models.backbones import Spec
 from cnl.models.placement import default_placement, regular
-from cnl.models.plug import Site, record_outputs
+from cnl.models.plug import Site, attended, name_of, plug_into, plugged, record_outputs
 
 pytest.importorskip("timm")
 
@@ -69,7 +70,7 @@ def site_outputs(model, x):
 def test_family_identity_attention_gradients_and_one_step(backbone):
     size, query, responses = FAMILIES[backbone]
     plain, model = build(backbone).eval(), build(f"{backbone}_cnl5").eval()
-    assert (model.query, model.responses) == (query, responses)
+    assert (plugged(model).query, plugged(model).responses) == (query, responses)
     # The backbone's keys are its own; the new modules live under plug.
     keys = set(model.state_dict())
     assert set(plain.state_dict()) == {k for k in keys if not k.startswith("plug.")}
@@ -101,11 +102,11 @@ def test_family_identity_attention_gradients_and_one_step(backbone):
 def test_nl_variant_gives_one_map_per_block(backbone):
     size = FAMILIES[backbone][0]
     model = build(f"{backbone}_nl5").eval()
-    assert model.nl_layers == FAMILIES[backbone][2] and model.query is None
+    assert plugged(model).nl_layers == FAMILIES[backbone][2] and plugged(model).query is None
     x = torch.randn(1, 3, size, size)
     _, attention = model.forward_with_attention(x)
     outputs = site_outputs(model, x)
-    for name in model.nl_layers:
+    for name in plugged(model).nl_layers:
         positions = grid(model.plug.sites[name], outputs[name])
         assert attention[name].shape == (1, positions, positions)
 
@@ -210,7 +211,8 @@ def test_downstream_train_eval_predict_attention_export_on_a_torchvision_backbon
     assert main(args) == 0
     best = run / "checkpoints" / "best.pt"
     model, classes = cnl.load_model(best)
-    assert model.arch == "tv:mobilenet_v3_large_cnl5" and model.query == "features.14" and len(classes) == 3
+    plug = plugged(model)
+    assert plug.arch == "tv:mobilenet_v3_large_cnl5" and plug.query == "features.14" and len(classes) == 3
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(best), "--json", "--device", "cpu"]) == 0
     logged = json.loads((run / "summary.json").read_text())
@@ -222,7 +224,7 @@ def test_downstream_train_eval_predict_attention_export_on_a_torchvision_backbon
     assert (tmp_path / "a.png").stat().st_size > 1000
     assert main(["attention", "--checkpoint", str(best), str(image), "--html", str(tmp_path / "a.html")]) == 0
     page = (tmp_path / "a.html").read_text()
-    assert all(f'"name":"{layer}"' in page for layer in model.responses)  # one map per response
+    assert all(f'"name":"{layer}"' in page for layer in plug.responses)  # one map per response
     assert main(["export", "--checkpoint", str(best), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
     assert (tmp_path / "m.onnx").stat().st_size > 100_000
 
@@ -243,17 +245,18 @@ def test_profile_placements_list_models_hub_and_timm_names(capsys):
     assert "resnet50_cnl5" in out and "tv:NAME or timm:NAME" in out
     hub = torch.hub.load(str(Path(__file__).resolve().parents[1]), "create_model", "tv:efficientnet_b0_cnl5",
                          source="local", num_classes=3)  # fmt: skip
-    assert hub.query == "features.6.3"
+    assert plugged(hub).query == "features.6.3"
     import timm
 
     model = timm.create_model("efficientnet_b0_cnl5", num_classes=4)
-    assert model.arch == "timm:efficientnet_b0_cnl5" and model.classifier.out_features == 4
+    assert plugged(model).arch == "timm:efficientnet_b0_cnl5" and model.classifier.out_features == 4
     assert "convnext_tiny_cnl5" in timm.list_models("*_cnl5")
 
 
 def test_torchvision_resnet_gets_the_papers_placement_under_its_own_names():
     model = build("tv:resnet50_cnl5")
-    assert model.query == "layer4.1" and model.responses == ("layer2.1", "layer2.3", "layer3.1", "layer3.3", "layer3.5")
+    plug = plugged(model)
+    assert plug.query == "layer4.1" and plug.responses == ("layer2.1", "layer2.3", "layer3.1", "layer3.3", "layer3.5")
 
 
 def test_bench_names_keep_their_source():
@@ -293,3 +296,27 @@ def test_torchvision_weights_name_for_a_plugged_backbone_uses_the_hub_cache(tmp_
     model = cnl.create_model("tv:mobilenet_v3_large_cnl5", num_classes=7, weights="IMAGENET1K_V1")
     torch.testing.assert_close(model.features[0][0].weight, source.features[0][0].weight)
     assert model.classifier[-1].weight.shape == (7, 1280)
+
+
+class OwnBackbone(nn.Module):
+    """A backbone of the user's with attributes named as cnl's roles."""
+
+    def __init__(self):
+        super().__init__()
+        self.query, self.arch = "its own", "its own"
+        self.stem, self.deep = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.deep(self.stem(x))
+
+
+def test_the_modules_are_reached_through_plugged_and_the_backbones_attributes_stay_its_own():
+    own = OwnBackbone()
+    assert plugged(own) is None and attended(own) == () and name_of(own) == "OwnBackbone"
+    sites = {"stem": Site("stem", "NCHW", 8), "deep": Site("deep", "NCHW", 8)}
+    model = plug_into(own, sites, "own_cnl", query="deep", responses=["stem"])
+    assert (model.query, model.arch) == ("its own", "its own")
+    plug = plugged(model)
+    assert (plug.query, plug.responses, plug.arch) == ("deep", ("stem",), "own_cnl") and attended(model) == ("stem",)
+    _, attention = model.forward_with_attention(torch.randn(1, 3, 16, 16))
+    assert attention["stem"].shape == (1, 64, 256)

@@ -15,6 +15,7 @@ from cnl.analysis.report import build_report
 from cnl.cli import main
 from cnl.data import eval_transform, load_image
 from cnl.data.synth import SynthConfig, generate
+from cnl.models.plug import plugged
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Flags for a closed network: no background connections, no update checks, no sandbox as root.
@@ -114,13 +115,13 @@ def test_clicking_a_query_cell_shows_the_models_attention_row(browser, report):
     section = 1
     name = page.locator("section.image h2").nth(section).text_content()
     x = eval_transform(64)(load_image(next((run.parent / "data" / "images").rglob(name))))
-    maps, hooks = record_maps(model, [grid_layer(model), model.query])
+    maps, hooks = record_maps(model, [grid_layer(model), plugged(model).query])
     with torch.no_grad():
         _, attention = model.forward_with_attention(x.unsqueeze(0))
     for hook in hooks:
         hook.remove()
     grid = tuple(maps[grid_layer(model)].shape[-2:])
-    query_grid = tuple(maps[model.query].shape[-2:])
+    query_grid = tuple(maps[plugged(model).query].shape[-2:])
     for cell in [(0, 0), (grid[0] - 1, grid[1] - 1), (grid[0] // 2, 0)]:
         canvas = page.locator("section.image").nth(section).locator(".query canvas")
         canvas.scroll_into_view_if_needed()
@@ -130,7 +131,7 @@ def test_clicking_a_query_cell_shows_the_models_attention_row(browser, report):
         )
         assert page.evaluate(f"window.cnlExplorer.images[{section}].cell") == list(cell)
         shown = displayed_values(page, section)
-        assert list(shown) == list(model.responses)
+        assert list(shown) == list(plugged(model).responses)
         for layer, values in shown.items():
             row = attention[layer][0, map_cell(cell, grid, query_grid)]
             expected = (row / row.max() * 255).round()
@@ -138,7 +139,7 @@ def test_clicking_a_query_cell_shows_the_models_attention_row(browser, report):
     # One colour scale for every map of the cell: each map at its share of the largest maximum.
     page.check("#shared")
     shown = displayed_values(page, section)
-    top = max(float(attention[layer][0, map_cell(cell, grid, query_grid)].max()) for layer in model.responses)
+    top = max(float(attention[layer][0, map_cell(cell, grid, query_grid)].max()) for layer in plugged(model).responses)
     for layer, values in shown.items():
         row = attention[layer][0, map_cell(cell, grid, query_grid)]
         assert (torch.tensor(values, dtype=torch.float32) - (row / top * 255).round()).abs().max() <= 1

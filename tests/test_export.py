@@ -9,6 +9,7 @@ import torch
 import cnl
 from cnl.cli import main
 from cnl.data.synth import SynthConfig, generate
+from cnl.models.plug import plugged
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +38,7 @@ def test_torch_hub_local_loads_every_model():
         for name in cnl.list_models():
             assert torch.hub.load(str(REPO), name, source="local", num_classes=5).fc.out_features == 5
     model = torch.hub.load(str(REPO), "resnet18_cnl5", source="local", num_classes=7)
-    assert model.fc.out_features == 7 and model.query == "layer4.0"
+    assert model.fc.out_features == 7 and plugged(model).query == "layer4.0"
 
 
 def test_onnx_runs_in_onnxruntime_with_any_batch(checkpoint, tmp_path):

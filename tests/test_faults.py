@@ -2,6 +2,7 @@
 
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -60,10 +61,18 @@ def size_limits(checkpoint: Path) -> dict[str, int]:
     }
 
 
+@pytest.fixture(scope="module")
+def one_epoch(data, tmp_path_factory):
+    """A run of one epoch, trained once; each test resumes a copy of it."""
+    output = tmp_path_factory.mktemp("one_epoch") / "run"
+    assert main(train_args(data, output, 1)) == 0
+    return output
+
+
 @pytest.mark.parametrize("where", ["header", "tensors", "last bytes"])
-def test_a_full_disk_keeps_the_previous_checkpoint_and_says_where(data, tmp_path, where):
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_where(one_epoch, tmp_path, where):
     output = tmp_path / "run"
-    assert cnl(*train_args(data, output, 1)).returncode == 0
+    shutil.copytree(one_epoch, output)
     last = output / "checkpoints" / "last.pt"
     before = last.read_bytes()
     # The next checkpoint cannot be written: files may not grow past this point of one.
@@ -76,7 +85,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_where(data, tmp_path
     assert len(message) == 1 and "cannot write checkpoint" in message[0] and "File too large" in message[0]
     assert "is intact" in message[0] and str(output / "checkpoints") in message[0]
     assert last.read_bytes() == before and no_temporaries(output)
-    assert cnl("train", "--resume", "--output", str(output), "--epochs", "2").returncode == 0
+    assert main(["train", "--resume", "--output", str(output), "--epochs", "2"]) == 0
     assert read_checkpoint(last)["epoch"] == 2
 
 
@@ -144,22 +153,22 @@ def test_a_failed_write_removes_its_temporary_file(tmp_path, monkeypatch):
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
-def test_one_run_per_folder_and_a_killed_runs_lock_is_taken_over(data, tmp_path):
+def test_one_run_per_folder_and_a_killed_runs_lock_is_taken_over(data, tmp_path, capsys):
     output = tmp_path / "run"
     first = subprocess.Popen(
         [sys.executable, "-m", "cnl", *train_args(data, output, 200)], stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, env=ENV,
     )  # fmt: skip
     wait_for(output / "checkpoints" / "last.pt", first)
-    second = cnl(*train_args(data, output, 2))
-    assert second.returncode == 2
-    assert f"{output} is in use by another cnl train (pid {first.pid})" in second.stderr
+    capsys.readouterr()
+    assert main(train_args(data, output, 2)) == 2
+    assert f"{output} is in use by another cnl train (pid {first.pid})" in capsys.readouterr().err
     first.kill()
     first.communicate()
     wait_until(lock_free(output / ".lock"), None, "free lock")
-    third = cnl(*train_args(data, output, 2))  # a new run into the folder (the killed one had another length)
-    assert third.returncode == 0, third.stderr[-2000:]
-    assert f"taking over the lock of process {first.pid}, which has ended" in third.stderr
+    # A new run into the folder (the killed one had another length).
+    assert main(train_args(data, output, 2)) == 0
+    assert f"taking over the lock of process {first.pid}, which has ended" in capsys.readouterr().err
     assert (output / ".lock").read_text() == ""  # a clean end leaves nothing to take over
 
 

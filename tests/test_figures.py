@@ -11,6 +11,7 @@ from cnl.analysis.receptive_field import receptive_fields
 from cnl.cli import main
 from cnl.data import eval_transform, load_image
 from cnl.data.synth import SynthConfig, generate
+from cnl.models.plug import plugged
 
 TINY = SynthConfig(classes=3, train_per_class=3, test_per_class=2, image_size=40, seed=2)
 
@@ -46,7 +47,7 @@ def test_heatmaps_are_the_attention_the_model_returned(ablation):
     image = next((data / "images").rglob("*.jpg"))
     rows = attention_rows(model, image, 64, queries=[(1, 0), (0, 1)])
     assert rows.grid == (2, 2) and len(rows.rows) == 2
-    assert [p.layer for p in rows.rows[0]] == list(model.responses)
+    assert [p.layer for p in rows.rows[0]] == list(plugged(model).responses)
     with torch.no_grad():
         _, attention = model.eval().forward_with_attention(eval_transform(64)(load_image(image)).unsqueeze(0))
     for cell, panels in zip(rows.queries, rows.rows):

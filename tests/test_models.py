@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 
 import cnl
 from cnl.models.placement import spaced_blocks
+from cnl.models.plug import plugged
 from cnl.models.resnet import block_channels, paper_placement
 from cnl.models.weights import current_keys
 
@@ -27,12 +28,12 @@ def test_list_models_has_every_backbone_and_variant():
 
 def test_paper_placements():
     r50 = cnl.create_model("resnet50_cnl5", num_classes=200)
-    assert r50.query == "layer4.1"
-    assert r50.responses == ("layer2.1", "layer2.3", "layer3.1", "layer3.3", "layer3.5")
+    assert plugged(r50).query == "layer4.1"
+    assert plugged(r50).responses == ("layer2.1", "layer2.3", "layer3.1", "layer3.3", "layer3.5")
     r101 = cnl.create_model("resnet101_cnl5", num_classes=200)
-    assert r101.responses == ("layer2.1", "layer2.3", "layer3.5", "layer3.12", "layer3.19")
+    assert plugged(r101).responses == ("layer2.1", "layer2.3", "layer3.5", "layer3.12", "layer3.19")
     nl = cnl.create_model("resnet101_nl5", num_classes=200)
-    assert nl.nl_layers == r101.responses and nl.plug.cnl is None
+    assert plugged(nl).nl_layers == plugged(r101).responses and nl.plug.cnl is None
     assert sorted(nl.plug.nl) == ["layer2_1", "layer2_3", "layer3_12", "layer3_19", "layer3_5"]
 
 
@@ -41,7 +42,7 @@ def test_placement_rule_for_other_depths():
     assert paper_placement("resnet34") == ("layer4.1", ("layer2.1", "layer2.3", "layer3.1", "layer3.3", "layer3.5"))
     assert paper_placement("resnet152")[1] == ("layer2.3", "layer2.7", "layer3.11", "layer3.23", "layer3.35")
     assert paper_placement("resnet18")[1] == ("layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1")
-    assert cnl.create_model("resnet18_cnl5", num_classes=3).query == "layer4.0"
+    assert plugged(cnl.create_model("resnet18_cnl5", num_classes=3)).query == "layer4.0"
 
 
 def test_new_module_keys_have_their_own_prefix_and_backbone_keys_are_torchvisions():
@@ -106,7 +107,7 @@ def test_missing_or_foreign_weights_are_clear_errors(tmp_path):
 
 def test_query_and_responses_can_be_overridden_by_layer_name():
     model = cnl.create_model("resnet50_cnl5", num_classes=10, query="layer4.2", responses=["layer3.5", "layer2.0"])
-    assert model.query == "layer4.2" and model.responses == ("layer2.0", "layer3.5")
+    assert plugged(model).query == "layer4.2" and plugged(model).responses == ("layer2.0", "layer3.5")
     assert model.plug.cnl.response_channels == [512, 1024]
     out, attention = model.eval().forward_with_attention(torch.randn(1, 3, 64, 64))
     assert out.shape == (1, 10)

@@ -20,6 +20,7 @@ from cnl.analysis.receptive_field import has_receptive_fields, receptive_fields
 from cnl.data import eval_transform, load_image
 from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from cnl.errors import InvalidValue, UserError
+from cnl.models.plug import Plug, attended, forward_with_attention, name_of, plugged
 
 Cell = tuple[int, int]  # (row, column) in the query grid
 
@@ -47,15 +48,25 @@ class AttentionRows:
     rows: list[list[Panel]]
 
 
-def as_map(model: Any, layer: str, output: torch.Tensor) -> torch.Tensor:
+def as_map(model: torch.nn.Module, layer: str, output: torch.Tensor) -> torch.Tensor:
     """A site's output as ``[B, C, H, W]``, through its layout (channels-last maps, ViT tokens)."""
-    return model.plug.sites[layer].to_map(output)
+    return plug_of(model).sites[layer].to_map(output)
 
 
-def grid_layer(model: Any) -> str:
+def grid_layer(model: torch.nn.Module) -> str:
     """The layer whose grid the query cells are drawn on (our ResNets: the last block, stride
     32; another backbone: the CNL query, else its deepest NL block)."""
-    return model.plug.grid
+    grid = plug_of(model).grid
+    assert grid is not None  # a model with modules to show has one
+    return grid
+
+
+def plug_of(model: torch.nn.Module) -> Plug:
+    """The model's NL/CNL modules; a model without any is ``NothingToShow``."""
+    plug = plugged(model)
+    if plug is None or not attended(model):
+        raise NothingToShow(f"{name_of(model)} without NL or CNL modules has no attention to show")
+    return plug
 
 
 def record_maps(model: torch.nn.Module, layers: list[str]) -> tuple[dict[str, torch.Tensor], list]:
@@ -120,21 +131,20 @@ class Seen:
 
 
 @torch.no_grad()
-def look(model: Any, image_path: str | Path, img_size: int) -> Seen:
+def look(model: torch.nn.Module, image_path: str | Path, img_size: int) -> Seen:
     """Run ``image_path`` through ``model`` (eval mode) keeping what a figure needs."""
-    layers = list(model.responses) + list(model.nl_layers)
-    if not layers:
-        raise NothingToShow(f"{model.arch} without NL or CNL modules has no attention to show")
+    plug = plug_of(model)
+    layers = list(attended(model))
     model.eval()
     x = eval_transform(img_size)(load_image(image_path)).unsqueeze(0)
     last = grid_layer(model)
-    maps, hooks = record_maps(model, [*layers, last, *([model.query] if model.query else [])])
+    maps, hooks = record_maps(model, [*layers, last, *([plug.query] if plug.query else [])])
     try:
-        logits, attention = model.forward_with_attention(x)
+        logits, attention = forward_with_attention(model, x)
     finally:
         for hook in hooks:
             hook.remove()
-    return Seen(x, logits, attention, maps, layers, model.query, last)
+    return Seen(x, logits, attention, maps, layers, plug.query, last)
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ import torch
 
 from cnl.analysis.attention import layer_facts, look
 from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from cnl.models.plug import name_of
 
 TOPK = 5
 JPEG_QUALITY = 90
@@ -96,14 +97,14 @@ def write_explorer(
     """Write the page for ``images`` to ``out``; returns its path. A model without NL or CNL
     modules raises ``NothingToShow`` (from ``look``)."""
     data = {
-        "model": model.arch,
+        "model": name_of(model),
         "img_size": img_size,
         "lut": colormap(),
         "images": [explore_image(model, classes, path, img_size) for path in images],
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    page = PAGE.replace("{{title}}", html.escape(title or f"{model.arch}: what the modules attend to"))
+    page = PAGE.replace("{{title}}", html.escape(title or f"{name_of(model)}: what the modules attend to"))
     # "</" cannot end the script element early: JSON keeps it as "<\/".
     page = page.replace("{{data}}", json.dumps(data, separators=(",", ":")).replace("</", "<\\/"))
     out.write_text(page, encoding="utf-8")

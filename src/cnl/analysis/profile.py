@@ -28,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from cnl.analysis.table2 import TABLE2
 from cnl.errors import InvalidValue
 from cnl.models import create_model
+from cnl.models.plug import plugged
 from cnl.nn import DotProductAttention, configure_attention
 from cnl.tables import Table
 
@@ -102,7 +103,8 @@ def profile_model(name: str, img_size: int = 448, num_classes: int = 200, **over
     theta = sum(sum(ops.values()) for key, ops in by_module.items() if key.endswith(".cnl.theta")) // 2
     macs = (total - attention_flops) // 2
     paper = TABLE2.get(name, (None, None))
-    cross_layer = model.plug.cnl
+    plug = plugged(model)
+    cross_layer = plug.cnl if plug is not None else None
     return ModelProfile(
         model=name,
         params=sum(p.numel() for p in model.parameters()),
@@ -155,17 +157,15 @@ def format_placements(name: str, img_size: int = 448, num_classes: int = 200) ->
     """The modules a model's NL blocks and CNL module sit at, in forward order, with the
     shape each outputs for one ``img_size`` image and the map the module sees."""
     from cnl.analysis.attention import as_map
-    from cnl.models.plug import record_outputs
+    from cnl.models.plug import record_outputs, site_roles
 
     model = create_model(name, num_classes=num_classes)
     fixed = getattr(model, "pretrained_cfg", {}).get("fixed_input_size")
     size = getattr(model, "pretrained_cfg", {}).get("input_size", (3, img_size, img_size))
     if fixed and size[-1] != img_size:
         raise InvalidValue(f"{name} takes {size[-1]}x{size[-1]} images only: use --img-size {size[-1]}")
-    roles = {layer: "NL" for layer in model.nl_layers}
-    roles.update({layer: "response" for layer in model.responses})
-    if model.query is not None:
-        roles[model.query] = "query"
+    precedence = ("NL", "response", "query")  # a site of two roles shows the later one
+    roles = dict(sorted(site_roles(model), key=lambda item: precedence.index(item[1])))
     if not roles:
         return f"{name}: no NL or CNL module"
     order = [n for n, _ in model.named_modules()]

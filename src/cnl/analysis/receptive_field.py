@@ -14,6 +14,7 @@ from torch import nn
 from torchvision.models import ResNet
 
 from cnl.errors import InvalidValue
+from cnl.models.plug import name_of, site_roles
 from cnl.models.resnet import STAGES
 from cnl.tables import Table
 
@@ -50,9 +51,8 @@ def receptive_fields(model: Any) -> dict[str, Field]:
     """Receptive field and stride of every block's output, keyed by torchvision layer name,
     in forward order."""
     if not has_receptive_fields(model):
-        name = getattr(model, "arch", type(model).__name__)
         raise InvalidValue(
-            f"receptive fields are worked out for torchvision's ResNets only, not {name}: "
+            f"receptive fields are worked out for torchvision's ResNets only, not {name_of(model)}: "
             "cnl profile --placements gives any model's modules with their output shapes"
         )
     field = _grow(_grow(Field(1, 1), model.conv1), model.maxpool)
@@ -68,9 +68,7 @@ def receptive_fields(model: Any) -> dict[str, Field]:
 def format_fields(name: str, model: Any) -> str:
     """The query's and each response's (or NL block's) field, shallow to deep."""
     fields = receptive_fields(model)
-    roles = [(layer, "response") for layer in model.responses] + [(layer, "NL") for layer in model.nl_layers]
-    if model.query is not None:
-        roles.append((model.query, "query"))
+    roles = site_roles(model)
     order = list(fields)
     roles.sort(key=lambda item: order.index(item[0]))
     cells = [[layer, role, fields[layer].size, fields[layer].stride] for layer, role in roles]

@@ -14,6 +14,7 @@ from cnl.engine.checkpoint import load_model_with_info
 from cnl.engine.config import stored_config
 from cnl.engine.runfolder import RunFolder, read_json
 from cnl.errors import DataError, MissingFile
+from cnl.models.plug import attended
 from cnl.tables import Block, Table, from_csv_cell, markdown
 
 EVIDENCE_FOLDER = "eval"  # cnl eval --checkpoint RUN/checkpoints/best.pt --report RUN/eval
@@ -108,7 +109,7 @@ def attention_figures(label: str, run: Path, out_dir: Path, images: int) -> list
         return []
     model, classes, info = load_model_with_info(checkpoint)
     config = stored_config(info.config)
-    if not (model.responses or model.nl_layers):
+    if not attended(model):
         return []
     test = build_dataset(config.dataset, config.data_root, "test")
     step = max(1, len(test) // images)
@@ -152,7 +153,7 @@ def class_attention(label: str, run: Path, out_dir: Path) -> tuple[str, list[Pat
     if not checkpoint.exists():
         return "", []
     model, classes, info = load_model_with_info(checkpoint)
-    if not (model.responses or model.nl_layers):
+    if not attended(model):
         return "", []
     config = stored_config(info.config)
     test = build_dataset(config.dataset, config.data_root, "test")

@@ -32,7 +32,9 @@ from torch import Tensor, nn
 from cnl.errors import InvalidArgument, InvalidValue
 from cnl.nn import CrossLayerNonLocal, NonLocal2d
 
-ATTRIBUTES = ("query", "responses", "nl_layers", "arch", "forward_with_attention")
+# What plug_into adds to a backbone: the module ``plug`` and one method; everything else about
+# the modules is reached through ``plugged(model)``, typed, not through attributes of a foreign class.
+ADDED = ("plug", "forward_with_attention")
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class Plug(nn.Module):
         inner_channels: width c of the NL/CNL embeddings (module defaults if None).
         grid: the site whose map a figure's query cells are drawn on (default: the CNL
             query, else the deepest NL block).
+        arch: the backbone's name, as figures and weights name it.
     """
 
     def __init__(
@@ -119,9 +122,10 @@ class Plug(nn.Module):
         nl_layers: Sequence[str],
         inner_channels: int | None = None,
         grid: str | None = None,
+        arch: str = "",
     ) -> None:
         super().__init__()
-        self.sites, self.query = sites, query
+        self.sites, self.query, self.arch = sites, query, arch
         self.grid = grid or query or (nl_layers[-1] if nl_layers else None)
         self.responses, self.nl_layers = tuple(responses), tuple(nl_layers)
         self.nl = nn.ModuleDict({key(n): NonLocal2d(sites[n].channels, inner_channels) for n in self.nl_layers})
@@ -180,10 +184,40 @@ class Plug(nn.Module):
         return site.from_map(out, output)
 
 
+def plugged(model: nn.Module) -> Plug | None:
+    """The NL/CNL modules that ``plug_into`` put into ``model`` (sites, query, responses, NL
+    blocks, the backbone's name); None for a model cnl did not plug into (one of your own)."""
+    plug = model._modules.get("plug")
+    return plug if isinstance(plug, Plug) else None
+
+
+def attended(model: nn.Module) -> tuple[str, ...]:
+    """The sites whose attention a figure shows: the CNL responses, then the NL blocks."""
+    plug = plugged(model)
+    return (*plug.responses, *plug.nl_layers) if plug is not None else ()
+
+
+def site_roles(model: nn.Module) -> list[tuple[str, str]]:
+    """Each site with its role (``response``, ``NL``, ``query``), responses first, the query last."""
+    plug = plugged(model)
+    if plug is None:
+        return []
+    roles = [(layer, "response") for layer in plug.responses] + [(layer, "NL") for layer in plug.nl_layers]
+    return roles + ([(plug.query, "query")] if plug.query is not None else [])
+
+
+def name_of(model: nn.Module) -> str:
+    """The backbone's name cnl gave it, else its class's."""
+    plug = plugged(model)
+    return plug.arch if plug is not None and plug.arch else type(model).__name__
+
+
 def forward_with_attention(model: nn.Module, x: Tensor) -> tuple[Any, dict[str, Tensor]]:
     """The backbone's output and every attention map: per CNL response ``[B, HqWq, HrWr]``,
-    per NL block ``[B, HW, HW]``, keyed by site name."""
-    plug: Plug = model.plug  # type: ignore[assignment]
+    per NL block ``[B, HW, HW]``, keyed by site name (none for a model without a ``Plug``)."""
+    plug = plugged(model)
+    if plug is None:
+        return model(x), {}
     plug.attention = {}
     try:
         return model(x), plug.attention
@@ -201,20 +235,18 @@ def plug_into(
     inner_channels: int | None = None,
     grid: str | None = None,
 ) -> nn.Module:
-    """Insert the modules into ``backbone`` in place and return it, with the attributes
-    ``query``, ``responses``, ``nl_layers``, ``arch`` (``name``) and ``forward_with_attention``.
-    ``grid``: see ``Plug`` (its site must be in ``sites``)."""
-    taken = [a for a in ("plug", *ATTRIBUTES) if hasattr(backbone, a)]
+    """Insert the modules into ``backbone`` in place and return it, with the module ``plug``
+    (``plugged(model)``: sites and roles, ``arch`` = ``name``) and the method
+    ``forward_with_attention``. ``grid``: see ``Plug`` (its site must be in ``sites``)."""
+    taken = [a for a in ADDED if hasattr(backbone, a)]
     if taken:
         raise InvalidValue(f"{name} already has attributes {taken}; cnl cannot plug into it")
     if (query is None) != (not responses):
         raise InvalidValue(f"{name}: a CNL module needs both a query and at least one response")
-    plug = Plug(sites, query, responses, nl_layers, inner_channels, grid)
+    plug = Plug(sites, query, responses, nl_layers, inner_channels, grid, name)
     backbone.add_module("plug", plug)
     plug.attach(backbone)
-    values = (plug.query, plug.responses, plug.nl_layers, name, MethodType(forward_with_attention, backbone))
-    for attribute, value in zip(ATTRIBUTES, values):
-        object.__setattr__(backbone, attribute, value)  # plain attributes, not modules
+    object.__setattr__(backbone, "forward_with_attention", MethodType(forward_with_attention, backbone))
     return backbone
 
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from cnl.errors import InvalidArgument, InvalidValue, excerpt
 from cnl.models.backbones import create_foreign, is_foreign
+from cnl.models.plug import name_of
 from cnl.models.resnet import ARCHITECTURES, create_resnet, paper_placement
 from cnl.models.weights import LoadReport, check_weights, load_pretrained, wants_weights
 
@@ -108,7 +109,7 @@ def create_model(name: str, num_classes: int = 1000, weights: str | Path | None 
         raise InvalidArgument(f"unknown arguments {unknown} for {name}; valid overrides: {', '.join(OVERRIDES)}")
     model: Any = _MODELS[name](num_classes, **overrides)
     if weights is not None:
-        load_pretrained(model, model.arch, weights)
+        load_pretrained(model, name_of(model), weights)
     return model
 
 
@@ -141,7 +142,7 @@ def load_weights(model: nn.Module, name: str, weights: str | Path, classes: list
         report.loaded = len(model.state_dict())
         return report
     if not is_foreign(name):
-        return load_pretrained(model, model.arch, weights, classes=classes)  # type: ignore[arg-type]
+        return load_pretrained(model, name_of(model), weights, classes=classes)
     if str(weights) == PRETRAINED:
         raise InvalidValue(f"timm's pretrained weights of {name} are loaded when the model is built")
     return load_pretrained(model, Spec.parse(name).backbone, weights, head=head_name(model) + ".", classes=classes)
@@ -184,4 +185,4 @@ def check_model(
 
         check_foreign_weights(name, weights)  # type: ignore[arg-type]
     else:
-        check_weights(model.arch, weights)  # type: ignore[arg-type]
+        check_weights(name_of(model), weights)  # type: ignore[arg-type]
