@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from cnl.errors import InvalidValue, TrainingDiverged, UserError
+from cnl.errors import InvalidValue, UserError, report
 
 
 def split_names(values: Sequence[str]) -> list[str]:
@@ -623,20 +623,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import_modules(getattr(args, "imports", []))
         return args.func(args)
-    except KeyboardInterrupt as interrupt:
-        # RunInterrupted says which signal and what was saved; a bare Ctrl-C elsewhere, only that.
-        print(f"cnl {args.command}: {interrupt or 'interrupted'}", file=sys.stderr)
-        return getattr(interrupt, "exit_code", 130)
-    except TrainingDiverged as error:
-        print(f"cnl {args.command}: error: {error}", file=sys.stderr)
-        return 3
     except BrokenPipeError:  # the reader went away (| head): end quietly, as Unix tools do
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere, not to a traceback
         return 128 + signal.SIGPIPE
-    except (UserError, OSError) as error:  # OSError: a file the OS refused (missing, no permission, full disk)
-        print(f"cnl {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except (KeyboardInterrupt, UserError, OSError) as error:  # OSError: a file the OS refused (full disk, ...)
+        return report(f"cnl {args.command}", error)
     # Anything else is a bug in cnl: it goes on, with its traceback, and the command exits 1.
 
 

@@ -13,6 +13,8 @@ Each class also derives from the built-in exception that fits (``ValueError``,
 
 from __future__ import annotations
 
+import sys
+
 
 class UserError(Exception):
     """Something the user gave or controls is wrong; the message says what and where."""
@@ -40,6 +42,17 @@ class DataError(UserError, ValueError):
 
 class TrainingDiverged(UserError, FloatingPointError):
     """The loss is not finite: training stopped before the update (``cnl`` exits 3)."""
+
+
+def report(command: str, error: BaseException) -> int:
+    """Print ``error`` as the one line ``command`` (``cnl train``, ...) ends with, on stderr, and
+    return its exit status: 128 + N after signal N (a bare Ctrl-C: 130), 3 for a loss that is not
+    finite, 2 for the user's errors and the files the OS refused (``UserError``, ``OSError``)."""
+    if isinstance(error, KeyboardInterrupt):  # a RunInterrupted says which signal and what was saved
+        print(f"{command}: {error or 'interrupted'}", file=sys.stderr)
+        return int(getattr(error, "exit_code", 130))
+    print(f"{command}: error: {error}", file=sys.stderr)
+    return 3 if isinstance(error, TrainingDiverged) else 2
 
 
 EXCERPT = 60  # characters of a value an error message quotes

@@ -12,11 +12,9 @@ missing one is trained; a folder holding a run of other settings is refused, nev
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import statistics
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ from cnl.analysis.profile import profile_model
 from cnl.engine import distributed
 from cnl.engine.checkpoint import model_overrides, read_for_resume
 from cnl.engine.config import TrainConfig, recipe_differences
-from cnl.engine.parallel import fit_each
+from cnl.engine.parallel import fit_each, thread_count
 from cnl.engine.predictions import Answers, read_correct
 from cnl.engine.runfolder import RunFolder
 from cnl.engine.trainer import RunInterrupted, RunState, fit
@@ -65,13 +63,11 @@ def run_ablation(
     """
     output = Path(output)
     seeds = seeds or [base.seed]
-    plan = {
-        run_folder(name, seed, seeds): dataclasses.replace(
-            base, model=name, seed=seed, output=str(output / run_folder(name, seed, seeds)), resume="auto"
-        )
-        for seed in seeds
-        for name in models
-    }
+    plan: dict[str, TrainConfig] = {}
+    for seed in seeds:
+        for name in models:
+            folder = run_folder(name, seed, seeds)
+            plan[folder] = dataclasses.replace(base, model=name, seed=seed, output=str(output / folder), resume="auto")
     for config in plan.values():  # a folder of other settings is refused before anything trains
         note = what_is_there(config)
         if note and distributed.is_main_process():
@@ -90,20 +86,6 @@ def run_ablation(
     rows = summarise(base, collect(plan, summaries))
     write_ablation(rows, base, output, seeds)
     return rows
-
-
-@contextlib.contextmanager
-def thread_count(threads: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to ``threads`` (None: left as they are), then restored."""
-    import torch
-
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def collect(plan: dict[str, TrainConfig], summaries: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

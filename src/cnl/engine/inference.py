@@ -23,6 +23,7 @@ from cnl.engine.checkpoint import load_model_with_info
 from cnl.engine.config import make_config
 from cnl.engine.loaders import eval_loader, usable_workers
 from cnl.engine.loop import StepSettings, evaluate, wants_progress_bars
+from cnl.engine.parallel import thread_count
 from cnl.engine.predictions import image_names
 from cnl.errors import DataError, InvalidValue, MissingFile
 from cnl.tables import csv_row
@@ -193,15 +194,11 @@ def predict_with(
     would otherwise take the cores from the decoders (1.5x slower on 2 cores, batch 32).
     """
     target = next(model.parameters()).device
-    threads = torch.get_num_threads()
     workers = usable_workers(workers)
-    if target.type == "cpu" and workers:
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - workers))
-    try:
+    shared = target.type == "cpu" and workers
+    with thread_count(max(1, len(os.sched_getaffinity(0)) - workers) if shared else None):
         geometry = eval_geometry(img_size, resize, interpolation)
         yield from _predict_loop(model, classes, geometry, paths, min(topk, len(classes)), batch_size, workers)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _predict_loop(

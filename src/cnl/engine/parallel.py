@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
 from cnl.engine.config import TrainConfig
-from cnl.errors import TrainingDiverged, UserError
+from cnl.errors import TrainingDiverged, UserError, report
 
 STOPPING = (signal.SIGINT, signal.SIGTERM)
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent ends
@@ -121,18 +121,25 @@ def _run(fit: Callable[[TrainConfig], object], config: TrainConfig, name: str) -
         try:
             fit(config)
             return 0
-        except KeyboardInterrupt as interrupt:
-            print(f"cnl train: {interrupt or 'interrupted'}", file=sys.stderr)
-            return getattr(interrupt, "exit_code", 130)
-        except TrainingDiverged as error:
-            print(f"cnl train: error: {error}", file=sys.stderr)
-            return 3
-        except (UserError, OSError) as error:
-            print(f"cnl train: error: {error}", file=sys.stderr)
-            return 2
+        except (KeyboardInterrupt, UserError, OSError) as error:
+            return report("cnl train", error)
         finally:
             out.flush()
             err.flush()
+
+
+@contextlib.contextmanager
+def thread_count(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` (None: left as they are), then restored."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _die_with(parent: int) -> None:
