@@ -1,10 +1,11 @@
 """Several training runs at once on one machine, each worker a process of its own.
 
-On a small CPU a small model gains little from a second thread (the demo's ResNet-18 at
-64 px trains an epoch in 3.9 s on two threads and 4.0 s on one, on 2 cores: most of an epoch
-is per-image work that one thread does), while two runs side by side, one thread each, use
-both cores. So ``fit_each`` spreads runs over ``jobs`` worker processes, run ``k`` to worker
-``k % jobs``, each worker training its runs one after the other with ``threads`` threads.
+On a small CPU a small model gains little from a second thread (most of an epoch is
+per-image work that one thread does), while two runs side by side, one thread each, use
+both cores: ``cnl demo`` took 13.7 minutes one run at a time on two threads, 6.2 two at a
+time on one thread each, on the same 2 cores (docs/training.md). So ``fit_each`` spreads
+runs over ``jobs`` worker processes, run ``k`` to worker ``k % jobs``, each worker training
+its runs one after the other with ``threads`` threads.
 
 A run's numbers depend on its thread count (sums are split differently), never on how
 many runs share the machine or in which worker a run trains: runs of the same settings and
