@@ -1,6 +1,7 @@
 """Helpers for tests that start, stop and compare training runs."""
 
 import fcntl
+import json
 import time
 from pathlib import Path
 
@@ -45,6 +46,15 @@ def assert_same_weights(a, b):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+RECORDS = Path(__file__).parent / "fixtures" / "run_records"
+
+
+def epoch_line(**fields) -> str:
+    """A line of metrics.jsonl as the trainer writes it (tests/fixtures/run_records), with ``fields`` replaced."""
+    first = json.loads((RECORDS / "plain" / "metrics.jsonl").read_text().splitlines()[0])
+    return json.dumps({**first, **fields}) + "\n"
 
 
 def tiny_run_args(data: Path, output: Path, model: str = "resnet18", *extra: str) -> list[str]:

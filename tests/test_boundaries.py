@@ -33,6 +33,7 @@ from cnl.engine.hub import CONFIG, WEIGHTS, hub_config
 from cnl.engine.modelinfo import ModelInfo
 from cnl.engine.predictions import COLUMNS, read_correct, write_image_predictions
 from cnl.errors import UserError
+from runs import epoch_line
 
 ONE_LINE = 300
 
@@ -489,9 +490,7 @@ def test_names_in_markdown_tables_stay_in_their_cells(tmp_path):
 
     run = tmp_path / "run"
     run.mkdir()
-    (run / "metrics.jsonl").write_text(
-        json.dumps({"epoch": 1, "train_loss": 1.0, "test_loss": 1.0, "top1": 50.0}) + "\n"
-    )
+    (run / "metrics.jsonl").write_text(epoch_line(epoch=1, train_loss=1.0, test_loss=1.0, top1=50.0))
     n = len(HOSTILE_NAMES)
     matrix = np.eye(n, dtype=np.int64) * 2 + np.roll(np.eye(n, dtype=np.int64), 1, axis=1)
     write_evidence(matrix.tolist(), HOSTILE_NAMES, run / "eval")

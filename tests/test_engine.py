@@ -17,6 +17,7 @@ from cnl.data.synth import SynthConfig, generate
 from cnl.engine import TrainConfig, load_model, make_config, read_checkpoint
 from cnl.engine.config import read_yaml
 from cnl.engine.schedule import build_scheduler, lr_factor
+from runs import epoch_line
 
 TINY = SynthConfig(classes=4, train_per_class=5, test_per_class=3, image_size=40, seed=1)
 REPO = Path(__file__).resolve().parents[1]
@@ -268,9 +269,9 @@ def test_demo_convergence_names_the_run_that_moved_most(tmp_path):
 
     for run, curve in {"a/seed0": [10.0, 30.0, 31.0], "a/seed1": [10.0, 29.0, 32.5]}.items():
         (tmp_path / run).mkdir(parents=True)
-        lines = [json.dumps({"epoch": e, "top1": t}) for e, t in enumerate(curve, 1)]
-        (tmp_path / run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        lines = [epoch_line(epoch=epoch, top1=top1) for epoch, top1 in enumerate(curve, 1)]
+        (tmp_path / run / "metrics.jsonl").write_text("".join(lines))
     sentence = convergence(tmp_path, [{"runs": ["a/seed0", "a/seed1"]}])
     assert "at most 3.50 points (a/seed1): still moving" in sentence
-    (tmp_path / "a/seed1/metrics.jsonl").write_text('{"epoch": 1, "top1": 31.0}\n{"epoch": 2, "top1": 32.5}\n')
+    (tmp_path / "a/seed1/metrics.jsonl").write_text(epoch_line(epoch=1, top1=31.0) + epoch_line(epoch=2, top1=32.5))
     assert "at most 1.50 points (a/seed1): flattened" in convergence(tmp_path, [{"runs": ["a/seed0", "a/seed1"]}])

@@ -283,8 +283,7 @@ def test_the_benchmark_times_a_frozen_backbones_step():
 def test_every_preset_resolves_and_its_model_builds_with_its_settings():
     from pathlib import Path
 
-    from cnl.engine.checkpoint import model_overrides
-    from cnl.engine.config import read_yaml
+    from cnl.engine.config import model_overrides, read_yaml
     from cnl.models.registry import check_model
 
     presets = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))

@@ -21,7 +21,7 @@ _LAZY = {
     "create_model": "cnl.models",
     "list_models": "cnl.models",
     "register_model": "cnl.models",
-    "load_model": "cnl.engine.checkpoint",
+    "load_model": "cnl.engine.modelfile",
     "CrossLayerNonLocal": "cnl.nn",
     "NonLocal2d": "cnl.nn",
 }

@@ -492,7 +492,7 @@ def upgrade_argv(argv: list[str]) -> list[str]:
 
 def cmd_attention(args: argparse.Namespace) -> int:
     from cnl.analysis.attention import attention_rows, parse_queries, render
-    from cnl.engine.checkpoint import load_model_with_info
+    from cnl.engine.modelfile import load_model_with_info
 
     model, classes, info = load_model_with_info(args.checkpoint)
     img_size = args.img_size or info.img_size

@@ -184,7 +184,7 @@ def fetched_folder(photos: Photos) -> Path:
 
 def last_epochs_change(run: Path) -> float | None:
     """How far test top-1 moved between the last two epochs of a run (points); None after one epoch."""
-    top1 = [record["top1"] for record in RunFolder(run).read_metrics()]
+    top1 = [record.top1 for record in RunFolder(run).read_metrics()]
     return abs(top1[-1] - top1[-2]) if len(top1) > 1 else None
 
 

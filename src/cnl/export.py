@@ -11,8 +11,10 @@ import torch
 import yaml
 
 from cnl.data.catalog import CATALOG
-from cnl.engine.checkpoint import card_path, current_umask, load_model_with_info
+from cnl.engine.checkpoint import current_umask
+from cnl.engine.modelfile import card_path, load_model_with_info
 from cnl.engine.modelinfo import ModelInfo
+from cnl.engine.records import Summary
 from cnl.engine.runfolder import RunFolder
 from cnl.errors import InvalidValue
 from cnl.tables import Table, markdown_cell
@@ -33,7 +35,9 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path) -> list[Path]:
     example = torch.randn(2, 3, info.img_size, info.img_size)
     if fmt == "safetensors":
         save_weights(model, out)
-        card = {**{k: v for k, v in info.to_json().items() if k != "config"}, "summary": run_summary(checkpoint)}
+        summary = run_summary(checkpoint)
+        card = {k: v for k, v in info.to_json().items() if k != "config"}
+        card["summary"] = summary.to_json() if summary is not None else None
         card_path(out).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         return [out, card_path(out)]
     if fmt == "torchscript":
@@ -64,7 +68,7 @@ def run_of(checkpoint: str | Path) -> RunFolder | None:
     return RunFolder.of_checkpoint(checkpoint)
 
 
-def run_summary(checkpoint: str | Path) -> dict[str, Any] | None:
+def run_summary(checkpoint: str | Path) -> Summary | None:
     """The ``summary.json`` of the run a checkpoint belongs to, if any."""
     run = run_of(checkpoint)
     return run.read_summary() if run is not None else None
@@ -115,7 +119,7 @@ def evaluated(evaluation: dict[str, Any] | None) -> str:
 
 
 def card_metadata(
-    name: str, dataset: str, summary: dict[str, Any], selection: str, evaluation: dict[str, Any] | None
+    name: str, dataset: str, summary: Summary | None, selection: str, evaluation: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The card's front matter, as the Hub reads it: timm as the library, the task, the
     licence, the dataset, and a ``model-index`` with the test-split figures: training's best
@@ -134,9 +138,9 @@ def card_metadata(
         }
 
     results = []
-    if summary.get("best_top1") is not None:
-        how = f"best epoch, {summary['best_epoch']} of {summary['epochs']}, chosen {selection}; one crop"
-        results.append(result(summary["best_top1"], summary["best_top5"], how))
+    if summary is not None and summary.best_top1 is not None and summary.best_top5 is not None:
+        how = f"best epoch, {summary.best_epoch} of {summary.epochs}, chosen {selection}; one crop"
+        results.append(result(summary.best_top1, summary.best_top5, how))
     if evaluation is not None:
         views = f"cnl eval --tta {evaluation['tta']} of {evaluated_file(evaluation)}"
         results.append(result(evaluation["top1"], evaluation["top5"], views))
@@ -155,15 +159,15 @@ def model_card(config: dict[str, Any], name: str, source: str, evaluation: dict[
     (training's single-crop figures and, apart, ``cnl eval``'s with the views it took),
     its recipe and provenance, licence and citation."""
     cnl = config["cnl"]
-    recipe, summary = cnl["config"], cnl["summary"] or {}
+    recipe = cnl["config"]
+    summary = Summary.checked(cnl["summary"], "config.json: cnl.summary") if cnl["summary"] else None
     chosen = (
         "on the validation split carved from the training images (--val-split)"
         if recipe.get("val_split")
         else "on the test split itself, as the paper does: an optimistic figure"
     )
-    if summary.get("best_top1") is not None:
-        best = [f"{summary['best_top1']:.2f}", f"{summary['best_top5']:.2f}"]
-        best.append(f"{summary['best_epoch']} of {summary['epochs']}")
+    if summary is not None and summary.best_top1 is not None and summary.best_top5 is not None:
+        best = [f"{summary.best_top1:.2f}", f"{summary.best_top5:.2f}", f"{summary.best_epoch} of {summary.epochs}"]
         results = (
             f"{Table.of(['top-1', 'top-5', 'epoch'], [best]).markdown()}\n\nTest-split accuracy (%) of the run's "
             f"best epoch (its best.pt), chosen {chosen}. These weights come from its {source}."
@@ -171,8 +175,8 @@ def model_card(config: dict[str, Any], name: str, source: str, evaluation: dict[
     else:
         results = f"No results were recorded with {source} (no summary.json beside its run)."
     results += evaluated(evaluation)
-    provenance = summary.get("provenance", {})
-    dataset = summary.get("dataset") or recipe.get("dataset", "unknown")  # the layout read, where the run says
+    provenance = summary.provenance if summary is not None else {}
+    dataset = summary.dataset if summary is not None else recipe.get("dataset", "unknown")  # the layout read
     settings = "\n".join(f"{key}: {json.dumps(value)}" for key, value in recipe.items())
     selection = "on the validation split" if recipe.get("val_split") else "on the test split (optimistic)"
     metadata = card_metadata(name, dataset, summary, selection, evaluation)

@@ -28,10 +28,11 @@ from cnl.analysis.paired import (
 )
 from cnl.analysis.profile import profile_model
 from cnl.engine import distributed
-from cnl.engine.checkpoint import model_overrides, read_for_resume
-from cnl.engine.config import TrainConfig, recipe_differences
+from cnl.engine.checkpoint import read_for_resume
+from cnl.engine.config import TrainConfig, model_overrides, recipe_differences
 from cnl.engine.parallel import fit_each, thread_count
 from cnl.engine.predictions import Answers, read_correct
+from cnl.engine.records import Summary
 from cnl.engine.runfolder import RunFolder
 from cnl.engine.trainer import RunInterrupted, RunState, fit
 from cnl.errors import DataError, InvalidValue, excerpt
@@ -93,21 +94,23 @@ def collect(plan: dict[str, TrainConfig], summaries: dict[str, dict[str, Any]]) 
     worker processes) the summary.json each finished run wrote."""
     results: dict[str, list[dict[str, Any]]] = {}
     for folder, config in plan.items():
-        summary = summaries.get(folder) or RunFolder(config.output).read_summary()
-        if summary is None or summary.get("epochs") != config.epochs:
+        returned = summaries.get(folder)
+        run = RunFolder(config.output)
+        summary = Summary.checked(returned, folder) if returned is not None else run.read_summary()
+        if summary is None or summary.epochs != config.epochs:
             continue  # not trained, or stopped before its end
         results.setdefault(config.model, []).append(
             {
                 "seed": config.seed,
                 "run": folder,
-                "top1": summary["best_top1"],
-                "top5": summary["best_top5"],
-                "best_epoch": summary["best_epoch"],
-                "final_top1": summary["final_top1"],
-                "train_images_per_s": summary["train_images_per_s"],
-                "params": summary["params"],
-                "classes": summary["classes"],
-                "predictions": RunFolder(config.output).predictions,
+                "top1": summary.best_top1,
+                "top5": summary.best_top5,
+                "best_epoch": summary.best_epoch,
+                "final_top1": summary.final_top1,
+                "train_images_per_s": summary.train_images_per_s,
+                "params": summary.params,
+                "classes": summary.classes,
+                "predictions": run.predictions,
             }
         )
     return results

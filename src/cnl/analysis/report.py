@@ -10,8 +10,8 @@ from typing import Any, NamedTuple
 
 from cnl.analysis.ablation import ablation_blocks, compared, paired_table, verdicts
 from cnl.analysis.evidence import CONFUSION, PER_CLASS
-from cnl.engine.checkpoint import load_model_with_info
 from cnl.engine.config import stored_config
+from cnl.engine.modelfile import load_model_with_info
 from cnl.engine.runfolder import RunFolder, read_json
 from cnl.errors import DataError, MissingFile
 from cnl.models.plug import attended
@@ -53,13 +53,13 @@ def plot_curves(runs: list[tuple[str, Path]], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    logs = [(label, RunFolder(run).read_metrics()) for label, run in runs]  # damage stops it before a figure opens
     figure, (loss_axis, top1_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for label, run in runs:
-        metrics = RunFolder(run).read_metrics()
-        epochs = [m["epoch"] for m in metrics]
-        line = loss_axis.plot(epochs, [m["train_loss"] for m in metrics], label=f"{label} train")[0]
-        loss_axis.plot(epochs, [m["test_loss"] for m in metrics], "--", color=line.get_color(), label=f"{label} test")
-        top1_axis.plot(epochs, [m["top1"] for m in metrics], color=line.get_color(), label=label)
+    for label, metrics in logs:
+        epochs = [m.epoch for m in metrics]
+        line = loss_axis.plot(epochs, [m.train_loss for m in metrics], label=f"{label} train")[0]
+        loss_axis.plot(epochs, [m.test_loss for m in metrics], "--", color=line.get_color(), label=f"{label} test")
+        top1_axis.plot(epochs, [m.top1 for m in metrics], color=line.get_color(), label=label)
     loss_axis.set(xlabel="epoch", ylabel="loss", title="loss")
     top1_axis.set(xlabel="epoch", ylabel="top-1 (%)", title="test top-1")
     loss_axis.legend(fontsize=7)
@@ -225,10 +225,11 @@ def build_report(paths: list[str | Path], out: str | Path, images: int = 2) -> P
         blocks = ablation_blocks(rows, stored_config(ablation["config"]), ablation.get("seeds"), tests=opening is None)
         sections.append(Section("Ablation", blocks, [plot_bars(rows, out / "ablation.png")]))
     for label, run in runs:
-        summary = RunFolder(run).read_summary() or {}
+        summary = RunFolder(run).read_summary()
         figures = attention_figures(label, run, out, images)
+        fields = summary.to_json() if summary is not None else {}
         text = ", ".join(
-            f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items() if k != "provenance"
+            f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items() if k != "provenance"
         )
         sections.append(Section(f"Run {label}", [text], figures))
         evidence = class_evidence(label, run, out)

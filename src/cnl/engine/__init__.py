@@ -10,7 +10,7 @@ from cnl.lazy import lazy_attributes
 
 _LAZY = {
     "CheckpointError": "cnl.engine.checkpoint",
-    "load_model": "cnl.engine.checkpoint",
+    "load_model": "cnl.engine.modelfile",
     "read_checkpoint": "cnl.engine.checkpoint",
     "TrainConfig": "cnl.engine.config",
     "make_config": "cnl.engine.config",

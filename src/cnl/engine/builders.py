@@ -18,8 +18,7 @@ from cnl.data.check import preflight
 from cnl.data.datasets import FineGrainedDataset
 from cnl.data.transforms import batch_mix
 from cnl.engine import distributed
-from cnl.engine.checkpoint import model_overrides
-from cnl.engine.config import TrainConfig
+from cnl.engine.config import TrainConfig, model_overrides
 from cnl.engine.loop import StepSettings, TrainParts, wants_progress_bars
 from cnl.engine.randomness import seed_model_init, validation_indices
 from cnl.engine.schedule import build_scheduler

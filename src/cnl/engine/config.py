@@ -42,6 +42,14 @@ BATCH_FIELDS = ("global_batch_size", "batch_size")
 INVOCATION_FIELDS = ("output", "resume")
 # Where the modules sit and how wide they are: the settings create_model takes besides the name.
 MODEL_SETTINGS = ("query", "responses", "nl_layers", "inner_channels", "width", "drop_rate", "drop_path")
+
+
+def model_overrides(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings of ``config`` (a run's stored recipe) that ``create_model`` takes: where
+    the modules go, their size, the backbone's width and regularization."""
+    return {k: config[k] for k in MODEL_SETTINGS if config.get(k) is not None}
+
+
 # How and where a run is carried out, not what it trains: a run may be continued or reused with
 # other values (the data may have moved; only where they are is compared, never what they hold).
 HOW_FIELDS = ("workers", "device", "compile", "channels_last", "deterministic", "data_root")

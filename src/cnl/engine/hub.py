@@ -19,6 +19,7 @@ import torch
 
 from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RESIZE_RATIO
 from cnl.engine.modelinfo import CardError, ModelInfo, check_head, class_names
+from cnl.engine.records import Summary
 from cnl.engine.runfolder import read_json
 from cnl.errors import MissingDependency, MissingFile, excerpt
 
@@ -52,7 +53,7 @@ def read_hub(path: str | Path) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
     """``(info, weights)`` of a Hub model. config.json is checked field by field, against
     itself (``num_classes`` and ``label_names``, the input size and the image size) and the
     weights (the head's rows): damage is a CardError naming the file and the field."""
-    from cnl.engine.checkpoint import read_safetensors
+    from cnl.engine.modelfile import read_safetensors
 
     folder = hub_folder(path)
     for name in (CONFIG, WEIGHTS):
@@ -103,7 +104,7 @@ def timm_name(model_name: str) -> str:
     return model_name if model_name in ours else GENERIC
 
 
-def hub_config(info: ModelInfo, classifier: str, summary: dict[str, Any] | None) -> dict[str, Any]:
+def hub_config(info: ModelInfo, classifier: str, summary: Summary | None) -> dict[str, Any]:
     """``config.json`` of a model ``info`` describes (as ``load_model_with_info`` gives it)."""
     classes, size = info.classes, info.img_size
     crop, resize, interpolation = info.eval_sizes()  # timm's data config: the evaluation's geometry
@@ -133,6 +134,6 @@ def hub_config(info: ModelInfo, classifier: str, summary: dict[str, Any] | None)
             "overrides": info.overrides,
             "img_size": size,
             "config": info.config,
-            "summary": summary,
+            "summary": summary.to_json() if summary is not None else None,
         },
     }

@@ -19,10 +19,10 @@ from cnl.data.images import ImageError, load_tensor
 from cnl.data.policies import TTA_MODES
 from cnl.data.transforms import RESIZE_RATIO, eval_crops, eval_geometry, normalise
 from cnl.engine import distributed
-from cnl.engine.checkpoint import load_model_with_info
 from cnl.engine.config import make_config
 from cnl.engine.loaders import eval_loader, usable_workers
 from cnl.engine.loop import StepSettings, evaluate, wants_progress_bars
+from cnl.engine.modelfile import load_model_with_info
 from cnl.engine.parallel import thread_count
 from cnl.engine.predictions import image_names
 from cnl.errors import DataError, InvalidValue, MissingFile

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from cnl.data.policies import TTA_MODES
-from cnl.errors import DataError, excerpt
+from cnl.engine.records import EpochRecord, Summary
+from cnl.errors import DataError
 
 EVALUATION = "evaluation.json"  # cnl eval --report: the figures and how they were taken
 
@@ -98,14 +99,24 @@ class RunFolder:
         path = Path(checkpoint)
         return cls(path.parent.parent if path.parent.name == "checkpoints" else path.parent)
 
-    def read_summary(self) -> dict[str, Any] | None:
-        """``summary.json`` as a mapping, None when the run has not written one."""
+    def read_summary(self) -> Summary | None:
+        """``summary.json``, each field checked; None when the run has not written one."""
         if not self.summary.exists():
             return None
-        summary = read_json(self.summary)
-        if not isinstance(summary, dict):
-            raise DataError(f"{self.summary} is damaged: it holds {type(summary).__name__}, not a run's summary")
-        return summary
+        return Summary.checked(read_json(self.summary), f"{self.summary} is damaged")
+
+    def write_summary(self, summary: Summary) -> None:
+        self.summary.write_text(json.dumps(summary.to_json(), indent=2) + "\n")
+
+    def append_epoch(self, record: EpochRecord) -> None:
+        with open(self.metrics, "a", encoding="utf-8") as log:
+            log.write(_line(record))
+
+    def keep_epochs(self, completed: int) -> None:
+        """``metrics.jsonl`` without the epochs past ``completed`` (a resumed run trains them again)."""
+        if self.metrics.exists():
+            kept = [record for record in self.read_metrics() if record.epoch <= completed]
+            self.metrics.write_text("".join(_line(record) for record in kept), encoding="utf-8")
 
     def read_evaluation(self) -> dict[str, Any] | None:
         """``eval/evaluation.json`` (``cnl eval --report RUN/eval``): figures and how they were
@@ -133,8 +144,8 @@ class RunFolder:
             )
         return said
 
-    def read_metrics(self) -> list[dict[str, Any]]:
-        """Each line of ``metrics.jsonl`` (an epoch's record); a damaged line is named."""
+    def read_metrics(self) -> list[EpochRecord]:
+        """Each line of ``metrics.jsonl`` (an epoch's record), each field checked; a damaged line is named."""
         if not self.metrics.exists():
             return []
         records = []
@@ -145,10 +156,12 @@ class RunFolder:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise DataError(f"{self.metrics}, line {number}: not JSON ({error.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
-                raise DataError(f"{self.metrics}, line {number}: not an epoch's record: {excerpt(record)}")
-            records.append(record)
+            records.append(EpochRecord.checked(record, f"{self.metrics}, line {number}"))
         return records
+
+
+def _line(record: EpochRecord) -> str:
+    return json.dumps(record.to_json()) + "\n"
 
 
 def read_text(path: Path) -> str:

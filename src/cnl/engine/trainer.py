@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import signal
 import sys
 import threading
@@ -30,13 +29,14 @@ from cnl.engine.builders import (
     skip_log,
     steps_per_epoch,
 )
-from cnl.engine.checkpoint import model_overrides, read_for_resume, remove_temporaries, save_checkpoint
-from cnl.engine.config import RESUME_CHOICES, TrainConfig, resume_differences
+from cnl.engine.checkpoint import read_for_resume, remove_temporaries, save_checkpoint
+from cnl.engine.config import RESUME_CHOICES, TrainConfig, model_overrides, resume_differences
 from cnl.engine.features import CachedModel, cache_features
 from cnl.engine.loaders import eval_loader, train_loader, usable_workers
 from cnl.engine.loop import EpochStats, StepSettings, TrainParts, evaluate, train_one_epoch
 from cnl.engine.predictions import image_names, write_image_predictions
 from cnl.engine.provenance import provenance
+from cnl.engine.records import EpochRecord, Summary
 from cnl.engine.runfolder import RunFolder
 from cnl.engine.runlock import RunLock
 from cnl.errors import InvalidValue, MissingFile
@@ -318,10 +318,8 @@ class Run:
 
     def _keep_metrics(self, completed: int) -> None:
         """Drop log lines of epochs past ``completed``: they will be run again."""
-        path = self.folder.metrics
-        if self.main and path.exists():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= completed]
-            path.write_text("".join(line + "\n" for line in kept))
+        if self.main:
+            self.folder.keep_epochs(completed)
 
     def _write_config(self) -> None:
         if self.main:
@@ -448,12 +446,12 @@ class Run:
         summary = self.folder.read_summary() if damage is None else None
         if state["model_name"] != self.config.model or not RunState.of(state).finished(self.config.epochs):
             return None
-        if summary is None or summary.get("epochs") != self.config.epochs:
+        if summary is None or summary.epochs != self.config.epochs:
             return None
         if self.main:
             print(f"{path}: finished at epoch {state['epoch']} of {self.config.epochs}: nothing to do", flush=True)
         distributed.teardown(self.ctx)
-        return summary
+        return summary.to_json()
 
     def _loop(self, run: RunState) -> dict[str, Any] | Stopped:
         """Epochs from where ``run`` left off; the summary, or where a signal stopped it."""
@@ -478,8 +476,8 @@ class Run:
                 writer.close()
         summary = self._summary(run)
         if self.main:
-            self.folder.summary.write_text(json.dumps(summary, indent=2) + "\n")
-        return summary
+            self.folder.write_summary(summary)
+        return summary.to_json()
 
     def _end_epoch(self, epoch: int, run: RunState, train: EpochStats, lr: float, writer: Any) -> None:
         """Evaluate (validation, test), keep the best epoch, save best.pt and last.pt, log."""
@@ -545,25 +543,24 @@ class Run:
         return SummaryWriter(log_dir=str(self.folder.tensorboard))
 
     def _log(self, writer, epoch: int, lr: float, train: EpochStats, test: dict[str, Any], val: dict[str, Any]) -> None:
-        record = {
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": train.loss,
-            "train_top1": train.top1,
-            "train_images_per_s": train.images_per_s,
-            "train_time_s": train.time_s,
+        record = EpochRecord(
+            epoch=epoch,
+            lr=lr,
+            train_loss=train.loss,
+            train_top1=train.top1,
+            train_images_per_s=train.images_per_s,
+            train_time_s=train.time_s,
             **({"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]} if val else {}),
-            "test_loss": test["loss"],
-            "top1": test["top1"],
-            "top5": test["top5"],
-            "test_count": test["count"],
-            "per_class_top1": test["per_class_top1"],
-        }
-        with open(self.folder.metrics, "a", encoding="utf-8") as log:
-            log.write(json.dumps(record) + "\n")
+            test_loss=test["loss"],
+            top1=test["top1"],
+            top5=test["top5"],
+            test_count=test["count"],
+            per_class_top1=test["per_class_top1"],
+        )
+        self.folder.append_epoch(record)
         for key in ("lr", "train_loss", "train_top1", "train_images_per_s", "val_top1", "test_loss", "top1", "top5"):
-            if key in record:
-                writer.add_scalar(key, record[key], epoch)
+            if getattr(record, key) is not None:
+                writer.add_scalar(key, getattr(record, key), epoch)
         writer.flush()
         print(
             f"epoch {epoch}/{self.config.epochs}  lr {lr:.2e}  "
@@ -580,46 +577,37 @@ class Run:
             return self.config.dataset
         return detect_layout(self.config.data_root)
 
-    def _summary(self, run: RunState) -> dict[str, Any]:
+    def _summary(self, run: RunState) -> Summary:
         """The run's results: its best epoch, its last one, and how it was trained (every
         figure from ``run``, which a checkpoint restores: a resumed run sums up the whole run)."""
         log = skip_log(self.output)
         skipped = sorted({line.split("\t")[0] for line in log.read_text().splitlines()}) if log.exists() else []
-        summary = {
-            "model": self.config.model,
-            "dataset": self._layout(),
-            "classes": len(self.built.classes),
-            "epochs": self.config.epochs,
-            # The epoch kept as best.pt: chosen on the validation set, else on the test set (optimistic).
-            "selection": "val" if self.built.val_set is not None else "test (optimistic)",
-            "best_epoch": run.best_epoch,
-            "best_top1": run.best.get("top1"),
-            "best_top5": run.best.get("top5"),
-            "final_top1": run.final.get("top1"),
-            "final_top5": run.final.get("top5"),
-            **(
-                {
-                    "best_val_top1": run.best.get("val_top1"),
-                    "best_val_top5": run.best.get("val_top5"),
-                    "final_val_top1": run.final.get("val_top1"),
-                    "final_val_top5": run.final.get("val_top5"),
-                }
-                if self.built.val_set is not None
-                else {}
-            ),
-            "params": self.built.params,
-            "train_images_per_s": float(np.mean(run.rates)) if run.rates else None,
-            "world_size": self.ctx.world_size,
-            "batch_size": self.batch_size,
-            "accum_steps": self.config.accum_steps,
-            "global_batch_size": self.global_batch,
-            "lr": self.config.lr,
-            "skipped_images": len(skipped),
-            "provenance": self.built.provenance,
-        }
-        if self.ctx.distributed:
-            summary["replicas_identical"] = distributed.replicas_identical(self.built.model)
-        return summary
+        return Summary(
+            model=self.config.model,
+            dataset=self._layout(),
+            classes=len(self.built.classes),
+            epochs=self.config.epochs,
+            selection="val" if self.built.val_set is not None else "test (optimistic)",
+            best_epoch=run.best_epoch,
+            best_top1=run.best.get("top1"),
+            best_top5=run.best.get("top5"),
+            final_top1=run.final.get("top1"),
+            final_top5=run.final.get("top5"),
+            best_val_top1=run.best.get("val_top1"),
+            best_val_top5=run.best.get("val_top5"),
+            final_val_top1=run.final.get("val_top1"),
+            final_val_top5=run.final.get("val_top5"),
+            params=self.built.params,
+            train_images_per_s=float(np.mean(run.rates)) if run.rates else None,
+            world_size=self.ctx.world_size,
+            batch_size=self.batch_size,
+            accum_steps=self.config.accum_steps,
+            global_batch_size=self.global_batch,
+            lr=self.config.lr,
+            skipped_images=len(skipped),
+            provenance=self.built.provenance,
+            replicas_identical=distributed.replicas_identical(self.built.model) if self.ctx.distributed else None,
+        )
 
 
 def fit(
