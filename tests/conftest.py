@@ -2,11 +2,9 @@
 
 Many tests call ``main(["train", ...])`` in this process, and a training run takes SIGINT
 and SIGTERM for its own, as ``cnl train`` must: it saves, and ``main`` returns 130 or 143.
-So a SIGTERM sent to the whole test run (``timeout``, a job manager ending the suite, a
-terminal closing) used to be taken by whichever run was in progress: one test failed with
-"143 == 0" and pytest went on as if nothing had been asked of it. That is what issue 20's
-``test_kill_9_leaves_the_last_complete_checkpoint`` failure was (reproduced by sending
-SIGTERM to the suite's process group during that test's in-process resume).
+Without this, a SIGTERM sent to the whole test run (``timeout``, a job manager ending the
+suite, a terminal closing) would be taken by whichever run was in progress: one test would
+fail with "143 == 0" and pytest would go on as if nothing had been asked of it.
 
 Python writes the number of every signal it handles to the wakeup fd, whichever handler
 takes it; after each test this reads it, and a SIGINT or SIGTERM that reached this process

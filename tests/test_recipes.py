@@ -1,4 +1,4 @@
-"""The settings of timm's and torchvision's reference scripts (issue 33): each off by default,
+"""The settings of timm's and torchvision's reference scripts: each off by default,
 each built from a library's implementation and doing what it says."""
 
 import json

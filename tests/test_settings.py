@@ -80,7 +80,7 @@ def test_main_reports_a_bad_setting_in_one_line(capsys):
 def test_presets_inherit_and_resolve_as_before_they_did():
     before = json.loads((REPO / "tests" / "fixtures" / "presets_resolved.json").read_text())
     defaults = TrainConfig().to_dict()
-    changed = {"modern/cub_resnet50_cnl5.yaml": {"nesterov": True}}  # MMPretrain's CUB recipe (issue 33)
+    changed = {"modern/cub_resnet50_cnl5.yaml": {"nesterov": True}}  # MMPretrain's CUB recipe
     for name, resolved in before.items():  # written by the code before presets had bases
         now = make_config(read_yaml(REPO / "configs" / name)).to_dict()
         assert {key: now[key] for key in resolved} == resolved, name
