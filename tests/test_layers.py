@@ -44,6 +44,11 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+# The one arrow up: the package root registers our models in timm once timm is imported
+# (before or after cnl), by loading timm with timm's own loader and then cnl.timm_models.
+REGISTRATION = "cnl imports cnl.timm_models"
+
+
 def test_no_module_imports_from_a_higher_layer():
     upward = []
     for path in sorted(SOURCE.rglob("*.py")):
@@ -51,7 +56,8 @@ def test_no_module_imports_from_a_higher_layer():
         for imported in imports_of(path):
             if layer(imported) > layer(importer):
                 upward.append(f"{importer} imports {imported}")
-    assert upward == []
+    assert [arrow for arrow in upward if arrow != REGISTRATION] == []
+    assert "import_module(" not in (SOURCE / "__init__.py").read_text()  # no arrow hidden in a string
 
 
 def test_engine_imports_nothing_from_analysis_or_the_command():

@@ -34,26 +34,37 @@ __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 
 class _RegisterAfterTimm(importlib.abc.MetaPathFinder):
-    """Finds timm as usual, and registers our models in it once its import has run."""
+    """Finds timm as usual; its module is then loaded by ``_ThenRegister``."""
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
         if fullname != "timm":
             return None
         sys.meta_path.remove(self)  # once; and the look-up below must not come back here
         spec = importlib.util.find_spec("timm")
-        if spec is None or spec.loader is None:
-            return spec
-        run = spec.loader.exec_module
-
-        def exec_module(module: Any) -> None:
-            run(module)
-            importlib.import_module("cnl.timm_models")
-
-        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ThenRegister(spec.loader)
         return spec
 
 
+class _ThenRegister(importlib.abc.Loader):
+    """timm's own loader, untouched, and then our models registered in the timm it loaded.
+    Everything else (resources, ``is_package``) is asked of timm's loader."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self.loader.exec_module(module)
+        import cnl.timm_models  # noqa: F401  (the one arrow up from the root: tests/test_layers.py)
+
+
 if "timm" in sys.modules:
-    importlib.import_module("cnl.timm_models")
+    import cnl.timm_models  # noqa: F401
 elif importlib.util.find_spec("timm") is not None:
     sys.meta_path.insert(0, _RegisterAfterTimm())
