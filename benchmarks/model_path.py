@@ -66,8 +66,8 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     import cnl
+    from cnl import upgrades
     from cnl.analysis.bench import interleaved_medians
-    from cnl.models.weights import current_keys
 
     old = old_resnets(args.before)
     torch.manual_seed(0)
@@ -77,7 +77,7 @@ def main() -> None:
     for name in MODELS:
         before = old_model(old, name, 200)
         after = cnl.create_model(name, num_classes=200)
-        after.load_state_dict(current_keys(before.state_dict()))
+        after.load_state_dict(upgrades.state_keys(before.state_dict()))
         steps += [train_step(before, images, labels), train_step(after, images, labels)]
     times = interleaved_medians(steps, args.repeats, torch.device("cpu"))
     print("| model | before (s) | after (s) | after / before | after / resnet50 after |")

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 import cnl
+from cnl import upgrades
 from cnl.cli import main
 from cnl.engine import read_checkpoint
 from cnl.engine.inference import predict
-from cnl.models.weights import current_keys
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MODELS = ("resnet50", "resnet50_nl5", "resnet50_cnl5", "resnet101", "resnet101_nl5", "resnet101_cnl5")
@@ -48,7 +48,7 @@ def assert_close_to(value: torch.Tensor, recorded: torch.Tensor, spread: float) 
 @pytest.mark.parametrize("name", MODELS)
 def test_logits_and_every_attention_map_equal_the_recorded_ones(recorded, name):
     model = cnl.create_model(name, num_classes=10, width=4).eval()
-    model.load_state_dict(current_keys(part(recorded, f"{name}/state/")))  # recorded under nl.* / cnl.*
+    model.load_state_dict(upgrades.state_keys(part(recorded, f"{name}/state/")))  # recorded under nl.* / cnl.*
     model.double()
     for size in SIZES:
         with torch.no_grad():

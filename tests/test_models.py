@@ -8,10 +8,10 @@ import torchvision
 from safetensors.torch import save_file
 
 import cnl
+from cnl import upgrades
 from cnl.models.placement import spaced_blocks
 from cnl.models.plug import plugged
 from cnl.models.resnet import block_channels, paper_placement
-from cnl.models.weights import current_keys
 
 
 def tv_resnet(name, num_classes):
@@ -144,8 +144,8 @@ def test_head_is_pool_dropout_linear():
 
 def test_keys_of_the_paper_models_before_plug_are_renamed_in_one_place():
     old = {"conv1.weight": torch.ones(1), "nl.layer3_5.theta.weight": torch.ones(2), "cnl.norms.0.bias": torch.ones(3)}
-    assert list(current_keys(old)) == ["conv1.weight", "plug.nl.layer3_5.theta.weight", "plug.cnl.norms.0.bias"]
-    assert current_keys(current_keys(old)).keys() == current_keys(old).keys()
+    assert list(upgrades.state_keys(old)) == ["conv1.weight", "plug.nl.layer3_5.theta.weight", "plug.cnl.norms.0.bias"]
+    assert upgrades.state_keys(upgrades.state_keys(old)).keys() == upgrades.state_keys(old).keys()
 
 
 def test_width_scales_every_stage_keeps_the_keys_and_refuses_other_widths_weights(tmp_path):

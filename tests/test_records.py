@@ -135,3 +135,16 @@ def test_any_run_records_report_or_are_one_line(summary_edit, epoch_edit, whole,
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("cnl report: error: "), err
     assert str(run) in lines[0], lines[0]
+
+
+def test_every_old_form_is_read_in_one_module():
+    """cnl.upgrades: settings, weights' keys and checkpoint entries of earlier versions."""
+    from cnl import upgrades
+
+    assert upgrades.settings({"no_wd_norm_bias": True, "resume": True, "weights": None}) == {
+        "wd_norm_bias": False, "resume": None, "weights": "none",
+    }  # fmt: skip
+    keys = upgrades.state_keys({"nl.layer3_5.g.weight": 1, "fc.bias": 2})
+    assert list(keys) == ["plug.nl.layer3_5.g.weight", "fc.bias"]
+    state = upgrades.checkpoint({"epoch": 3, "metrics": {"top1": 40.0, "top5": 90.0}})
+    assert (state["step"], state["final"], state["rates"], state["kept"]) == (0, {"top1": 40.0, "top5": 90.0}, [], [])

@@ -23,11 +23,11 @@ from timm.layers import register_notrace_module
 from timm.models import FeatureInfo, generate_default_cfgs, get_pretrained_cfg, register_model
 from torch import Tensor, nn
 
+from cnl import upgrades
 from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RESIZE_RATIO
 from cnl.engine.hub import GENERIC
 from cnl.models import create_model, list_models
 from cnl.models.backbones import VARIANTS
-from cnl.models.weights import current_keys
 from cnl.nn import CrossLayerNonLocal, NonLocal2d
 
 NAMES = [name for name in list_models() if name.endswith(VARIANTS)]
@@ -115,7 +115,7 @@ def _hub_model(target: str, num_classes: int, hub_cfg: dict[str, Any], kwargs: d
     location = hub_cfg["file"] if hub_cfg["source"] == "local-dir" else HUB_PREFIX + hub_cfg["hf_hub_id"]
     _, weights = read_hub(location)
     model = create_model(kwargs.pop("cnl_name", target), num_classes=num_classes, **kwargs)
-    model.load_state_dict(current_keys(weights))
+    model.load_state_dict(upgrades.state_keys(weights))
     model.pretrained_cfg = model.default_cfg = hub_cfg
     return model
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
+from cnl import upgrades
 from cnl.errors import MissingFile, UserError
-from cnl.models.weights import current_keys
 
 
 class CheckpointError(UserError, ValueError):
@@ -142,12 +142,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {path}: it is truncated or not a checkpoint ({error})") from None
     if not isinstance(state, dict) or "model" not in state or "model_name" not in state:
         raise CheckpointError(f"{path} is not a cnl training checkpoint (no 'model' and 'model_name' entries)")
-    stored = state.pop("checksum", None)  # absent in checkpoints written before checksums
+    stored = state.pop("checksum", None)
     if stored is not None and stored != content_digest(state):
         raise CheckpointError(f"{path} is damaged: its contents do not match the checksum stored in it")
+    state = upgrades.checkpoint(state)
     for weights in ("model", "model_ema"):
         if weights in state:
-            state[weights] = current_keys(state[weights])
+            state[weights] = upgrades.state_keys(state[weights])
     return state
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from cnl import upgrades
 from cnl.data.catalog import CATALOG
 from cnl.data.policies import AUTO_AUGMENTS, INTERPOLATION_NAMES
 from cnl.errors import InvalidValue, MissingFile, cut, excerpt
@@ -356,14 +357,14 @@ class TrainConfig:
 def stored_config(values: dict[str, Any]) -> TrainConfig:
     """A config as a run or an ablation recorded it, by any version: old names upgraded,
     settings since removed dropped, not validated (a record is read as it was written)."""
-    return TrainConfig(**{k: v for k, v in upgrade(values).items() if k in FIELDS})
+    return TrainConfig(**{k: v for k, v in upgrades.settings(values).items() if k in FIELDS})
 
 
 def recipe_differences(stored: dict[str, Any], wanted: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
     """The settings in which a run's recipe (``TrainConfig.recipe``, as its checkpoint stores
     it, by any version: a setting added since has its default) differs from ``wanted``, each
     as ``"key: STORED there, WANTED here"``; ``HOW_FIELDS`` and ``ignore`` are not compared."""
-    known = {**TrainConfig().recipe(0), **{k: v for k, v in upgrade(stored).items() if k in FIELDS}}
+    known = {**TrainConfig().recipe(0), **{k: v for k, v in upgrades.settings(stored).items() if k in FIELDS}}
     skipped = (*HOW_FIELDS, *INVOCATION_FIELDS, *ignore)
     return [
         f"{key}: {excerpt(known.get(key), 24)} there, {excerpt(value, 24)} here"
@@ -379,7 +380,7 @@ def resume_differences(stored: dict[str, Any], wanted: TrainConfig, done: int) -
     (whose rate at an epoch does not depend on how many follow; the cosine one's does).
     The batch is compared by the trainer, which knows the processes."""
     problems = recipe_differences(stored, wanted.recipe(0), ignore=(*BATCH_FIELDS, "epochs"))
-    before = upgrade(stored).get("epochs", wanted.epochs)
+    before = upgrades.settings(stored).get("epochs", wanted.epochs)
     if wanted.epochs != before and wanted.schedule != "step":
         problems.append(f"epochs: {before} there, {wanted.epochs} here (the {wanted.schedule} schedule spans them)")
     elif wanted.epochs < done:
@@ -390,28 +391,11 @@ def resume_differences(stored: dict[str, Any], wanted: TrainConfig, done: int) -
 FIELD_INFO = {f.name: f for f in dataclasses.fields(TrainConfig)}
 FIELDS = set(FIELD_INFO)
 HINTS = typing.get_type_hints(TrainConfig)  # the annotations as types: what each setting accepts
-# Settings renamed since runs were written: old name -> (new name, how the value maps).
-RENAMED = {"no_wd_norm_bias": ("wd_norm_bias", lambda value: not value)}
 _WRONG = object()
 
 
 class Explicit(dict):
     """A layer of settings in which None is a value (``--set ema=null``), not 'not set'."""
-
-
-def upgrade(values: dict[str, Any]) -> dict[str, Any]:
-    """Settings as written by any earlier version, under today's names."""
-    values = dict(values)
-    for old, (new, convert) in RENAMED.items():
-        if old in values:
-            old_value = values.pop(old)
-            if new not in values and old_value is not None:
-                values[new] = convert(old_value)
-    if isinstance(values.get("resume"), bool):  # checkpoints written before resume took modes
-        values["resume"] = None
-    if "weights" in values and values["weights"] in (None, "null", "None"):  # random weights, as "none" says
-        values["weights"] = NO_WEIGHTS
-    return values
 
 
 def rule_text(name: str) -> str:
@@ -623,7 +607,7 @@ def read_settings_file(path: Path, note: str = "") -> dict[str, Any]:
         raise InvalidValue(
             f"{path} is not a settings file: it holds {type(values).__name__}, not a mapping of settings"
         )
-    return upgrade({str(k).replace("-", "_"): v for k, v in values.items()})
+    return upgrades.settings({str(k).replace("-", "_"): v for k, v in values.items()})
 
 
 BASE_SUFFIXES = (".yaml", ".yml")
@@ -688,7 +672,9 @@ def make_config(*layers: dict[str, Any], data_root: bool = False) -> TrainConfig
     """
     values: dict[str, Any] = {}
     for layer in layers:
-        given = upgrade(layer if isinstance(layer, Explicit) else {k: v for k, v in layer.items() if v is not None})
+        given = upgrades.settings(
+            layer if isinstance(layer, Explicit) else {k: v for k, v in layer.items() if v is not None}
+        )
         unknown = [name for name in given if name not in FIELDS]
         if unknown:
             raise InvalidValue(unknown_names(unknown, "settings"))

@@ -9,13 +9,13 @@ from typing import Any
 
 import torch
 
+from cnl import upgrades
 from cnl.engine.checkpoint import CheckpointError, read_checkpoint
 from cnl.engine.config import model_overrides
 from cnl.engine.modelinfo import CardError, ModelInfo, check_head
 from cnl.engine.runfolder import read_json
 from cnl.errors import MissingFile, excerpt
 from cnl.models import create_model
-from cnl.models.weights import current_keys
 
 
 def card_path(weights: str | Path) -> Path:
@@ -52,13 +52,13 @@ def read_model_file(path: str | Path) -> tuple[ModelInfo, dict[str, torch.Tensor
 
     if is_hub(path):
         info, weights = read_hub(path)
-        return info, current_keys(weights)
+        return info, upgrades.state_keys(weights)
     if Path(path).suffix == ".safetensors":
         card = card_path(path)
         if not card.is_file():
             raise MissingFile(f"{path} has no model card {card} beside it (written by cnl export)")
         info = ModelInfo.checked(read_json(card), str(card))
-        return info, current_keys(read_safetensors(Path(path)))
+        return info, upgrades.state_keys(read_safetensors(Path(path)))
     state = read_checkpoint(path)
     return _describe(state, Path(path)), state.get("model_ema", state["model"])
 

@@ -3,7 +3,7 @@
 
 Each field is named once, here; reading checks each one against its type, so that a file
 damaged or written by hand is one line naming the file and the field. A field that a file
-written by an earlier version lacks reads as None (``cnl.engine.upgrades`` says which versions
+written by an earlier version lacks reads as None (``cnl.upgrades`` says which versions
 wrote which), and writing leaves out the fields a run does not have (the validation figures of
 a run without a validation split), so a record is written byte for byte as before.
 """

@@ -205,13 +205,11 @@ class RunState:
 
     @classmethod
     def of(cls, state: dict[str, Any]) -> RunState:
-        """The run state a checkpoint holds (``rates`` and ``final``: since they were stored)."""
+        """The run state a checkpoint holds (as ``read_checkpoint`` gives it: every entry there)."""
         best = dict(state["best"])
         best_epoch = int(best.pop("epoch"))
-        final = state.get("final", {k: state.get("metrics", {}).get(k) for k in ("top1", "top5")})
-        kept = [(float(value), int(epoch)) for value, epoch in state.get("kept", [])]
-        rates = list(state.get("rates", []))
-        return cls(state["epoch"], state.get("step", 0), best_epoch, best, dict(final), rates, kept)
+        kept = [(float(value), int(epoch)) for value, epoch in state["kept"]]
+        return cls(state["epoch"], state["step"], best_epoch, best, dict(state["final"]), list(state["rates"]), kept)
 
     def finished(self, epochs: int) -> bool:
         return self.start_epoch >= epochs and self.start_step == 0

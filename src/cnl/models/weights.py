@@ -13,24 +13,13 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import get_model_weights
 
+from cnl import upgrades
 from cnl.errors import InvalidValue, MissingFile
 
 logger = logging.getLogger(__name__)
 
 NEW_MODULE_PREFIXES = ("plug.",)
 HEAD_PREFIX = "fc."
-# Before the paper's ResNets were plugged like every backbone, their modules had keys of their own.
-LEGACY_PREFIXES = {"nl.": "plug.nl.", "cnl.": "plug.cnl."}
-
-
-def current_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``state`` with the keys of checkpoints and weights written before ``plug.`` (``nl.*``,
-    ``cnl.*``) renamed to today's: the one place that knows the old names."""
-    renamed = {}
-    for key, value in state.items():
-        old = next((prefix for prefix in LEGACY_PREFIXES if key.startswith(prefix)), None)
-        renamed[LEGACY_PREFIXES[old] + key[len(old) :] if old else key] = value
-    return renamed
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -51,7 +40,7 @@ def _read(path: str | Path) -> tuple[dict[str, Tensor], Any]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return current_keys(load_file(str(path))), None
+        return upgrades.state_keys(load_file(str(path))), None
     try:
         held = state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError...
@@ -61,7 +50,7 @@ def _read(path: str | Path) -> tuple[dict[str, Tensor], Any]:
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise InvalidValue(f"{path} does not hold a state dict of tensors")
-    return current_keys(state), held
+    return upgrades.state_keys(state), held
 
 
 NO_WEIGHTS = "none"  # random initial weights: what --weights none and a preset's `weights: none` ask for
