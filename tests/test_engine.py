@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ import yaml
 import cnl
 from cnl.cli import main
 from cnl.data.synth import SynthConfig, generate
-from cnl.engine import TrainConfig, load_model, make_config, read_checkpoint
+from cnl.engine import TrainConfig, checkpoint, load_model, make_config, read_checkpoint
 from cnl.engine.config import read_yaml
 from cnl.engine.schedule import build_scheduler, lr_factor
 from runs import epoch_line
@@ -116,8 +117,20 @@ def runs(data, tmp_path_factory):
     assert main(train_args(data, straight)) == 0
     # "Interrupted" after one epoch: a run told to stop there, then resumed to two.
     assert main(train_args(data, resumed, "--epochs", "1")) == 0
-    assert main(["train", "--resume", "--output", str(resumed), "--epochs", "2"]) == 0
+    original = checkpoint.read_checkpoint
+    with mock.patch.object(checkpoint, "read_checkpoint", lambda path: RESUME_READS.append(path) or original(path)):
+        assert main(["train", "--resume", "--output", str(resumed), "--epochs", "2"]) == 0
     return straight, resumed
+
+
+RESUME_READS: list = []  # each checkpoint the resume of ``runs`` read
+
+
+def test_a_resumed_run_reads_its_checkpoint_once(runs):
+    """The settings and the state come from one read: cnl train resolves the resume point
+    for the stored config and hands it to the run."""
+    _, resumed = runs
+    assert RESUME_READS == [resumed / "checkpoints" / "last.pt"]
 
 
 def test_run_writes_logs_summary_and_checkpoints(runs):

@@ -227,9 +227,14 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
 def resolve_train_config(args: argparse.Namespace, default_output: str | None = None):
     """Defaults < the checkpoint's config (when resuming) < --config file < flags < --set.
     The output folder: as given, else the resumed checkpoint's run folder, else ``default_output``."""
-    from cnl.engine.checkpoint import read_for_resume
+    return resolve_run(args, default_output)[0]
+
+
+def resolve_run(args: argparse.Namespace, default_output: str | None = None):
+    """``(config, resume point)``: the settings (``resolve_train_config``) and the checkpoint
+    they continue, read once (None: a fresh start)."""
     from cnl.engine.config import TrainConfig, make_config, parse_assignments, read_yaml
-    from cnl.engine.trainer import resume_checkpoint, run_folder_of
+    from cnl.engine.trainer import ResumePoint, run_folder_of
 
     layers = [read_yaml(args.config)] if args.config else []
     layers += [flag_values(args), parse_assignments(args.set)]
@@ -239,17 +244,18 @@ def resolve_train_config(args: argparse.Namespace, default_output: str | None = 
 
     resume = latest("resume", None)
     output = latest("output", None) or run_folder_of(resume) or default_output or TrainConfig.output
-    previous = resume_checkpoint(output, resume)
+    point = ResumePoint.of(output, resume)
     layers.insert(0, {"output": output})
-    if previous is not None:
-        layers.insert(0, read_for_resume(previous)[0]["config"])
-    return make_config(*layers)
+    if point is not None:
+        layers.insert(0, point.state["config"])
+    return make_config(*layers), point
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cnl.engine.trainer import fit
+    from cnl.engine.trainer import Run
 
-    summary = fit(resolve_train_config(args))
+    config, point = resolve_run(args)
+    summary = Run(config, point=point).fit()
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import signal
 import sys
 import threading
@@ -33,6 +34,7 @@ from cnl.engine.checkpoint import read_for_resume, remove_temporaries, save_chec
 from cnl.engine.config import RESUME_CHOICES, TrainConfig, model_overrides, resume_differences
 from cnl.engine.features import CachedModel, cache_features
 from cnl.engine.loaders import eval_loader, train_loader, usable_workers
+from cnl.engine.logbook import Logbook
 from cnl.engine.loop import EpochStats, StepSettings, TrainParts, evaluate, train_one_epoch
 from cnl.engine.predictions import image_names, write_image_predictions
 from cnl.engine.provenance import provenance
@@ -71,6 +73,28 @@ def resume_checkpoint(output: str | Path, resume: str | None) -> Path | None:
     if mode == "yes" and not path.is_file():
         raise MissingFile(f"cannot resume: {path} does not exist (use --resume auto to start fresh then)")
     return path if mode != "no" and path.is_file() else None
+
+
+class Unresolved(enum.Enum):
+    YET = "the resume point is read by the run"
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a run continues from, read once: the checkpoint asked for (``path``), the state
+    read, the file it came from (last-prev.pt when last.pt is damaged) and why ``path`` was
+    not used (None when it was)."""
+
+    path: Path
+    state: dict[str, Any]
+    used: Path
+    damage: str | None
+
+    @classmethod
+    def of(cls, output: str | Path, resume: str | None) -> ResumePoint | None:
+        """The point a run into ``output`` with ``--resume resume`` continues from; None: a fresh start."""
+        path = resume_checkpoint(output, resume)
+        return cls(path, *read_for_resume(path)) if path is not None else None
 
 
 def first_missing(path: Path) -> Path | None:
@@ -224,11 +248,15 @@ class Run:
         model: torch.nn.Module | None = None,
         train_set: Dataset | None = None,
         test_set: Dataset | None = None,
+        point: ResumePoint | None | Unresolved = Unresolved.YET,
     ) -> None:
+        """``point``: where to continue from, when the caller has read it (``cnl train`` does,
+        for the stored settings); else ``config.resume`` is resolved and read here."""
         if (train_set is None) != (test_set is None):
             raise InvalidValue("give both train_set and test_set, or neither (then config.data_root is read)")
         config.validate(data_root=train_set is None)  # a config built by hand is checked as one from flags
         self.given_model = model
+        self.point = point
         self.given_sets = (train_set, test_set) if train_set is not None and test_set is not None else None
         self.config = config
         self.output = Path(config.output)
@@ -284,9 +312,9 @@ class Run:
             "provenance": self.built.provenance,
         }
 
-    def _resume(self, path: Path, read: tuple[dict[str, Any], Path, str | None]) -> RunState:
-        """Load what ``read`` (``read_for_resume(path)``) holds into the built run."""
-        state, used, damage = read
+    def _resume(self, point: ResumePoint) -> RunState:
+        """Load what ``point`` holds into the built run."""
+        path, state, used, damage = point.path, point.state, point.used, point.damage
         if damage is not None:
             distributed.barrier()  # every process has read what it resumes from
             if self.main:
@@ -363,11 +391,10 @@ class Run:
         """Train; the summary. A signal ends the loop through its return (``Stopped``), after
         which this raises ``RunInterrupted``: to the caller a stopped run must not look like a
         finished one, and a KeyboardInterrupt is what a Ctrl-C would have raised there."""
-        resume = resume_checkpoint(self.output, self.config.resume)
-        read = read_for_resume(resume) if resume else None
-        if read is not None:
-            self._check_resumable(read[0], resume)
-        done = self._already_done(read)
+        point = ResumePoint.of(self.output, self.config.resume) if self.point is Unresolved.YET else self.point
+        if point is not None:
+            self._check_resumable(point.state, point.path)
+        done = self._already_done(point)
         if done is not None:
             return done
         made = first_missing(self.output) if self.main else None  # a failed start leaves no folder behind
@@ -385,8 +412,8 @@ class Run:
                     self.config, self.ctx, self.output, self.batch_size, self.global_batch, self.given_model,
                     self.given_sets,
                 )  # fmt: skip
-                run = self._resume(resume, read) if resume and read else RunState()
-                if not resume:
+                run = self._resume(point) if point is not None else RunState()
+                if point is None:
                     self._keep_metrics(0)
                 self._write_config()
                 self.training = True
@@ -433,14 +460,14 @@ class Run:
                 return
             folder = folder.parent
 
-    def _already_done(self, read: tuple[dict[str, Any], Path, str | None] | None) -> dict[str, Any] | None:
+    def _already_done(self, point: ResumePoint | None) -> dict[str, Any] | None:
         """The summary of a finished run that resuming would not change (its checkpoint has
         every epoch of this config, its summary.json is written): nothing is built, trained or
         written. None when there is something to do (a summary that a kill kept from being
         written is written by the resumed run, which trains nothing)."""
-        if read is None:
+        if point is None:
             return None
-        state, path, damage = read
+        state, path, damage = point.state, point.used, point.damage
         summary = self.folder.read_summary() if damage is None else None
         if state["model_name"] != self.config.model or not RunState.of(state).finished(self.config.epochs):
             return None
@@ -454,8 +481,7 @@ class Run:
     def _loop(self, run: RunState) -> dict[str, Any] | Stopped:
         """Epochs from where ``run`` left off; the summary, or where a signal stopped it."""
         config, built = self.config, self.built
-        writer = self._writer()
-        try:
+        with Logbook(self.folder, config.epochs, self.main) as logbook:
             for epoch in range(run.start_epoch, config.epochs):
                 first_step = run.start_step if epoch == run.start_epoch else 0
                 lr = built.parts.optimizer.param_groups[0]["lr"]
@@ -466,18 +492,14 @@ class Run:
                 train = train_one_epoch(built.parts, loader, built.settings, epoch, first_step, self._should_stop)
                 if train.stopped and train.steps < built.steps_per_epoch:
                     return self._save_stop(epoch, train.steps, run)
-                self._end_epoch(epoch, run, train, lr, writer)
+                self._end_epoch(epoch, run, train, lr, logbook)
                 if train.stopped:
                     return self._stopped(f"the end of epoch {epoch + 1}")
-        finally:
-            if writer is not None:
-                writer.close()
-        summary = self._summary(run)
-        if self.main:
-            self.folder.write_summary(summary)
+            summary = self._summary(run)
+            logbook.summary(summary)
         return summary.to_json()
 
-    def _end_epoch(self, epoch: int, run: RunState, train: EpochStats, lr: float, writer: Any) -> None:
+    def _end_epoch(self, epoch: int, run: RunState, train: EpochStats, lr: float, logbook: Logbook) -> None:
         """Evaluate (validation, test), keep the best epoch, save best.pt and last.pt, log."""
         built = self.built
         distributed.broadcast_buffers(built.evaluated)  # every process evaluates what rank 0 saves
@@ -504,7 +526,7 @@ class Run:
             for gone in dropped:
                 self.folder.kept(gone).unlink(missing_ok=True)
             save_checkpoint(state, self.folder.last, keep_previous=True)
-            self._log(writer, epoch + 1, lr, train, metrics, val)
+        logbook.epoch(epoch_record(epoch + 1, lr, train, metrics, val))
 
     def _rank(self, run: RunState, value: float, epoch: int) -> list[int]:
         """``--keep-best N``: the N best epochs by the selection metric (the earlier first on a
@@ -532,42 +554,6 @@ class Run:
     def _stopped(self, where: str) -> Stopped:
         assert self.stop_signal is not None or not self.main
         return Stopped(f"{where}; saved {self.folder.last}; continue with --resume")
-
-    def _writer(self):
-        if not self.main:
-            return None
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(log_dir=str(self.folder.tensorboard))
-
-    def _log(self, writer, epoch: int, lr: float, train: EpochStats, test: dict[str, Any], val: dict[str, Any]) -> None:
-        record = EpochRecord(
-            epoch=epoch,
-            lr=lr,
-            train_loss=train.loss,
-            train_top1=train.top1,
-            train_images_per_s=train.images_per_s,
-            train_time_s=train.time_s,
-            **({"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]} if val else {}),
-            test_loss=test["loss"],
-            top1=test["top1"],
-            top5=test["top5"],
-            test_count=test["count"],
-            per_class_top1=test["per_class_top1"],
-        )
-        self.folder.append_epoch(record)
-        for key in ("lr", "train_loss", "train_top1", "train_images_per_s", "val_top1", "test_loss", "top1", "top5"):
-            if getattr(record, key) is not None:
-                writer.add_scalar(key, getattr(record, key), epoch)
-        writer.flush()
-        print(
-            f"epoch {epoch}/{self.config.epochs}  lr {lr:.2e}  "
-            f"train loss {train.loss:.4f} top1 {train.top1:.2f}  "
-            + (f"val top1 {val['top1']:.2f}  " if val else "")
-            + f"test loss {test['loss']:.4f} top1 {test['top1']:.2f} top5 {test['top5']:.2f}  "
-            f"{train.images_per_s:.1f} img/s",
-            flush=True,
-        )
 
     def _layout(self) -> str:
         """The layout the data were read in: ``dataset``, or the one ``auto`` found."""
@@ -606,6 +592,24 @@ class Run:
             provenance=self.built.provenance,
             replicas_identical=distributed.replicas_identical(self.built.model) if self.ctx.distributed else None,
         )
+
+
+def epoch_record(epoch: int, lr: float, train: EpochStats, test: dict[str, Any], val: dict[str, Any]) -> EpochRecord:
+    """An epoch's record: its training figures, and ``evaluate``'s of the test (and validation) split."""
+    return EpochRecord(
+        epoch=epoch,
+        lr=lr,
+        train_loss=train.loss,
+        train_top1=train.top1,
+        train_images_per_s=train.images_per_s,
+        train_time_s=train.time_s,
+        **({"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]} if val else {}),
+        test_loss=test["loss"],
+        top1=test["top1"],
+        top5=test["top5"],
+        test_count=test["count"],
+        per_class_top1=test["per_class_top1"],
+    )
 
 
 def fit(
