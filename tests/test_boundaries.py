@@ -462,7 +462,7 @@ def test_csv_cells_that_would_run_as_formulas_are_written_as_text(tmp_path):
     import numpy as np
 
     from cnl.analysis.evidence import write_per_class
-    from cnl.engine.inference import write_predictions
+    from cnl.engine.prediction import write_predictions
     from cnl.tables import from_csv_cell
 
     classes = HOSTILE_NAMES

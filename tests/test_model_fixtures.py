@@ -14,7 +14,7 @@ import cnl
 from cnl import upgrades
 from cnl.cli import main
 from cnl.engine import read_checkpoint
-from cnl.engine.inference import predict
+from cnl.engine.prediction import predict
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MODELS = ("resnet50", "resnet50_nl5", "resnet50_cnl5", "resnet101", "resnet101_nl5", "resnet101_cnl5")

@@ -10,7 +10,7 @@ import torch
 from cnl.analysis.bench import bench_predict
 from cnl.cli import main
 from cnl.data.synth import SynthConfig, generate
-from cnl.engine.inference import predict, predict_batches
+from cnl.engine.prediction import predict, predict_batches
 from runs import tiny_run_args
 
 

@@ -12,7 +12,7 @@ from cnl.data.synth import SynthConfig, generate
 from cnl.data.transforms import eval_crops, eval_transform, train_transform
 from cnl.engine import distributed, make_config, read_checkpoint
 from cnl.engine.builders import build_model, build_optimizer, build_parts, frozen_modules, train_transform_of
-from cnl.engine.inference import ViewsAveraged, evaluate_checkpoint
+from cnl.engine.evaluation import ViewsAveraged, evaluate_checkpoint
 from cnl.engine.loop import training
 from cnl.errors import InvalidValue
 from cnl.models import create_model

@@ -262,7 +262,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from cnl.engine.distributed import is_main_process
-    from cnl.engine.inference import evaluate_checkpoint
+    from cnl.engine.evaluation import evaluate_checkpoint
 
     options = {"data_root": args.data_root, "workers": args.workers, "device": args.device}
     result = evaluate_checkpoint(
@@ -290,7 +290,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from cnl.engine.inference import predict_batches, write_predictions
+    from cnl.engine.prediction import predict_batches, write_predictions
 
     options = {"batch_size": args.batch_size, "workers": args.workers}
     results = predict_batches(args.checkpoint, args.images, args.topk, args.device, **options)

@@ -390,7 +390,7 @@ def bench_predict(
     500x375 JPEGs and model (a ResNet of ``width`` channels in its first stage)."""
     import tempfile
 
-    from cnl.engine.inference import predict_with
+    from cnl.engine.prediction import predict_with
 
     target = pick_device(device)
     model = create_model(model_name, num_classes=200, width=width).to(target).eval()
