@@ -22,7 +22,8 @@ from cnl.models.plug import Site, plug_into, record_outputs, site_channels
 from cnl.models.weights import NO_WEIGHTS, is_weights_file, load_pretrained, torchvision_weights
 
 SOURCES = ("tv", "timm")
-VARIANTS = ("_cnl5", "_nl5")
+NL, CNL = "_nl5", "_cnl5"  # the suffixes of Table 2's models: five NL blocks, one CNL module
+VARIANTS = (CNL, NL)
 CONTAINERS = ("features", "encoder.layers", "trunk_output")  # torchvision's stage containers
 PROBE_SIZE = 224  # torchvision's classifiers; timm's take their pretrained_cfg input size
 
@@ -383,7 +384,7 @@ def create_foreign(
     outputs = record_outputs(model, list(dict.fromkeys([*entries, *candidates, *by_hand])), probe)
     if by_rule:
         rule_query, rule_responses = default_placement(stages(model, entries, outputs, probe.shape[-1], layout_name))
-        if spec.variant == "_cnl5":
+        if spec.variant == CNL:
             query, responses = query or rule_query, rule_responses
         else:
             nl_layers = rule_responses

@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from cnl.errors import InvalidArgument, InvalidValue, excerpt
-from cnl.models.backbones import create_foreign, is_foreign
+from cnl.models.backbones import CNL, NL, create_foreign, is_foreign
 from cnl.models.plug import name_of
 from cnl.models.resnet import ARCHITECTURES, create_resnet, paper_placement
 from cnl.models.weights import LoadReport, check_weights, load_pretrained, wants_weights
@@ -28,8 +28,8 @@ def _variants(arch: str) -> dict[str, dict[str, Any]]:
     query, responses = paper_placement(arch)
     return {
         arch: {},
-        f"{arch}_nl5": {"nl_layers": responses},
-        f"{arch}_cnl5": {"query": query, "responses": responses},
+        f"{arch}{NL}": {"nl_layers": responses},
+        f"{arch}{CNL}": {"query": query, "responses": responses},
     }
 
 
