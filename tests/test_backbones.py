@@ -1,6 +1,7 @@
 """CNL and NL inside torchvision and timm backbones, placed by module name (random weights)."""
 
 import copy
+import functools
 import io
 import json
 import warnings
@@ -52,9 +53,22 @@ FAMILIES = {
 }
 
 
-def build(name, **overrides):
+@functools.cache
+def built(name: str) -> nn.Module:
     torch.manual_seed(0)
-    return cnl.create_model(name, num_classes=5, **overrides)
+    return cnl.create_model(name, num_classes=5)
+
+
+def build(name: str) -> nn.Module:
+    """A model of its own, as ``create_model`` builds it from seed 0: each name is built once
+    in this module (a full-size backbone takes seconds to build), every test gets a copy."""
+    return copy.deepcopy(built(name))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def forget_built_models():
+    yield
+    built.cache_clear()
 
 
 def grid(site: Site, output: torch.Tensor) -> int:
