@@ -42,7 +42,7 @@ PER_SEED = ("top1", "top5", "best_epoch", "final_top1", "train_images_per_s")
 
 
 def run_folder(model: str, seed: int, seeds: list[int]) -> str:
-    """``model`` for a single seed (as before seeds existed), ``model/seed<k>`` for several."""
+    """``model`` for a single seed (a one-seed ablation: one folder per model), ``model/seed<k>`` for several."""
     return model if len(seeds) == 1 else f"{model}/seed{seed}"
 
 
