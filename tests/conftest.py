@@ -51,6 +51,22 @@ def pytest_runtest_logfinish(nodeid: str, location: tuple) -> None:
         )
 
 
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory):
+    """``synth(config)``: the synthetic dataset of a ``SynthConfig``, written once per session
+    (tests read it and never change it; one that changes data writes its own)."""
+    from cnl.data.synth import generate
+
+    made = {}
+
+    def make(config):
+        if config not in made:
+            made[config] = generate(tmp_path_factory.mktemp("synth"), config)
+        return made[config]
+
+    return make
+
+
 @pytest.fixture
 def server():
     """A real HTTP server on 127.0.0.1 (``archives.Server``), shut down after the test."""

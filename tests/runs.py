@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from cnl.data.synth import SynthConfig
 from cnl.engine import read_checkpoint
 
 
@@ -49,6 +50,21 @@ def assert_same_weights(a, b):
 
 
 RECORDS = Path(__file__).parent / "fixtures" / "run_records"
+# 20 training images (5 optimizer steps of a global batch of 4), 15 test images: odd, so that
+# processes and batches do not divide them evenly.
+ODD = SynthConfig(classes=5, train_per_class=4, test_per_class=3, image_size=40, seed=2)
+
+
+def epochs_logged(output: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
+def eval_json(capsys, checkpoint: Path, *extra: str) -> dict:
+    """``cnl eval --json`` of a checkpoint, in this process: its result."""
+    from cnl.cli import main
+
+    assert main(["eval", "--checkpoint", str(checkpoint), "--json", *extra]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 def epoch_line(**fields) -> str:

@@ -207,6 +207,9 @@ def test_every_test_the_docs_name_exists():
         for name in re.findall(r"(?<![\w/.])(test_\w+)(?=[`:\[,\s)]|$)", page.read_text(encoding="utf-8")):
             if "_" in name[5:] and not name.endswith("_py"):
                 assert name in defined, f"{page.name} names {name}, which no test in tests/ defines"
+        for file, name in re.findall(r"(tests/test_\w+\.py)::(test_\w+)", page.read_text(encoding="utf-8")):
+            text = (REPO / file).read_text() if (REPO / file).is_file() else ""
+            assert re.search(rf"^def {name}\(", text, re.M), f"{page.name} names {file}::{name}, not defined there"
 
 
 @pytest.mark.slow  # it starts pytest, so it is one of the tests it counts

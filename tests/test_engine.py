@@ -18,7 +18,7 @@ from cnl.data.synth import SynthConfig, generate
 from cnl.engine import TrainConfig, checkpoint, load_model, make_config, read_checkpoint
 from cnl.engine.config import read_yaml
 from cnl.engine.schedule import build_scheduler, lr_factor
-from runs import epoch_line
+from runs import epoch_line, eval_json
 
 TINY = SynthConfig(classes=4, train_per_class=5, test_per_class=3, image_size=40, seed=1)
 REPO = Path(__file__).resolve().parents[1]
@@ -40,11 +40,6 @@ def train_args(data, output, *extra):
 
 def metrics_lines(output):
     return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
-
-
-def eval_json(capsys, checkpoint, *extra):
-    assert main(["eval", "--checkpoint", str(checkpoint), "--json", *extra]) == 0
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 # --- schedule ------------------------------------------------------------------------

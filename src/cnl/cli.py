@@ -552,11 +552,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_export(subparsers: argparse._SubParsersAction) -> None:
+    from cnl.export import FORMATS
+
     parser = subparsers.add_parser(
         "export", help="a checkpoint as ONNX, TorchScript, safetensors + model card, or a Hugging Face Hub folder"
     )
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors", "hf"])
+    parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument(
         "--out", required=True, help="a file; for hf, a folder (config.json, model.safetensors, README.md)"
     )

@@ -5,26 +5,33 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
 from cnl.data.catalog import CATALOG
-from cnl.engine.checkpoint import current_umask
-from cnl.engine.modelfile import card_path, load_model_with_info
-from cnl.engine.modelinfo import ModelInfo
 from cnl.engine.records import Summary
 from cnl.engine.runfolder import RunFolder
 from cnl.errors import InvalidValue
 from cnl.tables import Table, markdown_cell
 
+if TYPE_CHECKING:
+    import torch
+
+    from cnl.engine.modelinfo import ModelInfo
+
+# The formats cnl export writes; this module loads torch only when it writes one, so that the
+# parser takes its choices from here.
 FORMATS = ("onnx", "torchscript", "safetensors", "hf")
 ONNX_OPSET = 18
 
 
 def export(checkpoint: str | Path, fmt: str, out: str | Path) -> list[Path]:
     """Write ``checkpoint``'s model to ``out`` in ``fmt``; returns the files written."""
+    import torch
+
+    from cnl.engine.modelfile import card_path, load_model_with_info
+
     if fmt not in FORMATS:
         raise InvalidValue(f"unknown export format {fmt!r}; valid formats: {', '.join(FORMATS)}")
     out = Path(out)
@@ -56,6 +63,8 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
     """The state dict as safetensors (which stores contiguous tensors only), with the
     permissions the umask gives a new file (safetensors' writer makes it private, 0600)."""
     from safetensors.torch import save_file
+
+    from cnl.engine.checkpoint import current_umask
 
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     path.chmod(0o666 & ~current_umask())

@@ -1,30 +1,32 @@
-"""Faults lose nothing: full disks, damaged checkpoints, two runs in one folder, chaos."""
+"""Checkpoints lose nothing: written atomically (the umask's modes, a synced rename, no
+temporary file left), a full disk keeps the previous one, a damaged one falls back to the one
+before or is named, one that would run code is refused, and earlier formats load and resume."""
 
 import os
+import pickle
 import resource
 import shutil
+import stat
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from cnl.cli import main
 from cnl.data.synth import SynthConfig, generate
-from cnl.engine import CheckpointError, read_checkpoint
+from cnl.engine import CheckpointError, load_model, read_checkpoint
 from cnl.engine.checkpoint import read_for_resume, save_checkpoint
-from runs import assert_same_weights, deterministic_run_args, lock_free, wait_for, wait_until, weights
+from runs import ODD, assert_same_weights, deterministic_run_args, epochs_logged, eval_json, weights
 
-REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-pytestmark = pytest.mark.slow  # full disks, locks and chaos: runs in child processes
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("synth"), SynthConfig(classes=4, train_per_class=4, test_per_class=2))
+def data(synth):
+    return synth(SynthConfig(classes=4, train_per_class=4, test_per_class=2))
 
 
 def train_args(data, output, epochs=2, *extra):
@@ -69,6 +71,10 @@ def one_epoch(data, tmp_path_factory):
     return output
 
 
+# --- a full disk, damage -------------------------------------------------------------
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["header", "tensors", "last bytes"])
 def test_a_full_disk_keeps_the_previous_checkpoint_and_says_where(one_epoch, tmp_path, where):
     output = tmp_path / "run"
@@ -105,6 +111,7 @@ def damage(path: Path, how: str) -> None:
         path.write_bytes(bytes(content))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["truncated", "bit-flipped"])
 def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(data, three_epochs, tmp_path, capsys, how):
     output = tmp_path / "run"
@@ -122,6 +129,7 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(data, three_ep
     assert_same_weights(weights(three_epochs), weights(output))  # epoch 2 trained again, exactly
 
 
+@pytest.mark.slow
 def test_two_damaged_checkpoints_are_named_and_nothing_is_overwritten(data, tmp_path, capsys):
     output = tmp_path / "run"
     assert main(train_args(data, output, 2)) == 0
@@ -138,6 +146,7 @@ def test_two_damaged_checkpoints_are_named_and_nothing_is_overwritten(data, tmp_
         read_for_resume(checkpoints / "last.pt")
 
 
+@pytest.mark.slow
 def test_a_failed_write_removes_its_temporary_file(tmp_path, monkeypatch):
     import torch
 
@@ -153,38 +162,7 @@ def test_a_failed_write_removes_its_temporary_file(tmp_path, monkeypatch):
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
-def test_one_run_per_folder_and_a_killed_runs_lock_is_taken_over(data, tmp_path, capsys):
-    output = tmp_path / "run"
-    first = subprocess.Popen(
-        [sys.executable, "-m", "cnl", *train_args(data, output, 200)], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, env=ENV,
-    )  # fmt: skip
-    wait_for(output / "checkpoints" / "last.pt", first)
-    capsys.readouterr()
-    assert main(train_args(data, output, 2)) == 2
-    assert f"{output} is in use by another cnl train (pid {first.pid})" in capsys.readouterr().err
-    first.kill()
-    first.communicate()
-    wait_until(lock_free(output / ".lock"), None, "free lock")
-    # A new run into the folder (the killed one had another length).
-    assert main(train_args(data, output, 2)) == 0
-    assert f"taking over the lock of process {first.pid}, which has ended" in capsys.readouterr().err
-    assert (output / ".lock").read_text() == ""  # a clean end leaves nothing to take over
-
-
-def test_chaos_stops_lose_nothing(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "chaos.py"), "--kills", "4", "--epochs", "4", "--seed", "1",
-         "--out", str(tmp_path)],
-        capture_output=True, text=True, env=ENV, timeout=240,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    lines = done.stdout.strip().splitlines()
-    assert [line.split(":")[0] for line in lines[:4]] == ["stop 1", "stop 2", "stop 3", "stop 4"]
-    assert "weights bit-identical to the uninterrupted run" in lines[-1]
-    print(done.stdout)  # the kill log, shown with pytest -s
-
-
+@pytest.mark.slow
 def test_temporary_files_of_a_run_killed_mid_write_are_removed(data, tmp_path):
     output = tmp_path / "run"
     assert main(train_args(data, output, 1)) == 0
@@ -193,3 +171,79 @@ def test_temporary_files_of_a_run_killed_mid_write_are_removed(data, tmp_path):
     (checkpoints / ".last.pt.k2j4x.tmp.prev").write_bytes(b"")
     assert main(["train", "--resume", "--output", str(output), "--epochs", "2"]) == 0
     assert no_temporaries(output)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_checkpoints_follow_the_umask_and_the_rename_is_synced(tmp_path, monkeypatch, umask):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_mode), real_fsync(fd)))
+    previous = os.umask(umask)
+    try:
+        path = save_checkpoint({"model": {}, "model_name": "resnet18"}, tmp_path / "last.pt")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert [stat.S_ISREG(m) for m in synced] == [True, False] and stat.S_ISDIR(synced[1])
+
+
+# --- hostile, foreign and earlier checkpoints -----------------------------------------
+
+
+class RunsCode:
+    """Unpickling this calls os.system: a checkpoint that would run code."""
+
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as file:
+        pickle.dump({"model": RunsCode(), "model_name": "resnet18"}, file)
+    torch.save({"model": {}, "model_name": "resnet18", "payload": RunsCode()}, tmp_path / "evil2.pt")
+    for evil in (path, tmp_path / "evil2.pt"):
+        with pytest.raises(CheckpointError, match="refusing .*could run code"):
+            load_model(evil)
+        assert main(["eval", "--checkpoint", str(evil)]) == 2
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_truncated_foreign_and_mismatched_checkpoints(one_epoch, tmp_path, capsys):
+    good = one_epoch / "checkpoints" / "last.pt"
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="truncated or not a checkpoint"):
+        read_checkpoint(truncated)
+    plain = tmp_path / "plain.pt"
+    torch.save({"weight": torch.zeros(2)}, plain)
+    with pytest.raises(CheckpointError, match="not a cnl training checkpoint"):
+        read_checkpoint(plain)
+    other = read_checkpoint(good)
+    other["model_name"] = "resnet34_cnl5"
+    torch.save(other, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="does not fit resnet34_cnl5"):
+        load_model(tmp_path / "other.pt")
+    # Resuming on data with another number of classes.
+    fewer = generate(tmp_path / "fewer", SynthConfig(classes=3, train_per_class=2, test_per_class=1, image_size=40))
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    (resumed / "checkpoints" / "last.pt").write_bytes(good.read_bytes())
+    assert main(["train", "--resume", "--output", str(resumed), "--data-root", str(fewer)]) == 2
+    assert "was trained on other classes (4) than" in capsys.readouterr().err
+
+
+def test_checkpoints_of_the_previous_format_still_load_and_resume(synth, tmp_path, capsys):
+    output = tmp_path / "run"
+    assert main(deterministic_run_args(synth(ODD), output, epochs=1)) == 0
+    path = output / "checkpoints" / "last.pt"
+    state = read_checkpoint(path)
+    # Before: a per-process batch and a boolean resume in the config, generator states, no provenance.
+    config = {k: v for k, v in state.pop("config").items() if k != "global_batch_size"}
+    state.pop("provenance")
+    state.update(config={**config, "batch_size": 4, "resume": False}, rng={"torch": torch.get_rng_state()})
+    torch.save(state, path)
+    assert eval_json(capsys, path)["count"] == 15
+    assert main(["train", "--resume", "--output", str(output), "--epochs", "2"]) == 0
+    assert epochs_logged(output) == [1, 2]

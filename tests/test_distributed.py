@@ -1,14 +1,13 @@
-"""The paper's recipe on 1 to N processes: global batch, randomness that follows the data,
-logged = evaluated, elastic restarts, two launchers, provenance, interruptible set-up."""
+"""The paper's recipe on 1 to N processes (torchrun): the global batch, randomness that
+follows the data, logged = evaluated, a stopped group resumed, elastic restarts, two
+launchers, provenance."""
 
 import json
 import os
 import signal
 import socket
-import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,13 +19,19 @@ from cnl.cli import main
 from cnl.data import build_dataset, train_transform
 from cnl.data.synth import SynthConfig, generate
 from cnl.engine import make_config, read_checkpoint
-from cnl.engine.checkpoint import save_checkpoint
 from cnl.engine.config import read_yaml
 from cnl.engine.randomness import EpochSampler, SeededDataset
-from runs import assert_same_weights, deterministic_run_args, epochs_done, wait_for, wait_until, weights
+from runs import (
+    ODD,
+    assert_same_weights,
+    deterministic_run_args,
+    epochs_done,
+    epochs_logged,
+    eval_json,
+    wait_until,
+    weights,
+)
 
-# 20 training images (5 optimizer steps of a global batch of 4), 15 test images: odd.
-DATA = SynthConfig(classes=5, train_per_class=4, test_per_class=3, image_size=40, seed=2)
 REPO = Path(__file__).resolve().parents[1]
 # Single processes run with this process's threads (the same sums); every torchrun worker
 # with one, also where a launcher starts a single process (torchrun sets it only for several).
@@ -35,8 +40,8 @@ TORCHRUN_ENV = {**ENV, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("synth"), DATA)
+def data(synth):
+    return synth(ODD)
 
 
 def train_args(data, output, *extra, epochs=3):
@@ -63,15 +68,6 @@ def torchrun(*args, **options):
 
 def start(command, env=ENV):
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-
-def epochs_logged(output):
-    return [json.loads(line)["epoch"] for line in (output / "metrics.jsonl").read_text().splitlines()]
-
-
-def eval_json(capsys, checkpoint):
-    assert main(["eval", "--checkpoint", str(checkpoint), "--json"]) == 0
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 # --- 1. the global batch ---------------------------------------------------------------
@@ -130,21 +126,6 @@ def test_two_ranks_never_share_an_augmentation_stream(tmp_path):
     assert torch.equal(one_process[0::2], rank0) and torch.equal(one_process[1::2], rank1)
     assert torch.equal(augmented(dataset, 0, 1, workers=2, start=8), one_process[8:])
     assert not torch.equal(augmented(dataset, 0, 1, workers=0, epoch=1), one_process)
-
-
-@pytest.mark.slow
-def test_kill_9_with_loader_workers_then_resume_is_bit_identical(data, tmp_path):
-    straight = tmp_path / "straight"
-    assert main(train_args(data, straight, epochs=4)) == 0
-    killed = tmp_path / "killed"
-    process = start([sys.executable, "-m", "cnl", *train_args(data, killed, epochs=4)])
-    wait_until(epochs_done(killed, 1), process, "first epoch")  # into the second, its workers loading
-    process.kill()
-    process.communicate()
-    assert read_checkpoint(killed / "checkpoints" / "last.pt")["epoch"] < 4
-    assert main(["train", "--resume", "--output", str(killed)]) == 0
-    assert_same_weights(weights(straight), weights(killed))
-    assert epochs_logged(killed) == [1, 2, 3, 4]
 
 
 @pytest.fixture(scope="module")
@@ -297,81 +278,3 @@ def test_git_commit_is_recorded_from_a_checkout():
 def test_python_dash_m_cnl():
     done = subprocess.run([sys.executable, "-m", "cnl", "--help"], capture_output=True, text=True, env=ENV)
     assert done.returncode == 0 and "usage: cnl" in done.stdout
-
-
-# --- 7. interruptions, file modes, durable renames ---------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_during_set_up_exits_within_a_second_in_one_line(data, tmp_path, number):
-    output = tmp_path / "run"
-    # ResNet-152's initialisation keeps set-up busy for a few seconds.
-    process = start([sys.executable, "-m", "cnl", *train_args(data, output), "--model", "resnet152_cnl5"])
-    assert "global batch 4" in process.stdout.readline()  # set-up has begun
-    sent = time.monotonic()
-    process.send_signal(number)
-    _, err = process.communicate(timeout=30)
-    assert time.monotonic() - sent < 1.0
-    assert process.returncode == 128 + number
-    assert err.strip() == f"cnl train: {number.name} during set-up: stopped; no checkpoint was written"
-    assert not (output / "checkpoints").exists()
-
-
-@pytest.mark.slow
-def test_a_second_ctrl_c_during_training_exits_at_once(data, tmp_path):
-    output = tmp_path / "run"
-    process = start(
-        [
-            sys.executable,
-            "-m",
-            "cnl",
-            *train_args(data, output, epochs=50),
-            "--img-size",
-            "96",
-            "--model",
-            "resnet50_cnl5",
-        ]
-    )
-    wait_for(output / "checkpoints" / "last.pt", process)
-    before = read_checkpoint(output / "checkpoints" / "last.pt")
-    process.send_signal(signal.SIGINT)
-    time.sleep(0.05)
-    sent = time.monotonic()
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=30)
-    assert time.monotonic() - sent < 1.0
-    assert process.returncode == 130
-    assert err.strip().splitlines()[-1].startswith("cnl train: SIGINT again: stopped at once")
-    after = read_checkpoint(output / "checkpoints" / "last.pt")  # complete
-    assert (after["epoch"], after["step"]) == (before["epoch"], before["step"]) or after["epoch"] > before["epoch"]
-    assert not list((output / "checkpoints").glob("*.tmp"))
-
-
-@pytest.mark.parametrize("umask", [0o022, 0o027])
-def test_checkpoints_follow_the_umask_and_the_rename_is_synced(tmp_path, monkeypatch, umask):
-    synced = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_mode), real_fsync(fd)))
-    previous = os.umask(umask)
-    try:
-        path = save_checkpoint({"model": {}, "model_name": "resnet18"}, tmp_path / "last.pt")
-    finally:
-        os.umask(previous)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
-    assert [stat.S_ISREG(m) for m in synced] == [True, False] and stat.S_ISDIR(synced[1])
-
-
-def test_checkpoints_of_the_previous_format_still_load_and_resume(data, tmp_path, capsys):
-    output = tmp_path / "run"
-    assert main(train_args(data, output, "--workers", "0", epochs=1)) == 0
-    path = output / "checkpoints" / "last.pt"
-    state = read_checkpoint(path)
-    # Before: a per-process batch and a boolean resume in the config, generator states, no provenance.
-    config = {k: v for k, v in state.pop("config").items() if k != "global_batch_size"}
-    state.pop("provenance")
-    state.update(config={**config, "batch_size": 4, "resume": False}, rng={"torch": torch.get_rng_state()})
-    torch.save(state, path)
-    assert eval_json(capsys, path)["count"] == 15
-    assert main(["train", "--resume", "--output", str(output), "--epochs", "2"]) == 0
-    assert epochs_logged(output) == [1, 2]

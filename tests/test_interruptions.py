@@ -1,0 +1,173 @@
+"""A run stopped any way continues exactly: SIGINT and SIGTERM save at a step, kill -9 loses
+at most the epoch in progress (loader workers too), Ctrl-C during set-up and a second Ctrl-C
+end at once, one run trains in a folder, and random stops (chaos) lose nothing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cnl.cli import main
+from cnl.engine import read_checkpoint
+from runs import (
+    ODD,
+    assert_same_weights,
+    deterministic_run_args,
+    epochs_done,
+    epochs_logged,
+    lock_free,
+    wait_for,
+    wait_until,
+    weights,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the same threads as this process: the same sums
+
+
+@pytest.fixture(scope="module")
+def data(synth):
+    return synth(ODD)
+
+
+def train_args(data, output, *extra, epochs=6, workers=0):
+    return deterministic_run_args(data, output, *extra, epochs=epochs, workers=workers)
+
+
+def start(command, env=ENV):
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def cnl_process(*args):
+    return start([sys.executable, "-m", "cnl", *args])
+
+
+@pytest.fixture(scope="module")
+def straight(data, tmp_path_factory):
+    """Six epochs uninterrupted: the reference every stopped and resumed run must equal."""
+    output = tmp_path_factory.mktemp("straight")
+    assert main(train_args(data, output)) == 0
+    return output
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_and_resume_ends_with_the_same_weights(data, straight, tmp_path, number):
+    output = tmp_path / "run"
+    process = cnl_process(*train_args(data, output))
+    wait_for(output / "metrics.jsonl", process)
+    process.send_signal(number)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + number, err[-2000:]
+    assert f"{number.name} received: stopped at epoch" in err and "continue with --resume" in err
+    state = read_checkpoint(output / "checkpoints" / "last.pt")
+    assert 1 <= state["epoch"] < 6 and "step" in state
+    assert main(["train", "--resume", "--output", str(output)]) == 0
+    assert_same_weights(weights(straight), weights(output))
+    assert [json.loads(line)["epoch"] for line in (output / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
+
+
+def test_kill_9_leaves_the_last_complete_checkpoint(data, straight, tmp_path):
+    output = tmp_path / "run"
+    process = cnl_process(*train_args(data, output))
+    wait_until(epochs_done(output, 2), process, "second epoch")  # in the third epoch, soon to write a checkpoint
+    process.kill()
+    process.wait()
+    state = read_checkpoint(output / "checkpoints" / "last.pt")  # complete, whatever the moment
+    assert state["epoch"] >= 1
+    assert main(["train", "--resume", "--output", str(output)]) == 0
+    assert_same_weights(weights(straight), weights(output))
+
+
+@pytest.mark.slow
+def test_kill_9_with_loader_workers_then_resume_is_bit_identical(data, tmp_path):
+    straight = tmp_path / "straight"
+    assert main(train_args(data, straight, epochs=4, workers=2)) == 0
+    killed = tmp_path / "killed"
+    process = cnl_process(*train_args(data, killed, epochs=4, workers=2))
+    wait_until(epochs_done(killed, 1), process, "first epoch")  # into the second, its workers loading
+    process.kill()
+    process.communicate()
+    assert read_checkpoint(killed / "checkpoints" / "last.pt")["epoch"] < 4
+    assert main(["train", "--resume", "--output", str(killed)]) == 0
+    assert_same_weights(weights(straight), weights(killed))
+    assert epochs_logged(killed) == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_during_set_up_exits_within_a_second_in_one_line(data, tmp_path, number):
+    output = tmp_path / "run"
+    # ResNet-152's initialisation keeps set-up busy for a few seconds.
+    process = cnl_process(*train_args(data, output, "--model", "resnet152_cnl5", epochs=3, workers=2))
+    assert "global batch 4" in process.stdout.readline()  # set-up has begun
+    sent = time.monotonic()
+    process.send_signal(number)
+    _, err = process.communicate(timeout=30)
+    assert time.monotonic() - sent < 1.0
+    assert process.returncode == 128 + number
+    assert err.strip() == f"cnl train: {number.name} during set-up: stopped; no checkpoint was written"
+    assert not (output / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_during_training_exits_at_once(data, tmp_path):
+    output = tmp_path / "run"
+    process = cnl_process(
+        *train_args(data, output, "--img-size", "96", "--model", "resnet50_cnl5", epochs=50, workers=2)
+    )
+    wait_for(output / "checkpoints" / "last.pt", process)
+    before = read_checkpoint(output / "checkpoints" / "last.pt")
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert time.monotonic() - sent < 1.0
+    assert process.returncode == 130
+    assert err.strip().splitlines()[-1].startswith("cnl train: SIGINT again: stopped at once")
+    after = read_checkpoint(output / "checkpoints" / "last.pt")  # complete
+    assert (after["epoch"], after["step"]) == (before["epoch"], before["step"]) or after["epoch"] > before["epoch"]
+    assert not list((output / "checkpoints").glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_one_run_per_folder_and_a_killed_runs_lock_is_taken_over(data, tmp_path, capsys):
+    output = tmp_path / "run"
+    first = cnl_process(*train_args(data, output, epochs=200))
+    wait_for(output / "checkpoints" / "last.pt", first)
+    capsys.readouterr()
+    assert main(train_args(data, output, epochs=2)) == 2
+    assert f"{output} is in use by another cnl train (pid {first.pid})" in capsys.readouterr().err
+    first.kill()
+    first.communicate()
+    wait_until(lock_free(output / ".lock"), None, "free lock")
+    # A new run into the folder (the killed one had another length).
+    assert main(train_args(data, output, epochs=2)) == 0
+    assert f"taking over the lock of process {first.pid}, which has ended" in capsys.readouterr().err
+    assert (output / ".lock").read_text() == ""  # a clean end leaves nothing to take over
+
+
+@pytest.mark.slow
+def test_chaos_stops_lose_nothing(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "chaos.py"), "--kills", "4", "--epochs", "4", "--seed", "1",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, env=ENV, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines[:4]] == ["stop 1", "stop 2", "stop 3", "stop 4"]
+    assert "weights bit-identical to the uninterrupted run" in lines[-1]
+    print(done.stdout)  # the kill log, shown with pytest -s
