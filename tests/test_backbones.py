@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import cnl
-from cnl.models.backbones import Spec
+from cnl.models.backbones import ForeignName
 from cnl.models.placement import default_placement, regular
 from cnl.models.plug import Site, attended, name_of, plug_into, plugged, record_outputs
 
@@ -179,9 +179,10 @@ def test_default_placement_rule():
 
 
 def test_names_errors_and_unsupported_outputs():
-    assert Spec.parse("timm:swin_tiny_patch4_window7_224_cnl5") == Spec("timm", "swin_tiny_patch4_window7_224", "_cnl5")
+    swin = ForeignName.parse("timm:swin_tiny_patch4_window7_224_cnl5")
+    assert swin == ForeignName("timm", "swin_tiny_patch4_window7_224", "_cnl5")
     with pytest.raises(ValueError, match="expected tv:MODEL or timm:MODEL"):
-        Spec.parse("keras:resnet50")
+        ForeignName.parse("keras:resnet50")
     with pytest.raises(ValueError, match="unknown torchvision classifier 'convnext_huge'"):
         cnl.create_model("tv:convnext_huge")
     with pytest.raises(ValueError, match=r"has no modules \['layer9'\]"):

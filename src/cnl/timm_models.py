@@ -27,7 +27,7 @@ from cnl import upgrades
 from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RESIZE_RATIO
 from cnl.engine.hub import GENERIC
 from cnl.models import create_model, list_models
-from cnl.models.backbones import VARIANTS
+from cnl.models.names import VARIANTS
 from cnl.nn import CrossLayerNonLocal, NonLocal2d
 
 NAMES = [name for name in list_models() if name.endswith(VARIANTS)]

@@ -54,7 +54,7 @@ class BenchResult:
     memory_ratio: float = 1.0
 
 
-class Spec(NamedTuple):
+class BenchSpec(NamedTuple):
     name: str
     order: str
     use_sdpa: bool | None
@@ -62,7 +62,7 @@ class Spec(NamedTuple):
     frozen: bool = False
 
 
-def parse_spec(spec: str) -> Spec:
+def parse_spec(spec: str) -> BenchSpec:
     """``"name[:order[:kernel]][+frozen][+compile]"``; order and kernel default to ``auto``.
     A name may carry its source (``timm:convnext_tiny_cnl5:paper``)."""
     compiled = spec.endswith(COMPILED)
@@ -76,10 +76,10 @@ def parse_spec(spec: str) -> Spec:
     kernel = rest[1] if len(rest) > 1 else "auto"
     if kernel not in KERNELS:
         raise InvalidValue(f"unknown attention kernel {kernel!r} in {spec!r}; valid kernels: {', '.join(KERNELS)}")
-    return Spec(name, order, KERNELS[kernel], compiled, frozen)
+    return BenchSpec(name, order, KERNELS[kernel], compiled, frozen)
 
 
-def build(spec: Spec, num_classes: int, device: torch.device, channels_last: bool) -> nn.Module:
+def build(spec: BenchSpec, num_classes: int, device: torch.device, channels_last: bool) -> nn.Module:
     model = create_model(spec.name, num_classes=num_classes)
     if spec.frozen:
         freeze_backbone(model)

@@ -27,6 +27,7 @@ from cnl import upgrades
 from cnl.data.catalog import CATALOG
 from cnl.data.policies import AUTO_AUGMENTS, INTERPOLATION_NAMES
 from cnl.errors import InvalidValue, MissingFile, cut, excerpt
+from cnl.models.names import MODEL_SETTINGS
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
@@ -41,8 +42,6 @@ SETTINGS_DEPTH_LIMIT = 8  # nesting of a settings document: a mapping of values 
 BATCH_FIELDS = ("global_batch_size", "batch_size")
 # How and where this invocation runs, not the recipe: left out of a run's config.yaml.
 INVOCATION_FIELDS = ("output", "resume")
-# Where the modules sit and how wide they are: the settings create_model takes besides the name.
-MODEL_SETTINGS = ("query", "responses", "nl_layers", "inner_channels", "width", "drop_rate", "drop_path")
 
 
 def model_overrides(config: dict[str, Any]) -> dict[str, Any]:

@@ -98,7 +98,7 @@ def read_hub(path: str | Path) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
 def timm_name(model_name: str) -> str:
     """The name timm builds this model by (registered by ``cnl.timm_models``)."""
     from cnl.models import list_models
-    from cnl.models.backbones import VARIANTS
+    from cnl.models.names import VARIANTS
 
     ours = {name for name in list_models() if name.endswith(VARIANTS)}
     return model_name if model_name in ours else GENERIC

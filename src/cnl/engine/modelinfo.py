@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from cnl.engine.config import FIELD_INFO, MODEL_SETTINGS, coerce, out_of_range, stored_config
+from cnl.engine.config import FIELD_INFO, coerce, out_of_range, stored_config
 from cnl.errors import DataError, InvalidValue, excerpt
+from cnl.models.names import MODEL_SETTINGS
 
 DEFAULT_IMG_SIZE = 448  # a checkpoint whose config does not say: the paper's
 

@@ -17,19 +17,18 @@ import torch
 from torch import nn
 
 from cnl.errors import InvalidValue, MissingDependency, MissingFile
+from cnl.models.names import CNL, VARIANTS
 from cnl.models.placement import default_placement
 from cnl.models.plug import Site, plug_into, record_outputs, site_channels
 from cnl.models.weights import NO_WEIGHTS, is_weights_file, load_pretrained, torchvision_weights
 
 SOURCES = ("tv", "timm")
-NL, CNL = "_nl5", "_cnl5"  # the suffixes of Table 2's models: five NL blocks, one CNL module
-VARIANTS = (CNL, NL)
 CONTAINERS = ("features", "encoder.layers", "trunk_output")  # torchvision's stage containers
 PROBE_SIZE = 224  # torchvision's classifiers; timm's take their pretrained_cfg input size
 
 
 @dataclass(frozen=True)
-class Spec:
+class ForeignName:
     """A name split: source, backbone, variant ("", "_nl5" or "_cnl5")."""
 
     source: str
@@ -37,7 +36,7 @@ class Spec:
     variant: str
 
     @classmethod
-    def parse(cls, name: str) -> Spec:
+    def parse(cls, name: str) -> ForeignName:
         source, _, rest = name.partition(":")
         if source not in SOURCES or not rest:
             raise InvalidValue(f"{name!r}: expected tv:MODEL or timm:MODEL, with an optional _nl5 or _cnl5 suffix")
@@ -137,7 +136,7 @@ PRETRAINED = "pretrained"  # a timm: backbone's own weights, from the Hugging Fa
 
 def check_foreign_weights(name: str, weights: str | Path) -> None:
     """Before any data is read: the weights of a tv:/timm: model exist by that name or file."""
-    spec = Spec.parse(name)
+    spec = ForeignName.parse(name)
     if is_weights_file(weights):
         if not Path(weights).is_file():
             raise MissingFile(f"weights file {weights} does not exist")
@@ -211,7 +210,7 @@ def _takes_no_size(backbone: str, img_size: int | None, error: TypeError) -> str
 
 def check_input_size(name: str, img_size: int, weights: str | Path | None) -> None:
     """Before any data is read: an error if backbone ``name`` cannot take ``img_size`` px."""
-    spec = Spec.parse(name)
+    spec = ForeignName.parse(name)
     fixed = fixed_size(spec.backbone, spec.source)
     if fixed is None or img_size == fixed:
         return
@@ -236,7 +235,7 @@ def head_name(model: nn.Module) -> str:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
 
 
-def layout(spec: Spec, model: nn.Module) -> tuple[str, int]:
+def layout(spec: ForeignName, model: nn.Module) -> tuple[str, int]:
     """The layout of the backbone's block outputs and its prefix tokens, declared per family."""
     if spec.source == "timm":
         if hasattr(model, "num_prefix_tokens") and hasattr(model, "patch_embed"):
@@ -256,7 +255,7 @@ def built_for_one_size(model: nn.Module) -> bool:
     return isinstance(getattr(model, "image_size", None), int) or bool(cfg.get("fixed_input_size", False))
 
 
-def probe_input(spec: Spec, model: nn.Module, img_size: int | None = None) -> torch.Tensor:
+def probe_input(spec: ForeignName, model: nn.Module, img_size: int | None = None) -> torch.Tensor:
     """The probe's input: ``img_size`` for a backbone built for that one size, else its own default."""
     if img_size is not None and built_for_one_size(model):
         return torch.zeros(1, 3, img_size, img_size)
@@ -286,7 +285,7 @@ def is_transition(model: nn.Module, name: str) -> bool:
     return isinstance(module, nn.Sequential) and blocks_of(model, name) == [name]
 
 
-def stage_entries(spec: Spec, model: nn.Module) -> list[str]:
+def stage_entries(spec: ForeignName, model: nn.Module) -> list[str]:
     """The modules that end stages (timm's ``feature_info``), or the children of torchvision's
     ``features`` (a ViT's encoder layers, a RegNet's trunk), else of the model itself."""
     if spec.source == "timm":
@@ -364,7 +363,7 @@ def create_foreign(
     ``drop_rate``, ``drop_path`` and ``global_pool``: the backbone's own dropout, stochastic
     depth and pooling, where its constructor has them (timm's ``drop_rate``/``drop_path_rate``/
     ``global_pool``; torchvision's ``dropout``/``stochastic_depth_prob``); an error where not."""
-    spec = Spec.parse(name)
+    spec = ForeignName.parse(name)
     build = _timm if spec.source == "timm" else _torchvision
     regularised = {"drop_rate": drop_rate, "drop_path": drop_path, "global_pool": global_pool}
     model = build(

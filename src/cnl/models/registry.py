@@ -10,17 +10,14 @@ from typing import Any
 from torch import nn
 
 from cnl.errors import InvalidArgument, InvalidValue, excerpt
-from cnl.models.backbones import CNL, NL, create_foreign, is_foreign
+from cnl.models.backbones import create_foreign, is_foreign
+from cnl.models.names import CNL, FOREIGN_OVERRIDES, NL, OVERRIDES
 from cnl.models.plug import name_of
 from cnl.models.resnet import ARCHITECTURES, create_resnet, paper_placement
 from cnl.models.weights import LoadReport, check_weights, load_pretrained, wants_weights
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _YOURS: dict[str, Callable[..., nn.Module]] = {}  # models of the user's own (register_model)
-OVERRIDES = ("nl_layers", "query", "responses", "inner_channels", "drop_rate", "width", "drop_path", "global_pool")
-FOREIGN_OVERRIDES = (
-    "nl_layers", "query", "responses", "inner_channels", "img_size", "drop_rate", "drop_path", "global_pool",
-)  # fmt: skip
 
 
 def _variants(arch: str) -> dict[str, dict[str, Any]]:
@@ -134,7 +131,7 @@ def load_weights(model: nn.Module, name: str, weights: str | Path, classes: list
     """Load ``weights`` into ``model`` (built by ``create_model(name)`` without weights): what
     was loaded, skipped (a head of other classes) and left new (the NL/CNL modules). timm's
     own pretrained weights are loaded by timm when the model is built, not here."""
-    from cnl.models.backbones import PRETRAINED, Spec, head_name
+    from cnl.models.backbones import PRETRAINED, ForeignName, head_name
 
     if name in _YOURS:
         report = LoadReport(str(weights))
@@ -145,7 +142,8 @@ def load_weights(model: nn.Module, name: str, weights: str | Path, classes: list
         return load_pretrained(model, name_of(model), weights, classes=classes)
     if str(weights) == PRETRAINED:
         raise InvalidValue(f"timm's pretrained weights of {name} are loaded when the model is built")
-    return load_pretrained(model, Spec.parse(name).backbone, weights, head=head_name(model) + ".", classes=classes)
+    backbone = ForeignName.parse(name).backbone
+    return load_pretrained(model, backbone, weights, head=head_name(model) + ".", classes=classes)
 
 
 def check_input_size(name: str, img_size: int, weights: str | Path | None = None) -> None:
@@ -168,9 +166,9 @@ def check_model(
 
     check_input_size(name, img_size, weights)
     if eval_crop not in (None, img_size) and is_foreign(name):
-        from cnl.models.backbones import Spec, fixed_size
+        from cnl.models.backbones import ForeignName, fixed_size
 
-        spec = Spec.parse(name)
+        spec = ForeignName.parse(name)
         if fixed_size(spec.backbone, spec.source) is not None:
             raise InvalidValue(
                 f"{name} is built for one input size ({img_size} px, --img-size): --eval-crop {eval_crop} "
