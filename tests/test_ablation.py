@@ -203,7 +203,7 @@ def test_ablate_over_two_seeds_keeps_every_run_and_reports_error_bars(tmp_path, 
     args = [
         "ablate", "--models", "resnet18,resnet18_cnl5", "--seeds", "0,1", "--data-root", str(data),
         "--dataset", "cub", "--img-size", "32", "--epochs", "1", "--global-batch-size", "8", "--workers", "0",
-        "--device", "cpu", "--output", str(output),
+        "--device", "cpu", "--width", "16", "--output", str(output),
     ]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -243,7 +243,7 @@ def test_the_same_ablation_twice_gives_the_same_table(tmp_path, capsys):
         args = [
             "ablate", "--models", "resnet18,resnet18_nl5", "--seeds", "0,1", "--data-root", str(data),
             "--dataset", "cub", "--img-size", "32", "--epochs", "2", "--global-batch-size", "4", "--workers", "2",
-            "--device", "cpu", "--deterministic", "--output", str(tmp_path / attempt),
+            "--width", "16", "--device", "cpu", "--deterministic", "--output", str(tmp_path / attempt),
         ]  # fmt: skip
         assert main(args) == 0
         capsys.readouterr()

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from cnl.cli import main
 from cnl.data.datasets import LayoutError, build_dataset
 from cnl.data.synth import SynthConfig, generate
-from runs import assert_same_weights, weights
+from runs import NARROW, assert_same_weights, weights
 
 TINY = SynthConfig(classes=4, train_per_class=5, test_per_class=2, image_size=40, seed=3)
 
@@ -26,7 +26,7 @@ def train_args(data, output, epochs=6, *extra):
     return [
         "train", "--data-root", str(data), "--dataset", "cub", "--model", "resnet18_cnl5", "--img-size", "32",
         "--epochs", str(epochs), "--warmup-epochs", "1", "--batch-size", "4", "--lr", "0.01", "--lr-steps", "4",
-        "--workers", "0", "--device", "cpu", "--seed", "7", "--output", str(output), *extra,
+        "--workers", "0", "--device", "cpu", "--seed", "7", *NARROW, "--output", str(output), *extra,
     ]  # fmt: skip
 
 

@@ -48,7 +48,8 @@ def report(tmp_path_factory):
     run = root / "run"
     args = [
         "train", "--data-root", str(data), "--dataset", "cub", "--model", "resnet18_cnl5", "--img-size", "64",
-        "--epochs", "1", "--global-batch-size", "4", "--workers", "0", "--device", "cpu", "--output", str(run),
+        "--epochs", "1", "--global-batch-size", "4", "--workers", "0", "--device", "cpu", "--width", "16",
+        "--output", str(run),
     ]  # fmt: skip
     assert main(args) == 0
     index = build_report([run], root / "report", images=2)

@@ -19,7 +19,7 @@ from cnl.cli import main
 from cnl.data.synth import SynthConfig, generate
 from cnl.engine import CheckpointError, load_model, read_checkpoint
 from cnl.engine.checkpoint import read_for_resume, save_checkpoint
-from runs import ODD, assert_same_weights, deterministic_run_args, epochs_logged, eval_json, weights
+from runs import NARROW, ODD, assert_same_weights, deterministic_run_args, epochs_logged, eval_json, weights
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -30,7 +30,7 @@ def data(synth):
 
 
 def train_args(data, output, epochs=2, *extra):
-    return deterministic_run_args(data, output, *extra, epochs=epochs, seed=2)
+    return deterministic_run_args(data, output, *NARROW, *extra, epochs=epochs, seed=2)
 
 
 def cnl(*args, limit_bytes=None):

@@ -18,7 +18,7 @@ from cnl.data.synth import SynthConfig, generate
 from cnl.engine import TrainConfig, checkpoint, load_model, make_config, read_checkpoint
 from cnl.engine.config import read_yaml
 from cnl.engine.schedule import build_scheduler, lr_factor
-from runs import epoch_line, eval_json
+from runs import NARROW, epoch_line, eval_json
 
 TINY = SynthConfig(classes=4, train_per_class=5, test_per_class=3, image_size=40, seed=1)
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def train_args(data, output, *extra):
     return [
         "train", "--data-root", str(data), "--dataset", "cub", "--model", "resnet18_cnl5",
         "--img-size", "32", "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "8",
-        "--lr", "0.01", "--lr-steps", "1", "--workers", "0", "--device", "cpu", "--seed", "5",
+        "--lr", "0.01", "--lr-steps", "1", "--workers", "0", "--device", "cpu", "--seed", "5", *NARROW,
         "--output", str(output), *extra,
     ]  # fmt: skip
 
@@ -138,7 +138,7 @@ def test_run_writes_logs_summary_and_checkpoints(runs):
     assert {"best_top1", "best_top5", "best_epoch", "final_top1", "params", "train_images_per_s"} <= set(summary)
     assert summary["best_top1"] == max(line["top1"] for line in lines)
     assert summary["final_top1"] == lines[-1]["top1"]
-    assert summary["params"] == sum(p.numel() for p in cnl.create_model("resnet18_cnl5", 4).parameters())
+    assert summary["params"] == sum(p.numel() for p in cnl.create_model("resnet18_cnl5", 4, width=16).parameters())
     assert any((straight / "tensorboard").iterdir())
     state = read_checkpoint(straight / "checkpoints" / "last.pt")
     assert {"model", "optimizer", "scheduler", "scaler", "epoch", "config", "classes", "provenance"} <= set(state)

@@ -20,7 +20,8 @@ def checkpoint(tmp_path_factory):
     data = generate(root / "data", SynthConfig(classes=3, train_per_class=3, test_per_class=1, image_size=40))
     args = [
         "train", "--data-root", str(data), "--dataset", "cub", "--model", "resnet18_cnl5", "--img-size", "64",
-        "--epochs", "1", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--output", str(root / "run"),
+        "--epochs", "1", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--width", "16",
+        "--output", str(root / "run"),
     ]  # fmt: skip
     assert main(args) == 0
     return root / "run" / "checkpoints" / "best.pt", data
@@ -67,7 +68,7 @@ def test_safetensors_with_model_card_load_and_predict(checkpoint, tmp_path, caps
     assert card["model"] == "resnet18_cnl5" and card["img_size"] == 64 and len(card["classes"]) == 3
     assert card["mean"] == [0.485, 0.456, 0.406] and card["summary"]["epochs"] == 1
     x, expected = reference(checkpoint[0], 2)
-    model = cnl.create_model("resnet18_cnl5", num_classes=3, weights=out).eval()
+    model = cnl.create_model("resnet18_cnl5", num_classes=3, width=16, weights=out).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected)
     capsys.readouterr()

@@ -22,7 +22,7 @@ def ablation(tmp_path_factory):
     data = generate(root / "data", TINY)
     args = [
         "--data-root", str(data), "--dataset", "cub", "--img-size", "64", "--epochs", "1", "--batch-size", "4",
-        "--workers", "0", "--device", "cpu", "--output", str(root / "ablation"),
+        "--workers", "0", "--device", "cpu", "--width", "16", "--output", str(root / "ablation"),
     ]  # fmt: skip
     assert main(["ablate", "--models", "resnet18,resnet18_nl5,resnet18_cnl5", *args]) == 0
     return root / "ablation", data

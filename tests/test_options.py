@@ -149,7 +149,8 @@ def test_a_run_with_every_option_checkpoints_and_uses_its_ema(tmp_path, capsys):
     args = [
         "train", "--data-root", str(data), "--dataset", "cub", "--model", "resnet18_cnl5", "--img-size", "32",
         "--epochs", "2", "--warmup-epochs", "1", "--global-batch-size", "4", "--workers", "0", "--device", "cpu",
-        "--output", str(output), "--label-smoothing", "0.1", "--clip-grad", "1.0", "--ema", "0.9", "--mixup", "0.2",
+        "--width", "16", "--output", str(output), "--label-smoothing", "0.1", "--clip-grad", "1.0", "--ema", "0.9",
+        "--mixup", "0.2",
         "--cutmix", "1.0", "--no-wd-norm-bias", "--head-lr-mult", "10", "--schedule", "cosine",
     ]  # fmt: skip
     assert main(args) == 0

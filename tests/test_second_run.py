@@ -24,7 +24,7 @@ def recipe(data: Path, output: Path) -> list[str]:
     return [
         "--data-root", str(data), "--dataset", "cub", "--img-size", "32", "--epochs", "2", "--warmup-epochs", "1",
         "--batch-size", "4", "--lr", "0.01", "--lr-steps", "1", "--workers", "0", "--device", "cpu", "--seed", "2",
-        "--deterministic", "--output", str(output),
+        "--deterministic", "--width", "16", "--output", str(output),
     ]  # fmt: skip
 
 

@@ -21,7 +21,7 @@ def args(data, output, *extra):
     return [
         "train", "--data-root", str(data), "--model", "resnet18", "--img-size", "32", "--epochs", "3",
         "--warmup-epochs", "1", "--lr", "0.01", "--lr-steps", "2", "--workers", "0", "--device", "cpu",
-        "--output", str(output), *extra,
+        "--width", "16", "--output", str(output), *extra,
     ]  # fmt: skip
 
 
