@@ -7,7 +7,7 @@ weights are bit-identical to an uninterrupted run's, metrics.jsonl lists every e
 once, summary.json is complete and no temporary file is left.
 
     python benchmarks/chaos.py --kills 20 --epochs 8 --out runs/chaos     # minutes
-    (tests/test_chaos.py runs it with a few kills in CI)
+    (tests/test_interruptions.py runs it with a few kills)
 
 Exit status 0 when every check passes, 1 otherwise.
 """
