@@ -2,6 +2,7 @@
 follows the data, logged = evaluated, a stopped group resumed, elastic restarts, two
 launchers, provenance."""
 
+import csv
 import json
 import os
 import signal
@@ -167,6 +168,25 @@ def test_two_processes_log_what_cnl_eval_gives(two_processes, capsys):
     assert (last["top1"], last["top5"], last["count"]) == (lines[-1]["top1"], lines[-1]["top5"], 15)
     best = eval_json(capsys, output / "checkpoints" / "best.pt")
     assert (best["top1"], best["top5"]) == (summary["best_top1"], summary["best_top5"])
+
+
+@pytest.mark.slow
+def test_two_processes_evaluate_each_image_as_one_process_does(two_processes, tmp_path, capsys):
+    output, _ = two_processes
+    best = output / "checkpoints" / "best.pt"
+    done = torchrun("eval", "--checkpoint", str(best), "--json", "--batch-size", "5", "--report", str(tmp_path / "two"))
+    two = json.loads(done.stdout.strip().splitlines()[-1])
+    one = eval_json(capsys, best, "--report", str(tmp_path / "one"))
+    assert (two["top1"], two["top5"], two["count"]) == (one["top1"], one["top5"], one["count"])
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    # Per-image predictions gathered from both processes: every image once, in dataset order, as one process gives.
+    rows = {n: list(csv.DictReader((tmp_path / n / "predictions.csv").open())) for n in ("one", "two")}
+    rows["trained"] = list(csv.DictReader((output / "predictions.csv").open()))  # training's, of best.pt's epoch
+    assert [r["correct"] for r in rows["trained"]] == [r["correct"] for r in rows["one"]]
+    assert [r["index"] for r in rows["two"]] == [str(k) for k in range(15)]
+    for key in ("image", "label", "predicted", "correct", "top5"):
+        assert [r[key] for r in rows["two"]] == [r[key] for r in rows["one"]], key
+    assert [float(r["p_label"]) for r in rows["two"]] == pytest.approx([float(r["p_label"]) for r in rows["one"]])
 
 
 @pytest.mark.slow

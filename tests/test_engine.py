@@ -1,10 +1,6 @@
 """Training, resuming, evaluating and predicting on generated data; the schedule; configs."""
 
-import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from unittest import mock
 
@@ -209,51 +205,6 @@ def test_ablate_prints_table_2(data, tmp_path, capsys):
 
 
 # --- distributed -------------------------------------------------------------------------
-
-
-def torchrun(*args, port):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        f"--master_port={port}",
-        "-m",
-        "cnl.cli",
-        *args,
-    ]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-
-
-@pytest.mark.slow
-def test_two_cpu_processes_train_in_sync_and_evaluate_exactly(data, tmp_path, capsys):
-    output = tmp_path / "ddp"
-    done = torchrun(*train_args(data, output, "--epochs", "1"), port=29531)
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads((output / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["replicas_identical"] is True
-    # 12 test images over 2 processes: every one counted once.
-    assert metrics_lines(output)[0]["test_count"] == 12
-    checkpoint = output / "checkpoints" / "last.pt"
-    done = torchrun(
-        "eval", "--checkpoint", str(checkpoint), "--json", "--batch-size", "5", "--report", str(tmp_path / "two"),
-        port=29532,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    two = json.loads(done.stdout.strip().splitlines()[-1])
-    one = eval_json(capsys, checkpoint, "--report", str(tmp_path / "one"))
-    assert (two["top1"], two["top5"], two["count"]) == (one["top1"], one["top5"], one["count"])
-    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
-    # Per-image predictions gathered from both processes: every image once, in dataset order, as one process gives.
-    rows = {n: list(csv.DictReader((tmp_path / n / "predictions.csv").open())) for n in ("one", "two")}
-    rows["trained"] = list(csv.DictReader((output / "predictions.csv").open()))  # one epoch: best.pt is last.pt
-    assert [r["correct"] for r in rows["trained"]] == [r["correct"] for r in rows["one"]]
-    assert [r["index"] for r in rows["two"]] == [str(k) for k in range(12)]
-    for key in ("image", "label", "predicted", "correct", "top5"):
-        assert [r[key] for r in rows["two"]] == [r[key] for r in rows["one"]], key
-    assert [float(r["p_label"]) for r in rows["two"]] == pytest.approx([float(r["p_label"]) for r in rows["one"]])
 
 
 def test_demo_quick_runs_the_whole_pipeline(tmp_path, capsys):
