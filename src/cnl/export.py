@@ -72,9 +72,8 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
 
 def run_of(checkpoint: str | Path) -> RunFolder | None:
     """The run folder a checkpoint file belongs to (RUN/checkpoints/best.pt), if it is in one."""
-    if not Path(checkpoint).is_file() or Path(checkpoint).parent.name != "checkpoints":
-        return None
-    return RunFolder.of_checkpoint(checkpoint)
+    run = RunFolder.of_checkpoint(checkpoint)
+    return run if Path(checkpoint).is_file() and Path(checkpoint).parent == run.checkpoints else None
 
 
 def run_summary(checkpoint: str | Path) -> Summary | None:

@@ -21,17 +21,13 @@ from cnl.engine import distributed
 from cnl.engine.config import TrainConfig, model_overrides
 from cnl.engine.loop import StepSettings, TrainParts, wants_progress_bars
 from cnl.engine.randomness import seed_model_init, validation_indices
+from cnl.engine.runfolder import RunFolder
 from cnl.engine.schedule import build_scheduler
 from cnl.errors import DataError, InvalidValue
 from cnl.models import create_model
 from cnl.models.backbones import PRETRAINED, head_name
 from cnl.models.registry import load_weights
 from cnl.models.weights import NEW_MODULE_PREFIXES, wants_weights
-
-
-def skip_log(output: Path) -> Path:
-    return output / "skipped.txt"
-
 
 # Datasets with an official validation split: the training split that leaves it out.
 OFFICIAL_VALIDATION = {r.name: r.validation for r in CATALOG.values() if r.validation is not None}
@@ -41,7 +37,7 @@ def build_datasets(
     config: TrainConfig, output: Path
 ) -> tuple[FineGrainedDataset, FineGrainedDataset | None, FineGrainedDataset]:
     """Train, validation (None without ``val_split``) and test sets, checked before training."""
-    log = skip_log(output)
+    log = RunFolder(output).skipped
     root = config.data_root
     name = detect_layout(Path(root)) if config.dataset == "auto" else config.dataset
     official = config.val_split == "official"

@@ -6,6 +6,7 @@ import fcntl
 import os
 from pathlib import Path
 
+from cnl.engine.runfolder import RunFolder
 from cnl.errors import UserError
 
 
@@ -21,7 +22,7 @@ class RunLock:
     """
 
     def __init__(self, folder: str | Path) -> None:
-        self.path = Path(folder) / ".lock"
+        self.path = RunFolder(folder).lock
         self.handle: int | None = None
 
     def acquire(self) -> int | None:

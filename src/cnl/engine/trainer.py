@@ -27,7 +27,6 @@ from cnl.engine.builders import (
     build_step_settings,
     class_names,
     set_determinism,
-    skip_log,
     steps_per_epoch,
 )
 from cnl.engine.checkpoint import read_for_resume, remove_temporaries, save_checkpoint
@@ -564,7 +563,7 @@ class Run:
     def _summary(self, run: RunState) -> Summary:
         """The run's results: its best epoch, its last one, and how it was trained (every
         figure from ``run``, which a checkpoint restores: a resumed run sums up the whole run)."""
-        log = skip_log(self.output)
+        log = self.folder.skipped
         skipped = sorted({line.split("\t")[0] for line in log.read_text().splitlines()}) if log.exists() else []
         return Summary(
             model=self.config.model,
