@@ -24,9 +24,10 @@ from pathlib import Path
 from cnl.analysis.ablation import format_ablation, run_ablation
 from cnl.analysis.report import build_report
 from cnl.data.synth import SynthConfig, generate
-from cnl.engine.config import NO_WEIGHTS, TrainConfig, make_config
+from cnl.engine.config import TrainConfig, make_config
 from cnl.engine.runfolder import RunFolder
 from cnl.errors import InvalidValue
+from cnl.models.names import NO_WEIGHTS
 
 MODELS = ["resnet18", "resnet18_nl5", "resnet18_cnl5"]
 SEEDS = [0, 1]

@@ -43,7 +43,7 @@ def settings(values: dict[str, Any]) -> dict[str, Any]:
     if isinstance(values.get("resume"), bool):
         values["resume"] = None
     if "weights" in values and values["weights"] in (None, "null", "None"):
-        values["weights"] = "none"  # random weights, as cnl.engine.config.NO_WEIGHTS says
+        values["weights"] = "none"  # random weights: cnl.models.names.NO_WEIGHTS, below this layer's reach
     return values
 
 

@@ -27,7 +27,7 @@ from cnl import upgrades
 from cnl.data.catalog import CATALOG
 from cnl.data.policies import AUTO_AUGMENTS, INTERPOLATION_NAMES
 from cnl.errors import InvalidValue, MissingFile, cut, excerpt
-from cnl.models.names import MODEL_SETTINGS
+from cnl.models.names import MODEL_SETTINGS, NO_WEIGHTS
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
@@ -35,24 +35,21 @@ SCHEDULES = ("step", "cosine")
 FREEZE_CHOICES = ("none", "backbone")
 RESUME_CHOICES = ("no", "yes", "auto")
 DEVICES = ("auto", "cpu", "cuda")
-NO_WEIGHTS = "none"  # random initial weights (cnl.models.weights.NO_WEIGHTS, said here without torch)
 SETTINGS_FILE_LIMIT = 1 << 20  # bytes: a preset is a few hundred
 SETTINGS_DEPTH_LIMIT = 8  # nesting of a settings document: a mapping of values and lists needs 2
 # Two ways to give the batch; a layer that sets one unsets the other from the layers below.
 BATCH_FIELDS = ("global_batch_size", "batch_size")
 # How and where this invocation runs, not the recipe: left out of a run's config.yaml.
 INVOCATION_FIELDS = ("output", "resume")
+# How and where a run is carried out, not what it trains: a run may be continued or reused with
+# other values (the data may have moved; only where they are is compared, never what they hold).
+HOW_FIELDS = ("workers", "device", "compile", "channels_last", "deterministic", "data_root")
 
 
 def model_overrides(config: dict[str, Any]) -> dict[str, Any]:
     """The settings of ``config`` (a run's stored recipe) that ``create_model`` takes: where
     the modules go, their size, the backbone's width and regularization."""
     return {k: config[k] for k in MODEL_SETTINGS if config.get(k) is not None}
-
-
-# How and where a run is carried out, not what it trains: a run may be continued or reused with
-# other values (the data may have moved; only where they are is compared, never what they hold).
-HOW_FIELDS = ("workers", "device", "compile", "channels_last", "deterministic", "data_root")
 
 
 def _number(value: float) -> str:

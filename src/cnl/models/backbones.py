@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from cnl.errors import InvalidValue, MissingDependency, MissingFile
-from cnl.models.names import CNL, VARIANTS
+from cnl.models.names import CNL, NO_WEIGHTS, VARIANTS
 from cnl.models.placement import default_placement
 from cnl.models.plug import Site, plug_into, record_outputs, site_channels
-from cnl.models.weights import NO_WEIGHTS, is_weights_file, load_pretrained, torchvision_weights
+from cnl.models.weights import is_weights_file, load_pretrained, torchvision_weights
 
 SOURCES = ("tv", "timm")
 CONTAINERS = ("features", "encoder.layers", "trunk_output")  # torchvision's stage containers

@@ -15,6 +15,7 @@ from torchvision.models import get_model_weights
 
 from cnl import upgrades
 from cnl.errors import InvalidValue, MissingFile
+from cnl.models.names import NO_WEIGHTS
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,6 @@ def _read(path: str | Path) -> tuple[dict[str, Tensor], Any]:
     return upgrades.state_keys(state), held
 
 
-NO_WEIGHTS = "none"  # random initial weights: what --weights none and a preset's `weights: none` ask for
 WEIGHTS_FILE_SUFFIXES = (".pth", ".pt", ".safetensors")
 
 
