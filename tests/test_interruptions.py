@@ -11,9 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from torch.utils.data._utils import signal_handling
 
 from cnl.cli import main
 from cnl.engine import read_checkpoint
+from cnl.engine.distributed import Context
+from cnl.engine.loaders import eval_loader, train_loader
 from runs import (
     ODD,
     assert_same_weights,
@@ -88,6 +92,24 @@ def test_kill_9_leaves_the_last_complete_checkpoint(data, straight, tmp_path):
     assert state["epoch"] >= 1
     assert main(["train", "--resume", "--output", str(output)]) == 0
     assert_same_weights(weights(straight), weights(output))
+
+
+def test_loader_workers_outlive_a_stop_sent_while_they_start(monkeypatch):
+    """torchrun stops a group by signalling each worker's process group, loader workers
+    included; one just started has torch's SIGTERM handler (fatal unless its parent sent it)
+    before it runs ``worker_init_fn``. The run must still stop cleanly: no worker dies."""
+    starting = signal_handling._set_worker_signal_handlers
+
+    def stopped_while_starting(*args):
+        starting(*args)
+        os.kill(os.getpid(), signal.SIGTERM)  # what torchrun's killpg sends a worker
+        os.kill(os.getpid(), signal.SIGINT)  # and a Ctrl-C at the terminal
+
+    monkeypatch.setattr(signal_handling, "_set_worker_signal_handlers", stopped_while_starting)  # forked workers
+    images = [(torch.full((1,), float(k)), k) for k in range(8)]
+    ctx = Context(0, 1, torch.device("cpu"))
+    loaders = train_loader(images, 0, 0, 0, 4, 4, 2, ctx), eval_loader(images, 4, 2, ctx)
+    assert [sorted(torch.cat([labels for _, labels in loader]).tolist()) for loader in loaders] == [[*range(8)]] * 2
 
 
 @pytest.mark.slow

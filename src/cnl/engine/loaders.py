@@ -10,6 +10,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from cnl.engine import distributed
+from cnl.engine.parallel import STOPPING
 from cnl.engine.randomness import EpochSampler, SeededDataset
 
 _SAID: set[tuple[int, int]] = set()
@@ -29,7 +30,7 @@ def usable_workers(asked: int) -> int:
 
 def eval_loader(dataset: Any, batch_size: int, workers: int, ctx: distributed.Context) -> DataLoader:
     """Every sample once over the processes, in dataset order within each shard."""
-    return DataLoader(
+    return StopProofLoader(
         dataset,
         batch_size=batch_size,
         sampler=distributed.ShardSampler(len(dataset), ctx.rank, ctx.world_size),
@@ -38,12 +39,33 @@ def eval_loader(dataset: Any, batch_size: int, workers: int, ctx: distributed.Co
     )
 
 
-def ignore_interrupts(worker_id: int) -> None:
-    """Loader workers leave SIGINT and SIGTERM, which a terminal or torchrun sends to the whole
-    process group, to the training process: it stops cleanly and then ends them. (They
-    still exit by themselves when that process dies.)"""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+class StopProofLoader(DataLoader):
+    """A DataLoader whose worker processes leave SIGINT and SIGTERM to the process that reads
+    them. A terminal's Ctrl-C and torchrun's stop (``killpg``) reach the whole process group;
+    the training process stops cleanly, after the step and saving, and then ends its
+    workers, so none may die first. Ignoring the signals in ``worker_init_fn`` alone leaves
+    a window: torch gives a new worker a SIGTERM handler that kills it unless its parent sent
+    the signal, before that function runs. So workers are started with both signals blocked,
+    and unblock them once they ignore them (which drops any that came meanwhile). Workers
+    still end by themselves when the reading process dies."""
+
+    def __init__(self, dataset: Any, **options: Any) -> None:
+        super().__init__(dataset, worker_init_fn=_leave_stops_to_parent, **options)
+
+    def __iter__(self) -> Any:
+        if self.num_workers == 0:
+            return super().__iter__()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING)  # what forked workers start with
+        try:
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # this process's own stop arrives now
+
+
+def _leave_stops_to_parent(worker_id: int) -> None:
+    for number in STOPPING:
+        signal.signal(number, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPPING)
 
 
 def train_loader(
@@ -67,11 +89,10 @@ def train_loader(
         ctx.world_size,
         start=first_step * global_batch,
     )
-    return DataLoader(
+    return StopProofLoader(
         SeededDataset(dataset),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=usable_workers(workers),
         pin_memory=ctx.device.type == "cuda",
-        worker_init_fn=ignore_interrupts,
     )

@@ -35,6 +35,7 @@ from cnl.engine.features import CachedModel, cache_features
 from cnl.engine.loaders import eval_loader, train_loader, usable_workers
 from cnl.engine.logbook import Logbook
 from cnl.engine.loop import EpochStats, StepSettings, TrainParts, evaluate, train_one_epoch
+from cnl.engine.parallel import STOPPING
 from cnl.engine.predictions import image_names, write_image_predictions
 from cnl.engine.provenance import provenance
 from cnl.engine.records import EpochRecord, Summary
@@ -364,8 +365,7 @@ class Run:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        numbers = (signal.SIGINT, signal.SIGTERM)
-        previous = {number: signal.signal(number, self._on_signal) for number in numbers}
+        previous = {number: signal.signal(number, self._on_signal) for number in STOPPING}
         try:
             yield
         finally:
