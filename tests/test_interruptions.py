@@ -156,7 +156,10 @@ def test_a_second_ctrl_c_during_training_exits_at_once(data, tmp_path):
     sent = time.monotonic()
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=30)
-    assert time.monotonic() - sent < 1.0
+    # Python runs a handler between bytecodes: the backward in progress ends first, then the
+    # interpreter exits: over a second on a busy 2-core machine. The last line below says
+    # which way it stopped; the bound says it did not train on.
+    assert time.monotonic() - sent < 3.0
     assert process.returncode == 130
     assert err.strip().splitlines()[-1].startswith("cnl train: SIGINT again: stopped at once")
     after = read_checkpoint(output / "checkpoints" / "last.pt")  # complete
