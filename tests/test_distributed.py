@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from cnl.cli import main
 from cnl.data import build_dataset, train_transform
 from cnl.data.synth import SynthConfig, generate
-from cnl.engine import make_config, read_checkpoint
+from cnl.engine import distributed, make_config, read_checkpoint
 from cnl.engine.config import read_yaml
 from cnl.engine.randomness import EpochSampler, SeededDataset
 from runs import (
@@ -189,13 +189,13 @@ def test_two_processes_evaluate_each_image_as_one_process_does(two_processes, tm
     assert [float(r["p_label"]) for r in rows["two"]] == pytest.approx([float(r["p_label"]) for r in rows["one"]])
 
 
-@pytest.mark.slow
-def test_sync_bn_needs_cuda(data, tmp_path):
-    done = subprocess.run(
-        torchrun_command(*train_args(data, tmp_path / "run", "--sync-bn")),
-        capture_output=True, text=True, env=TORCHRUN_ENV,
-    )  # fmt: skip
-    assert done.returncode != 0 and "--sync-bn needs CUDA devices" in done.stderr
+def test_sync_bn_needs_cuda(data, tmp_path, monkeypatch, capsys):
+    # Refused where the run learns its process group, before anything is built: this
+    # process stands for rank 0 of two on the CPU.
+    monkeypatch.setattr(distributed, "setup", lambda device: distributed.Context(0, 2, torch.device("cpu")))
+    assert main(train_args(data, tmp_path / "run", "--sync-bn")) == 2
+    assert capsys.readouterr().err.startswith("cnl train: error: --sync-bn needs CUDA devices")
+    assert not (tmp_path / "run").exists()
 
 
 # --- 4. elastic restarts and two launchers -----------------------------------------------
