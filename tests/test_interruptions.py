@@ -112,6 +112,13 @@ def test_loader_workers_outlive_a_stop_sent_while_they_start(monkeypatch):
     assert [sorted(torch.cat([labels for _, labels in loader]).tolist()) for loader in loaders] == [[*range(8)]] * 2
 
 
+def test_loaders_without_signal_masks_still_load(monkeypatch):
+    monkeypatch.delattr(signal, "pthread_sigmask")  # as on Windows
+    images = [(torch.full((1,), float(k)), k) for k in range(8)]
+    loader = eval_loader(images, 4, 2, Context(0, 1, torch.device("cpu")))
+    assert sorted(torch.cat([labels for _, labels in loader]).tolist()) == [*range(8)]
+
+
 @pytest.mark.slow
 def test_kill_9_with_loader_workers_then_resume_is_bit_identical(data, tmp_path):
     straight = tmp_path / "straight"

@@ -53,7 +53,7 @@ class StopProofLoader(DataLoader):
         super().__init__(dataset, worker_init_fn=_leave_stops_to_parent, **options)
 
     def __iter__(self) -> Any:
-        if self.num_workers == 0:
+        if self.num_workers == 0 or not hasattr(signal, "pthread_sigmask"):  # Windows: no masks, no killpg
             return super().__iter__()
         held = signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING)  # what forked workers start with
         try:
@@ -65,7 +65,8 @@ class StopProofLoader(DataLoader):
 def _leave_stops_to_parent(worker_id: int) -> None:
     for number in STOPPING:
         signal.signal(number, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPPING)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPPING)
 
 
 def train_loader(
