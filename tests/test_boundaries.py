@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import cnl
@@ -501,6 +501,40 @@ def test_names_in_markdown_tables_stay_in_their_cells(tmp_path):
     assert "<img" not in markdown and "&lt;img src=x onerror=alert(1)&gt;" in markdown
     page = (tmp_path / "report" / "index.html").read_text()
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page and "a|b" in page
+
+
+def test_a_class_named_like_tex_math_is_drawn_as_written(tmp_path):
+    import warnings
+
+    import numpy as np
+
+    from cnl.analysis.evidence import plot_confusion
+    from cnl.tables import figure_text
+
+    assert figure_text("$\\frac$ and\ttab") == "\\$\\frac\\$ and\\ttab"
+    names = [*HOSTILE_NAMES, "$\\frac$", "$5 bill", "$100 bill", "$x^2$"]
+    n = len(names)
+    matrix = np.eye(n, dtype=np.int64) * 2 + np.roll(np.eye(n, dtype=np.int64), 1, axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no glyph missing for a tab or a line break
+        assert plot_confusion(matrix, names, tmp_path / "confusion.png").stat().st_size > 1000
+
+
+# A name of TeX's characters (``$$`` is a parse error), or any name.
+TEX = st.text(st.sampled_from("$^_{}\\x \t"), min_size=1, max_size=6) | st.text(min_size=1, max_size=12)
+
+
+@settings(max_examples=20)  # a figure a draw
+@given(st.lists(TEX, min_size=2, max_size=4, unique=True))
+def test_any_class_names_draw_a_confusion_figure(tmp_path_factory, names):
+    import numpy as np
+
+    from cnl.analysis.evidence import plot_confusion
+
+    n = len(names)
+    matrix = np.eye(n, dtype=np.int64) + np.roll(np.eye(n, dtype=np.int64), 1, axis=1)
+    out = tmp_path_factory.mktemp("figure") / "confusion.png"
+    assert plot_confusion(matrix, names, out) == out and out.stat().st_size > 0
 
 
 # --- archives and URLs ----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Cells of the files people open: CSV that a spreadsheet reads as data, Markdown tables
-whose cells stay cells; and ``Table``, the one writer of every table we print or render.
+whose cells stay cells, figure labels drawn as written; and ``Table``, the one writer of
+every table we print or render.
 
 Names in these files come from outside: a class is named by its dataset's folder, an
 image by its path. A spreadsheet runs a CSV cell that begins with ``=``, ``+``, ``-``, ``@``,
@@ -7,7 +8,9 @@ a tab or a carriage return as a formula (OWASP, "CSV Injection"), so such a cell
 a number is written behind a ``'``, which spreadsheets show as text and do not run. In a
 Markdown table a ``|`` ends the cell and a line break the row, and a Markdown viewer renders
 HTML: the three are written as character references, which every viewer shows as the
-characters themselves.
+characters themselves. Matplotlib reads text between two ``$`` as TeX math, which draws
+another text or fails to parse (a class named ``$\\frac$``): a figure label escapes every
+``$``, and shows a tab or a line break as backslash-t or backslash-n, not a missing glyph.
 """
 
 from __future__ import annotations
@@ -55,6 +58,12 @@ OPENS_HTML = re.compile(r"<(?=[A-Za-z/!?])")
 def markdown_cell(text: Any) -> str:
     """``text`` as one Markdown table cell: ``|``, line breaks and HTML cannot leave it."""
     return OPENS_HTML.sub("&lt;", "".join(MARKDOWN_ESCAPES.get(char, char) for char in str(text)))
+
+
+def figure_text(text: Any) -> str:
+    """``text`` as a matplotlib label that draws exactly its characters."""
+    shown = "".join(char if char.isprintable() else repr(char)[1:-1] for char in str(text))
+    return shown.replace("$", r"\$")
 
 
 @dataclass(frozen=True)

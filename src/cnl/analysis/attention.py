@@ -21,6 +21,7 @@ from cnl.data import eval_transform, load_image
 from cnl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from cnl.errors import InvalidValue, UserError
 from cnl.models.plug import Plug, attended, forward_with_attention, name_of, plugged
+from cnl.tables import figure_text
 
 Cell = tuple[int, int]  # (row, column) in the query grid
 
@@ -202,7 +203,7 @@ def render(rows: AttentionRows, out: str | Path, dpi: int = 100, title: str | No
     for axis in axes.flat:
         axis.axis("off")
     if title:
-        figure.suptitle(title, fontsize=9)
+        figure.suptitle(figure_text(title), fontsize=9)
     figure.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import numpy as np
 
 from cnl.engine.predictions import PREDICTIONS, write_image_predictions
 from cnl.engine.runfolder import EVALUATION
-from cnl.tables import csv_row
+from cnl.tables import csv_row, figure_text
 
 PER_CLASS = "per_class.csv"
 CONFUSION = "confusion.png"
@@ -57,7 +57,7 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, pairs:
     size = 2.5 + 0.45 * len(involved)
     figure, axis = plt.subplots(figsize=(size + 1.5, size))
     shown = axis.imshow(sub, cmap="Blues")
-    names = [classes[k] for k in involved]
+    names = [figure_text(classes[k]) for k in involved]
     axis.set_xticks(range(len(involved)), names, rotation=60, ha="right", fontsize=7)
     axis.set_yticks(range(len(involved)), names, fontsize=7)
     for i in range(len(involved)):
