@@ -137,6 +137,15 @@ def test_any_run_records_report_or_are_one_line(summary_edit, epoch_edit, whole,
     assert str(run) in lines[0], lines[0]
 
 
+@pytest.mark.parametrize("name", ["$$", "$5 run", "tab\there"])
+def test_a_run_folder_of_any_name_is_reported(name, tmp_path, capsys):
+    """A run's label (its folder's name) goes into the figures' legends as written."""
+    run = tmp_path / name
+    shutil.copytree(RECORDS / "plain", run)
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "report" / "index.html").exists()
+
+
 def test_every_old_form_is_read_in_one_module():
     """cnl.upgrades: settings, weights' keys and checkpoint entries of earlier versions."""
     from cnl import upgrades

@@ -15,7 +15,7 @@ from cnl.engine.modelfile import load_model_with_info
 from cnl.engine.runfolder import RunFolder, read_json
 from cnl.errors import DataError, MissingFile
 from cnl.models.plug import attended
-from cnl.tables import Block, Table, from_csv_cell, markdown
+from cnl.tables import Block, Table, figure_text, from_csv_cell, markdown
 
 EVIDENCE_FOLDER = "eval"  # cnl eval --checkpoint RUN/checkpoints/best.pt --report RUN/eval
 CLASSES_SHOWN = 12  # the verdict's attention figures: one test image of each of the first classes
@@ -53,7 +53,7 @@ def plot_curves(runs: list[tuple[str, Path]], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    logs = [(label, RunFolder(run).read_metrics()) for label, run in runs]  # damage stops it before a figure opens
+    logs = [(figure_text(label), RunFolder(run).read_metrics()) for label, run in runs]  # damage: before a figure
     figure, (loss_axis, top1_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
     for label, metrics in logs:
         epochs = [m.epoch for m in metrics]
@@ -77,7 +77,7 @@ def plot_bars(rows: list[dict[str, Any]], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 3.2))
-    names = [r["model"] for r in rows]
+    names = [figure_text(r["model"]) for r in rows]
     errors = [row.get("top1_std") or 0.0 for row in rows]
     colours = ["#888888", "#4c72b0", "#dd8452", "#55a868"][: len(rows)] or None
     axis.bar(names, [r["top1"] for r in rows], yerr=errors, capsize=4, color=colours)
