@@ -53,7 +53,8 @@ def plot_curves(runs: list[tuple[str, Path]], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    logs = [(figure_text(label), RunFolder(run).read_metrics()) for label, run in runs]  # damage: before a figure
+    # Every log is read first: a damaged one stops the report before a figure opens.
+    logs = [(figure_text(label), RunFolder(run).read_metrics()) for label, run in runs]
     figure, (loss_axis, top1_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
     for label, metrics in logs:
         epochs = [m.epoch for m in metrics]
