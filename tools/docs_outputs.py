@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import io
 import os
 import re
 import shlex
-import subprocess
 import sys
 import tempfile
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +43,8 @@ MEASURED = re.compile(
 GENERATED = re.compile(r"<!-- generated: (?P<name>[\w-]+) -->\n.*?<!-- end: (?P=name) -->", re.S)
 FENCE = re.compile(r"^(?P<marker>[^\n]*)\n```console\n(?P<body>.*?)^```$", re.S | re.M)
 WIDTH = "100"  # argparse wraps --help to COLUMNS: one width for every machine
+if str(REPO / "src") not in sys.path:  # this checkout's cnl, installed or not
+    sys.path.insert(0, str(REPO / "src"))
 
 # Where each command is explained: the generated table names a page for every command.
 GUIDE = {
@@ -86,16 +89,28 @@ def shows_output(body: str) -> bool:
 
 
 def run(command: str, folder: Path) -> str:
+    """What ``command`` prints to standard output, run by ``cnl``'s own ``main`` in this
+    process from ``folder``: the code ``python -m cnl`` runs, without a new interpreter and
+    its imports (4 s each on a 2-core machine) for every command. This process is the
+    tool's own, never a test's, so no state of another caller reaches the commands."""
     words = shlex.split(command)
     if words[0] != "cnl":
         raise SystemExit(f"a checked block runs cnl commands only, got: {command}")
-    env = {**os.environ, "COLUMNS": WIDTH, "PYTHONPATH": str(REPO / "src")}
-    done = subprocess.run(
-        [sys.executable, "-m", "cnl", *words[1:]], cwd=folder, capture_output=True, text=True, env=env
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"`{command}` failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    return "\n".join(line.rstrip() for line in done.stdout.rstrip("\n").splitlines())
+    from cnl.cli import main as cnl_main
+
+    os.environ["COLUMNS"] = WIDTH
+    out, err, previous = io.StringIO(), io.StringIO(), Path.cwd()
+    os.chdir(folder)
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            code = cnl_main(words[1:])
+    except SystemExit as exit:  # argparse's own errors
+        code = exit.code if isinstance(exit.code, int) else 2
+    finally:
+        os.chdir(previous)
+    if code != 0:
+        raise SystemExit(f"`{command}` failed ({code}):\n{err.getvalue()[-2000:]}")
+    return "\n".join(line.rstrip() for line in out.getvalue().rstrip("\n").splitlines())
 
 
 def checked_body(body: str, folder: Path) -> str:
@@ -124,8 +139,6 @@ def parser_commands() -> list[tuple[str, str, argparse.ArgumentParser]]:
     """``(name, help, parser)`` of every command and subcommand, in the order of ``cnl --help``,
     each command followed by its subcommands."""
     os.environ["COLUMNS"] = WIDTH
-    if str(REPO / "src") not in sys.path:
-        sys.path.insert(0, str(REPO / "src"))
     from cnl.cli import build_parser
 
     return list(_walk("", build_parser()))
