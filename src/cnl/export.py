@@ -51,12 +51,20 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path) -> list[Path]:
         with torch.no_grad():
             torch.jit.trace(model, example).save(str(out))
         return [out]
+    write_onnx(model, example, out)
+    return [out]
+
+
+def write_onnx(model: torch.nn.Module, example: torch.Tensor, out: Path) -> None:
+    """``model`` as one ONNX file (weights inside) taking ``images`` of any batch size up
+    to 1024 and the example's image size, giving ``logits``."""
+    import torch
+
     batch = torch.export.Dim("batch", min=1, max=1024)
     torch.onnx.export(
         model, (example,), str(out), input_names=["images"], output_names=["logits"],
         dynamic_shapes={"x": {0: batch}}, opset_version=ONNX_OPSET, dynamo=True, external_data=False,
     )  # fmt: skip
-    return [out]
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
