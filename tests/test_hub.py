@@ -121,26 +121,27 @@ def test_hf_hub_names_load_offline_from_the_cache(runs, data, tmp_path):
     checkpoint, folder = runs["tv"]
     cache = hub_cache(tmp_path, folder)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "home")}
+    image = str(next((data / "images").rglob("*.jpg")))
+    # One new process (huggingface_hub reads its settings from the environment at import):
+    # cnl predict's own output, then one line of JSON.
     code = (
-        "import json, torch, timm, cnl\n"
+        "import json, sys, torch, timm, cnl\n"
+        "from cnl.cli import main\n"
+        f"predicted = main(['predict', '--checkpoint', 'hf-hub:our-lab/cub-resnet18-cnl5', {image!r}])\n"
         "x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))\n"
         "model, classes = cnl.load_model('hf-hub:our-lab/cub-resnet18-cnl5')\n"
         "other = timm.create_model('hf-hub:our-lab/cub-resnet18-cnl5', pretrained=True).eval()\n"
-        "with torch.no_grad(): print(json.dumps([model(x).tolist(), other(x).tolist(), classes]))\n"
+        "with torch.no_grad(): print(json.dumps([predicted, model(x).tolist(), other(x).tolist(), classes]))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    from_cnl, from_timm, classes = json.loads(done.stdout)
+    *predictions, last = done.stdout.splitlines()
+    predicted, from_cnl, from_timm, classes = json.loads(last)
+    assert predicted == 0 and predictions[0].startswith(image)
     trained, expected_classes = cnl.load_model(checkpoint)
     expected = logits(trained)
     assert torch.allclose(torch.tensor(from_cnl), expected, atol=1e-6) and classes == expected_classes
     assert torch.allclose(torch.tensor(from_timm), expected, atol=1e-6)
-    image = str(next((data / "images").rglob("*.jpg")))
-    done = subprocess.run(
-        [sys.executable, "-m", "cnl", "predict", "--checkpoint", "hf-hub:our-lab/cub-resnet18-cnl5", image],
-        capture_output=True, text=True, env=env,
-    )  # fmt: skip
-    assert done.returncode == 0 and done.stdout.startswith(image), done.stderr[-3000:]
 
 
 # --- transformers at any size --------------------------------------------------------
