@@ -15,8 +15,10 @@ import csv
 import io
 import json
 import os
+import shutil
 import tarfile
 import time
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -353,17 +355,22 @@ CONFIG_PATHS = [
 ]  # fmt: skip
 
 
-@given(path=st.sampled_from(CONFIG_PATHS), value=JSON_VALUES | st.just("<delete>"), cut=st.integers(0, 3000))
-def test_any_config_json_is_a_model_or_one_line(path, value, cut, hub_folder, tmp_path):
-    folder = copy_of(hub_folder, tmp_path / "model")
-    config = json.loads((folder / CONFIG).read_text())
-    holder = config
+def put(document: dict, path: tuple, value) -> None:
+    """Set the entry at ``path`` of a nested mapping to ``value``, or remove it ("<delete>")."""
+    holder = document
     for key in path[:-1]:
         holder = holder[key]
     if value == "<delete>":
         holder.pop(path[-1], None)
     else:
         holder[path[-1]] = value
+
+
+@given(path=st.sampled_from(CONFIG_PATHS), value=JSON_VALUES | st.just("<delete>"), cut=st.integers(0, 3000))
+def test_any_config_json_is_a_model_or_one_line(path, value, cut, hub_folder, tmp_path):
+    folder = copy_of(hub_folder, tmp_path / "model")
+    config = json.loads((folder / CONFIG).read_text())
+    put(config, path, value)
     (folder / CONFIG).write_text(json.dumps(config))
     if cut % 3 == 0:  # and, a third of the time, weights cut short
         (folder / WEIGHTS).write_bytes((folder / WEIGHTS).read_bytes()[:cut])
@@ -373,6 +380,87 @@ def test_any_config_json_is_a_model_or_one_line(path, value, cut, hub_folder, tm
         assert len(str(error)) <= ONE_LINE + len(str(folder)) and "\n" not in str(error), str(error)
     else:
         assert model(torch.zeros(1, 3, 32, 32)).shape == (1, len(classes))
+
+
+# --- training checkpoints: a colleague's, a damaged copy, a crafted one ------------------------
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(synth, tmp_path_factory):
+    """A finished one-epoch run of a tiny resnet18_cnl5 (12 images of 32 px)."""
+    from cnl.data.synth import SynthConfig
+
+    data = synth(SynthConfig(classes=3, train_per_class=4, test_per_class=2, image_size=32))
+    output = tmp_path_factory.mktemp("checkpoint") / "run"
+    argv = ["train", "--data-root", str(data), "--dataset", "cub", "--model", "resnet18_cnl5", "--set", "width=4",
+            "--img-size", "32", "--epochs", "1", "--warmup-epochs", "0", "--global-batch-size", "4",
+            "--workers", "0", "--device", "cpu", "--output", str(output)]  # fmt: skip
+    with redirect_stdout(io.StringIO()):
+        assert main(argv) == 0
+    return output
+
+
+ENTRY_PATHS = [
+    ("model_name",), ("model",), ("model", "fc.weight"), ("config",), ("config", "img_size"), ("config", "width"),
+    ("config", "responses"), ("config", "mixup"), ("classes",), ("epoch",), ("step",), ("best",), ("best", "top1"),
+    ("best", "epoch"), ("final",), ("metrics",), ("rates",), ("kept",), ("optimizer",), ("optimizer", "state"),
+    ("optimizer", "param_groups"), ("scheduler",), ("scheduler", "last_epoch"), ("scheduler", "base_lrs"),
+    ("scheduler", "optimizer"), ("scaler",), ("scaler", "scale"), ("provenance",), ("provenance", "global_batch_size"),
+]  # fmt: skip
+TENSORS = st.builds(torch.zeros, st.lists(st.integers(0, 3), max_size=2).map(tuple))
+
+
+@given(
+    path=st.sampled_from(ENTRY_PATHS),
+    value=JSON_VALUES
+    | TENSORS
+    | st.dictionaries(st.integers(0, 90), st.dictionaries(st.text(max_size=3), TENSORS))
+    | st.just("<delete>"),
+    resealed=st.booleans(),
+)
+def test_any_checkpoint_entry_loads_and_resumes_or_is_one_line(path, value, resealed, one_epoch_run, tmp_path_factory):
+    """A checkpoint whose entry holds anything: ``cnl predict`` and ``--resume`` load it, or say
+    in one line what does not fit, before any training (never a traceback, then or at a step).
+    ``resealed``: its checksum made again, as a crafted file would carry."""
+    from cnl.engine.checkpoint import content_digest
+
+    run = tmp_path_factory.mktemp("resume") / "run"
+    shutil.copytree(one_epoch_run, run)
+    last = run / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    put(state, path, value)
+    if resealed:
+        state.pop("checksum")
+        state["checksum"] = content_digest(state)
+    torch.save(state, last)
+    (run / "checkpoints" / "last-prev.pt").unlink(missing_ok=True)
+    try:
+        model, classes = cnl.load_model(last)
+    except UserError as error:
+        assert "\n" not in str(error) and len(str(error)) <= ONE_LINE + len(str(last)), str(error)
+    else:
+        assert model(torch.zeros(1, 3, 32, 32)).shape == (1, len(classes))
+    err = io.StringIO()
+    with redirect_stdout(io.StringIO()), redirect_stderr(err):
+        code = main(["train", "--resume", "--output", str(run), "--epochs", "2"])
+    said = [line for line in err.getvalue().splitlines() if not line.startswith("cnl train: warning: ")]
+    if code == 0:
+        assert json.loads((run / "summary.json").read_text())["epochs"] == 2
+    else:
+        assert code == 2 and len(said) == 1 and "Traceback" not in err.getvalue(), err.getvalue()[-3000:]
+        assert said[0].startswith("cnl train: error: ") and len(said[0]) <= ONE_LINE + len(str(last)), said[0]
+
+
+def test_an_integer_where_a_float_setting_is_trains(one_epoch_run, tmp_path):
+    """``mixup: 1`` in a preset, ``--set cutmix=1``: as 1.0 (torch's Beta distribution refuses
+    an integer tensor; it stopped the first step with a traceback)."""
+    config = yaml.safe_load((one_epoch_run / "config.yaml").read_text())
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(yaml.safe_dump({**config, "mixup": 1, "epochs": 1}))
+    with redirect_stdout(io.StringIO()):
+        assert main(["train", "--config", str(preset), "--set", "cutmix=1", "--output", str(tmp_path / "run")]) == 0
+    written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (written["mixup"], written["cutmix"]) == (1.0, 1.0) and isinstance(written["mixup"], float)
 
 
 # --- prediction tables --------------------------------------------------------------------------

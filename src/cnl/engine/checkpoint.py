@@ -6,13 +6,14 @@ import hashlib
 import os
 import pickle
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cnl import upgrades
-from cnl.errors import MissingFile, UserError
+from cnl.errors import MissingFile, UserError, excerpt
 
 
 class CheckpointError(UserError, ValueError):
@@ -22,6 +23,74 @@ class CheckpointError(UserError, ValueError):
 class CheckpointWriteError(CheckpointError):
     """A checkpoint that could not be written (a full disk, a file size limit): the previous
     file is intact."""
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _mapping(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(key, str) for key in value)
+
+
+def _tensors(value: Any) -> bool:
+    return _mapping(value) and all(isinstance(tensor, torch.Tensor) for tensor in value.values())
+
+
+def _numbers(value: Any) -> bool:
+    return _mapping(value) and all(_number(number) for number in value.values())
+
+
+def _metrics(value: Any) -> bool:
+    return _mapping(value) and all(number is None or _number(number) for number in value.values())
+
+
+def _pairs(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(pair, list | tuple) and len(pair) == 2 and _number(pair[0]) and _count(pair[1]) for pair in value
+    )
+
+
+# What each entry of a training checkpoint holds, as the trainer writes it: a file from
+# elsewhere (a colleague's, a damaged copy, a crafted one) is held to this before any entry
+# is used, so that what does not fit is one line naming the entry, never a traceback.
+ENTRIES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model_name": (lambda value: isinstance(value, str) and value != "", "a model name"),
+    "model": (_tensors, "a state dict (parameter names to tensors)"),
+    "model_ema": (_tensors, "a state dict (parameter names to tensors)"),
+    "config": (_mapping, "a mapping of settings"),
+    "classes": (lambda value: isinstance(value, list) and all(isinstance(name, str) for name in value), "class names"),
+    "epoch": (_count, "a whole number, 0 or more"),
+    "step": (_count, "a whole number, 0 or more"),
+    "best": (lambda value: _numbers(value) and _count(value.get("epoch")), "metrics with their epoch"),
+    "final": (_metrics, "metric names with numbers"),
+    "metrics": (_mapping, "a mapping of metrics"),
+    "rates": (lambda value: isinstance(value, list) and all(_number(rate) for rate in value), "a list of numbers"),
+    "kept": (_pairs, "(top-1, epoch) pairs"),
+    "optimizer": (_mapping, "an optimizer's state"),
+    "scheduler": (_mapping, "a scheduler's state"),
+    "scaler": (_mapping, "a loss scaler's state"),
+    "provenance": (_mapping, "a mapping"),
+}
+# What a resume reads besides the weights: every checkpoint cnl has written holds these.
+RESUMED = ("config", "classes", "epoch", "best", "optimizer", "scheduler", "scaler")
+
+
+def check_entries(state: dict[str, Any], path: Path, needed: tuple[str, ...] = ("model", "model_name")) -> None:
+    """Each entry of ``state`` that cnl reads holds what it should, and ``needed`` are there."""
+    missing = [entry for entry in needed if entry not in state]
+    if missing:
+        names = " and ".join(map(repr, missing))
+        raise CheckpointError(
+            f"{path} is not a cnl training checkpoint (no {names} entr{'y' if len(missing) == 1 else 'ies'})"
+        )
+    for entry, (fits, what) in ENTRIES.items():
+        if entry in state and not fits(state[entry]):
+            raise CheckpointError(f"{path} is damaged: its {entry!r} entry is not {what} ({excerpt(state[entry], 60)})")
 
 
 def content_digest(state: Any) -> str:
@@ -140,15 +209,23 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise CheckpointError(f"cannot read checkpoint {path}: it is truncated or not a checkpoint ({error})") from None
-    if not isinstance(state, dict) or "model" not in state or "model_name" not in state:
-        raise CheckpointError(f"{path} is not a cnl training checkpoint (no 'model' and 'model_name' entries)")
+    if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
+        raise CheckpointError(f"{path} is not a cnl training checkpoint (not a mapping of named entries)")
     stored = state.pop("checksum", None)
     if stored is not None and stored != content_digest(state):
         raise CheckpointError(f"{path} is damaged: its contents do not match the checksum stored in it")
+    check_entries(state, path)
     state = upgrades.checkpoint(state)
     for weights in ("model", "model_ema"):
         if weights in state:
             state[weights] = upgrades.state_keys(state[weights])
+    return state
+
+
+def resumable(path: Path) -> dict[str, Any]:
+    """A checkpoint that holds every entry a resume reads."""
+    state = read_checkpoint(path)
+    check_entries(state, path, RESUMED)
     return state
 
 
@@ -158,13 +235,13 @@ def read_for_resume(path: str | Path) -> tuple[dict[str, Any], Path, str | None]
     Both damaged: a CheckpointError naming both; nothing is changed on disk."""
     path = Path(path)
     try:
-        return read_checkpoint(path), path, None
+        return resumable(path), path, None
     except CheckpointError as damage:
         previous = previous_path(path)
         if not previous.exists():
             raise CheckpointError(f"{damage}; and there is no {previous.name} to fall back to") from None
         try:
-            return read_checkpoint(previous), previous, str(damage)
+            return resumable(previous), previous, str(damage)
         except CheckpointError as also:
             raise CheckpointError(
                 f"cannot resume: both checkpoints are damaged: {damage}; {also}. Nothing was overwritten"

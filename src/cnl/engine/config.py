@@ -434,7 +434,14 @@ def _as(kind: Any, value: Any) -> Any:
         return None if value is None else _WRONG
     if isinstance(value, bool):
         return value if kind is bool else _WRONG
-    accepted = {int: int, float: int | float, str: str, bool: bool}[kind]
+    if kind is float and isinstance(value, int):
+        # As a float: ``mixup: 1`` in a preset is 1.0, not an integer that torch's Beta
+        # distribution refuses at the first step.
+        try:
+            return float(value)
+        except OverflowError:
+            return value  # beyond any float: its range check names it
+    accepted = {int: int, float: float, str: str, bool: bool}[kind]
     return value if isinstance(value, accepted) else _WRONG
 
 

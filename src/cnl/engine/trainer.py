@@ -29,7 +29,7 @@ from cnl.engine.builders import (
     set_determinism,
     steps_per_epoch,
 )
-from cnl.engine.checkpoint import read_for_resume, remove_temporaries, save_checkpoint
+from cnl.engine.checkpoint import CheckpointError, read_for_resume, remove_temporaries, save_checkpoint
 from cnl.engine.config import RESUME_CHOICES, TrainConfig, model_overrides, resume_differences
 from cnl.engine.features import CachedModel, cache_features
 from cnl.engine.loaders import eval_loader, train_loader, usable_workers
@@ -41,7 +41,7 @@ from cnl.engine.provenance import provenance
 from cnl.engine.records import EpochRecord, Summary
 from cnl.engine.runfolder import RunFolder
 from cnl.engine.runlock import RunLock
-from cnl.errors import InvalidValue, MissingFile
+from cnl.errors import InvalidValue, MissingFile, excerpt
 from cnl.models import create_model
 from cnl.models.registry import check_model
 
@@ -239,6 +239,63 @@ class RunState:
         return self.start_epoch >= epochs and self.start_step == 0
 
 
+def same_shape(stored: Any, fresh: Any) -> bool:
+    """Whether ``stored`` (read from a checkpoint) has the structure of ``fresh``, what a
+    newly built part gives: the same types, a number where a float is, lists of the same
+    length, and the entries that both mappings have alike (a torch version may add or drop
+    some). None in ``fresh`` takes anything."""
+    if fresh is None:
+        return True
+    if isinstance(fresh, dict):
+        return isinstance(stored, dict) and all(
+            same_shape(stored[key], fresh[key]) for key in stored.keys() & fresh.keys()
+        )
+    if isinstance(fresh, list | tuple):
+        return isinstance(stored, list | tuple) and len(stored) == len(fresh) and all(map(same_shape, stored, fresh))
+    if isinstance(fresh, float):
+        return isinstance(stored, int | float) and not isinstance(stored, bool)
+    if isinstance(fresh, torch.Tensor):
+        return isinstance(stored, torch.Tensor) and stored.shape == fresh.shape
+    return type(stored) is type(fresh)
+
+
+def restore(part: Any, stored: dict[str, Any], entry: str, path: Path) -> None:
+    """Load a checkpoint's ``entry`` into a newly built ``part`` (model, optimizer, scheduler,
+    loss scaler); one that does not fit it is a CheckpointError naming the file and entry,
+    before any training, never an error at the first step."""
+    fresh = part.state_dict()
+    # An entry the fresh state lacks may be a torch version's own; one naming an attribute of
+    # the part (a scheduler's "optimizer") would replace it (schedulers load by __dict__.update).
+    fits = same_shape(stored, fresh) and not any(hasattr(part, key) for key in stored.keys() - fresh.keys())
+    try:
+        if fits:
+            part.load_state_dict(stored)
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError) as error:
+        fits, why = False, str(error).splitlines()[0] if str(error) else type(error).__name__
+    else:
+        why = "another structure than this run's"
+    if not fits:
+        raise CheckpointError(f"{path}: its {entry} state does not fit this run ({excerpt(why, 120)[1:-1]})")
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer, stored: dict[str, Any], path: Path) -> None:
+    """Every tensor of the stored per-parameter state (momentum, moments) has its parameter's
+    shape, or is a scalar (a step count): torch loads any, and fails only at the next step."""
+    parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+    per_parameter = stored.get("state", {})
+    if not isinstance(per_parameter, dict):
+        raise CheckpointError(f"{path}: its optimizer state is not a mapping of parameters ({excerpt(per_parameter)})")
+    for index, values in per_parameter.items():
+        fits = isinstance(index, int) and 0 <= index < len(parameters) and isinstance(values, dict)
+        if fits:
+            tensors = [value for value in values.values() if isinstance(value, torch.Tensor)]
+            fits = all(tensor.dim() == 0 or tensor.shape == parameters[index].shape for tensor in tensors)
+        if not fits:
+            raise CheckpointError(
+                f"{path}: its optimizer state of parameter {excerpt(index, 20)} does not fit this run"
+            )
+
+
 class Run:
     """One training run: ``Run(config).fit()`` returns the summary written to summary.json."""
 
@@ -328,17 +385,18 @@ class Run:
                 f"({len(self.built.classes)}); cannot resume"
             )
         previous = state.get("provenance", {}).get("global_batch_size", self.global_batch)
-        if previous != self.global_batch:
+        if type(previous) is not int or previous != self.global_batch:
             raise InvalidValue(
-                f"{path} was trained with a global batch of {previous}; resuming with {self.global_batch} would "
-                "shift its schedule (resume on any number of processes, with the same global batch)"
+                f"{path} was trained with a global batch of {excerpt(previous)}; resuming with {self.global_batch} "
+                "would shift its schedule (resume on any number of processes, with the same global batch)"
             )
-        self.built.model.load_state_dict(state["model"])
-        if self.built.parts.ema is not None:
-            self.built.parts.ema.module.load_state_dict(state.get("model_ema", state["model"]))
-        self.built.parts.optimizer.load_state_dict(state["optimizer"])
-        self.built.parts.scheduler.load_state_dict(state["scheduler"])
-        self.built.parts.scaler.load_state_dict(state["scaler"])
+        parts = self.built.parts
+        restore(self.built.model, state["model"], "model", path)
+        if parts.ema is not None:
+            restore(parts.ema.module, state.get("model_ema", state["model"]), "model_ema", path)
+        check_optimizer_state(parts.optimizer, state["optimizer"], path)
+        for part, entry in ((parts.optimizer, "optimizer"), (parts.scheduler, "scheduler"), (parts.scaler, "scaler")):
+            restore(part, state[entry], entry, path)
         self._keep_metrics(state["epoch"])
         return RunState.of(state)
 
@@ -430,7 +488,7 @@ class Run:
         """Before any work: a resume asked to change the model or the recipe is refused."""
         if state["model_name"] != self.config.model:
             raise InvalidValue(
-                f"{path} is a checkpoint of {state['model_name']}, not of {self.config.model}; cannot resume "
+                f"{path} is a checkpoint of {excerpt(state['model_name'])}, not of {self.config.model}; cannot resume "
                 "(train another model into another --output)"
             )
         problems = resume_differences(state.get("config", {}), self.config, state["epoch"])

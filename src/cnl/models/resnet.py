@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from cnl.errors import InvalidValue
+from cnl.errors import InvalidValue, excerpt
 from cnl.models.placement import default_placement
 from cnl.models.plug import Site, plug_into
 
@@ -248,9 +248,9 @@ def _ordered(arch: str, names: Sequence[str], what: str) -> list[str]:
     order = layer_names(arch)
     unknown = [n for n in names if n not in order]
     if unknown:
-        raise InvalidValue(f"unknown {what} {unknown} for {arch}; valid layer names are: {', '.join(order)}")
+        raise InvalidValue(f"unknown {what} {excerpt(unknown)} for {arch}; valid layer names are: {', '.join(order)}")
     if len(set(names)) != len(names):
-        raise InvalidValue(f"{what} names a layer twice: {list(names)}")
+        raise InvalidValue(f"{what} names a layer twice: {excerpt(list(names))}")
     return sorted(names, key=order.index)
 
 
