@@ -463,6 +463,53 @@ def test_an_integer_where_a_float_setting_is_trains(one_epoch_run, tmp_path):
     assert (written["mixup"], written["cutmix"]) == (1.0, 1.0) and isinstance(written["mixup"], float)
 
 
+# --- weights files (--weights FILE): the user's own, a download, another framework's ------------
+
+
+@pytest.fixture(scope="module")
+def plain_weights():
+    """A tiny plain resnet18's state dict: what the weights of a ResNet-18 backbone hold."""
+    return cnl.create_model("resnet18", num_classes=3, width=4).state_dict()
+
+
+def test_weights_saved_from_distributed_data_parallel_load_as_they_are(plain_weights, tmp_path):
+    """Every key under ``module.`` (a model saved while wrapped): as timm reads them."""
+    torch.save({"state_dict": {f"module.{k}": v for k, v in plain_weights.items()}}, tmp_path / "ddp.pth")
+    model = cnl.create_model("resnet18_cnl5", num_classes=3, width=4, weights=tmp_path / "ddp.pth")
+    torch.testing.assert_close(model.conv1.weight, plain_weights["conv1.weight"])
+
+
+@given(
+    keep=st.integers(0, 200),
+    extra=st.dictionaries(st.text(max_size=12) | st.integers(), TENSORS | JSON_VALUES, max_size=3),
+    wrap=st.sampled_from([None, "model", "state_dict", "module."]),
+    suffix=st.sampled_from([".pth", ".safetensors"]),
+    cut=st.none() | st.integers(0, 5000),
+)
+def test_any_weights_file_loads_or_is_one_line(keep, extra, wrap, suffix, cut, plain_weights, tmp_path_factory):
+    """Part of a ResNet's weights, entries of any name and value, wrapped as checkpoints wrap
+    them, in either format, cut short: the model is built with them, or one line says why."""
+    from safetensors.torch import save_file
+
+    state = {**dict(list(plain_weights.items())[:keep]), **extra}
+    if wrap == "module.":
+        state = {f"module.{k}": v for k, v in state.items()}
+    path = tmp_path_factory.mktemp("weights") / f"weights{suffix}"
+    if suffix == ".safetensors":
+        assume(all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()))
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save({wrap: state} if wrap in ("model", "state_dict") else state, path)
+    if cut is not None:
+        path.write_bytes(path.read_bytes()[:cut])
+    try:
+        model = cnl.create_model("resnet18_cnl5", num_classes=3, width=4, weights=path).eval()
+    except UserError as error:
+        assert "\n" not in str(error) and len(str(error)) <= ONE_LINE + len(str(path)), str(error)
+    else:
+        assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
+
 # --- prediction tables --------------------------------------------------------------------------
 
 

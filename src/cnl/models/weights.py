@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torchvision.models import get_model_weights
 
 from cnl import upgrades
-from cnl.errors import InvalidValue, MissingFile
+from cnl.errors import InvalidValue, MissingFile, excerpt
 from cnl.models.names import NO_WEIGHTS
 
 logger = logging.getLogger(__name__)
@@ -32,25 +32,34 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return _read(path)[0]
 
 
+DATA_PARALLEL = "module."  # the prefix of every key of a model wrapped by (Distributed)DataParallel
+
+
 def _read(path: str | Path) -> tuple[dict[str, Tensor], Any]:
     """``read_state_dict``'s state dict, and the whole object the file held (a training
     checkpoint's other entries; None for safetensors), from one read of the file."""
     path = Path(path)
     if not path.is_file():
         raise MissingFile(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return upgrades.state_keys(load_file(str(path))), None
+    held: Any = None  # what the file held: a training checkpoint's other entries
+    state: Any = None
     try:
-        held = state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError...
-        raise InvalidValue(f"cannot read weights from {path}: {error}") from error
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            held = state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError...; safetensors its own
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise InvalidValue(f"cannot read weights from {path}: {excerpt(reason, 120)[1:-1]}") from None
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise InvalidValue(f"{path} does not hold a state dict of tensors")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        raise InvalidValue(f"{path} does not hold a state dict (names of tensors)")
+    if state and all(key.startswith(DATA_PARALLEL) for key in state):  # saved from a DistributedDataParallel
+        state = {key[len(DATA_PARALLEL) :]: value for key, value in state.items()}
     return upgrades.state_keys(state), held
 
 
@@ -186,8 +195,8 @@ def load_pretrained(
     lacking = [k for k in missing if not k.startswith(NEW_MODULE_PREFIXES) and k not in report.skipped]
     foreign = [k for k in unexpected if not k.startswith(NEW_MODULE_PREFIXES)]  # another backbone's
     if lacking or foreign:
-        lack = f"they lack {len(lacking)} of its tensors: {lacking[:5]}" if lacking else ""
-        extra = f"unexpected keys {foreign[:5]}" if foreign else ""
+        lack = f"they lack {len(lacking)} of its tensors: {excerpt(lacking, 90)}" if lacking else ""
+        extra = f"unexpected keys {excerpt(foreign, 90)}" if foreign else ""
         raise InvalidValue(f"weights {weights} do not fit {arch}: {'; '.join(filter(None, [lack, extra]))}")
     report.loaded = len(state) - len(unexpected)
     report.new = [k for k in missing if k.startswith(NEW_MODULE_PREFIXES)]
