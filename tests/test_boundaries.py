@@ -463,6 +463,52 @@ def test_an_integer_where_a_float_setting_is_trains(one_epoch_run, tmp_path):
     assert (written["mixup"], written["cutmix"]) == (1.0, 1.0) and isinstance(written["mixup"], float)
 
 
+# --- images and lists to predict ---------------------------------------------------------------
+
+
+@given(
+    images=st.lists(st.binary(max_size=400) | st.sampled_from(["photo", "photo cut"]), min_size=1, max_size=3),
+    listed=st.none() | st.binary(max_size=80) | st.lists(st.text(max_size=12), max_size=4).map("\n".join),
+    as_json=st.booleans(),
+)
+def test_any_images_and_lists_predict_each_or_are_one_line(images, listed, as_json, one_epoch_run, tmp_path_factory):
+    """Files of any bytes named as images, a list file of any bytes or lines: ``cnl predict``
+    answers every image (its classes, or why it cannot be read), or says in one line why the
+    inputs cannot be read at all."""
+    folder = tmp_path_factory.mktemp("predict")
+    photo = next((Path(yaml.safe_load((one_epoch_run / "config.yaml").read_text())["data_root"])).rglob("*.jpg"))
+    inputs = []
+    for k, content in enumerate(images):
+        path = folder / f"image {k}.jpg"
+        if isinstance(content, str):
+            whole = photo.read_bytes()
+            content = whole if content == "photo" else whole[: len(whole) // 2]
+        path.write_bytes(content)
+        inputs.append(str(path))
+    if listed is not None:
+        (folder / "list.txt").write_bytes(listed if isinstance(listed, bytes) else listed.encode())
+        inputs.append(str(folder / "list.txt"))
+    out, err = io.StringIO(), io.StringIO()
+    argv = ["predict", "--checkpoint", str(one_epoch_run / "checkpoints" / "best.pt"), *inputs, "--device", "cpu"]
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main([*argv, *(["--json"] if as_json else [])])
+    if code == 2:
+        one_line_error(code, err.getvalue(), "predict")
+        return
+    assert code == 0, err.getvalue()[-3000:]
+    answers = json.loads(out.getvalue()) if as_json else out.getvalue().splitlines()
+    assert len(answers) >= len(images)  # every image given, then each the list names
+
+
+def test_inputs_without_an_image_are_one_line(one_epoch_run, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.md").write_text("no image here")
+    best = str(one_epoch_run / "checkpoints" / "best.pt")
+    for inputs in ([str(tmp_path / "empty")], [str(tmp_path / "*.md")]):
+        line = one_line_error(main(["predict", "--checkpoint", best, *inputs]), capsys.readouterr().err, "predict")
+        assert "no image files in" in line and inputs[0] in line
+
+
 # --- weights files (--weights FILE): the user's own, a download, another framework's ------------
 
 

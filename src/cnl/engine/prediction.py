@@ -21,7 +21,7 @@ from cnl.engine import distributed
 from cnl.engine.loaders import usable_workers
 from cnl.engine.modelfile import load_model_with_info
 from cnl.engine.parallel import thread_count
-from cnl.errors import InvalidValue, MissingFile
+from cnl.errors import InvalidValue, MissingFile, cut
 from cnl.tables import csv_row
 
 LIST_SUFFIXES = (".txt", ".lst")
@@ -37,8 +37,7 @@ def expand_images(inputs: Iterable[str | Path]) -> list[Path]:
         if item.is_dir():
             paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         elif item.is_file() and item.suffix.lower() in LIST_SUFFIXES:
-            lines = [line.strip() for line in item.read_text(encoding="utf-8").splitlines()]
-            paths += [item.parent / line for line in lines if line and not line.startswith("#")]
+            paths += listed_images(item)
         elif item.exists():
             paths.append(item)
         elif glob.has_magic(text):
@@ -48,7 +47,19 @@ def expand_images(inputs: Iterable[str | Path]) -> list[Path]:
             paths += [p for p in matched if p.suffix.lower() in IMAGE_SUFFIXES]
         else:
             raise MissingFile(f"no image, folder, list or glob match at {item}")
+    if not paths:
+        given = cut(", ".join(map(str, inputs)), 160)
+        raise MissingFile(f"no image files in {given} (suffixes {', '.join(IMAGE_SUFFIXES)})")
     return paths
+
+
+def listed_images(path: Path) -> list[Path]:
+    """The images a list file names, one path a line, relative to its folder; # comments."""
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError as error:
+        raise InvalidValue(f"{path} is not a list of image paths in UTF-8 (byte {error.start} is not text)") from None
+    return [path.parent / line for line in lines if line and not line.startswith("#")]
 
 
 class ImagesToPredict(Dataset):

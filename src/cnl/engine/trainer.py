@@ -41,7 +41,7 @@ from cnl.engine.provenance import provenance
 from cnl.engine.records import EpochRecord, Summary
 from cnl.engine.runfolder import RunFolder
 from cnl.engine.runlock import RunLock
-from cnl.errors import InvalidValue, MissingFile, excerpt
+from cnl.errors import InvalidValue, MissingFile, cut, excerpt
 from cnl.models import create_model
 from cnl.models.registry import check_model
 
@@ -488,7 +488,7 @@ class Run:
         """Before any work: a resume asked to change the model or the recipe is refused."""
         if state["model_name"] != self.config.model:
             raise InvalidValue(
-                f"{path} is a checkpoint of {excerpt(state['model_name'])}, not of {self.config.model}; cannot resume "
+                f"{path} is a checkpoint of {cut(state['model_name'])}, not of {self.config.model}; cannot resume "
                 "(train another model into another --output)"
             )
         problems = resume_differences(state.get("config", {}), self.config, state["epoch"])
