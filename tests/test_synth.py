@@ -74,6 +74,9 @@ def test_invalid_config_is_rejected(tmp_path):
         generate(tmp_path, SynthConfig(task="relation", classes=13))
     with pytest.raises(ValueError, match="unknown task 'shapes'; valid tasks: relation, control, parts"):
         generate(tmp_path, SynthConfig(task="shapes"))
+    for size in (8, 100_000):  # the larger asked numpy for 224 GiB
+        with pytest.raises(ValueError, match=f"--image-size must be between 32 and 1024 pixels, got {size}"):
+            generate(tmp_path, SynthConfig(image_size=size))
 
 
 def test_cli_synth_and_check(tmp_path, capsys):

@@ -60,6 +60,9 @@ HEAD = (0.60, 0.0)
 PATTERN_FREQUENCY = 5.0  # cycles per half-object: a period of a tenth of the object
 MARK_RADIUS = 0.12  # of the half-object: about 3 px for a 55 px object
 JPEG_QUALITY = 90
+# Each image is drawn in float64 arrays of its size: 1024 px takes tens of MB; 100000 px
+# asked numpy for 224 GiB and stopped with a MemoryError.
+MAX_IMAGE_SIZE = 1024
 
 
 TASKS = ("relation", "control", "parts")
@@ -89,8 +92,8 @@ class SynthConfig:
             raise InvalidValue(f"--classes must be between 2 and {most} for the {self.task} task, got {self.classes}")
         if self.train_per_class < 1 or self.test_per_class < 1:
             raise InvalidValue("--train-per-class and --test-per-class must be at least 1")
-        if self.image_size < 32:
-            raise InvalidValue(f"--image-size must be at least 32 pixels, got {self.image_size}")
+        if not 32 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise InvalidValue(f"--image-size must be between 32 and {MAX_IMAGE_SIZE} pixels, got {self.image_size}")
 
 
 def class_grid(count: int) -> list[tuple[int, int, int]]:
