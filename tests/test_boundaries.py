@@ -177,6 +177,41 @@ def test_any_value_of_a_demo_flag_is_valid_or_one_line(flag, text, capsys, tmp_p
     assert not (tmp_path / "run").exists()
 
 
+# Whole-number flags of the commands that are not settings: (argv before the flag, flag, lowest, highest).
+COUNT_FLAGS = [
+    (["profile"], "--img-size", 32, 4096), (["profile"], "--num-classes", 1, None),
+    (["eval", "--checkpoint", "x"], "--batch-size", 1, None), (["eval", "--checkpoint", "x"], "--workers", 0, None),
+    (["predict", "--checkpoint", "x", "a.jpg"], "--topk", 1, None),
+    (["predict", "--checkpoint", "x", "a.jpg"], "--batch-size", 1, None),
+    (["bench", "model"], "--img-size", 32, 4096), (["bench", "model"], "--batch-size", 1, None),
+    (["bench", "module"], "--repeats", 1, None), (["bench", "predict"], "--workers", 0, None),
+    (["attention", "--checkpoint", "x"], "--count", 1, None),
+    (["attention", "--checkpoint", "x"], "--img-size", 32, 4096),
+    (["report", "r"], "--images", 0, None),
+]  # fmt: skip
+
+
+@given(flag=st.sampled_from(COUNT_FLAGS), text=SETTING_TEXT | st.integers(-10, 10**6).map(str))
+def test_any_value_of_a_count_flag_parses_in_its_range_or_is_one_line(flag, text, capsys):
+    """``profile --img-size 0`` stopped in a convolution, ``bench --repeats -1`` in statistics,
+    ``bench --batch-size 0`` dividing by zero: each such flag takes its range or says so."""
+    argv, name, low, high = flag
+    try:
+        args = build_parser().parse_args([*argv, f"{name}={text}"])
+    except SystemExit as exit:
+        one_line_error(exit.code, capsys.readouterr().err, argv[0] if argv[0] != "bench" else f"bench {argv[1]}")
+    else:
+        value = getattr(args, name[2:].replace("-", "_"))
+        assert isinstance(value, int) and value >= low and (high is None or value <= high)
+
+
+def test_the_image_sizes_flags_take_are_the_img_size_settings():
+    from cnl.cli import IMG_SIZES
+
+    taken = FIELD_INFO["img_size"].metadata["range"]
+    assert (taken.low, taken.high) == IMG_SIZES
+
+
 # --- presets: files from elsewhere are data ------------------------------------------------------
 
 

@@ -19,6 +19,30 @@ def split_names(values: Sequence[str]) -> list[str]:
     return [name for value in values for name in value.split(",") if name]
 
 
+def whole(low: int, high: int | None = None) -> Any:
+    """An argparse type: a whole number from ``low`` to ``high``, else one line naming it."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"from {low} to {high}" if high is not None else f"{low} or more"
+            raise argparse.ArgumentTypeError(f"must be a whole number {bounds}, got {value}")
+        return value
+
+    return parse
+
+
+# The img_size setting's range (cnl.engine.config, where reading it would load the settings
+# for every --help): a ResNet needs 32 px.
+IMG_SIZES = (32, 4096)
+IMG_SIZE = whole(*IMG_SIZES)
+POSITIVE = whole(1)
+WORKERS = whole(0)
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     from cnl.analysis.profile import format_table, profile_model
 
@@ -54,8 +78,8 @@ def add_profile(subparsers: argparse._SubParsersAction) -> None:
         description="Count parameters, MACs (paper's convention and all), attention-map bytes per image.",
     )
     parser.add_argument("--models", nargs="+", default=list(TABLE2), help="model names (commas or spaces)")
-    parser.add_argument("--img-size", type=int, default=448, help="square input size (default 448)")
-    parser.add_argument("--num-classes", type=int, default=200, help="classes of the head (default 200, CUB)")
+    parser.add_argument("--img-size", type=IMG_SIZE, default=448, help="square input size (default 448)")
+    parser.add_argument("--num-classes", type=POSITIVE, default=200, help="classes of the head (default 200, CUB)")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     parser.add_argument(
         "--receptive-fields", action="store_true", help="theoretical receptive field and stride of query and responses"
@@ -345,8 +369,8 @@ def add_training(subparsers: argparse._SubParsersAction) -> None:
     evaluate = subparsers.add_parser("eval", help="top-1 and top-5 of a checkpoint on its test split")
     evaluate.add_argument("--checkpoint", required=True)
     evaluate.add_argument("--data-root", help="the dataset's folder, if it moved since training")
-    evaluate.add_argument("--batch-size", type=int)
-    evaluate.add_argument("--workers", type=int)
+    evaluate.add_argument("--batch-size", type=POSITIVE)
+    evaluate.add_argument("--workers", type=WORKERS)
     evaluate.add_argument("--device", default="auto", help="auto (default: cuda when there is one), cpu or cuda")
     evaluate.add_argument("--json", action="store_true", help="print an object with top1, top5, loss, count, tta")
     evaluate.add_argument(
@@ -362,10 +386,10 @@ def add_training(subparsers: argparse._SubParsersAction) -> None:
     pred = subparsers.add_parser("predict", help="class names and probabilities for images")
     pred.add_argument("--checkpoint", required=True)
     pred.add_argument("images", nargs="+", help="image files, folders, glob patterns or .txt lists of paths")
-    pred.add_argument("--topk", type=int, default=5)
+    pred.add_argument("--topk", type=POSITIVE, default=5)
     pred.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    pred.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    pred.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
+    pred.add_argument("--batch-size", type=POSITIVE, default=32, help="images per forward pass (default 32)")
+    pred.add_argument("--workers", type=WORKERS, default=2, help="decoding processes (default 2)")
     pred.add_argument("--out", help="write one row per image to a .csv or .jsonl file")
     pred.add_argument("--json", action="store_true")
     pred.set_defaults(func=cmd_predict)
@@ -451,9 +475,11 @@ def add_bench(subparsers: argparse._SubParsersAction) -> None:
 
     def job(name: str, help_text: str, img_size: int, batch_size: int | None, func) -> argparse.ArgumentParser:
         command = jobs.add_parser(name, help=help_text, description=help_text)
-        command.add_argument("--img-size", type=int, default=img_size, help=f"square input size (default {img_size})")
+        command.add_argument(
+            "--img-size", type=IMG_SIZE, default=img_size, help=f"square input size (default {img_size})"
+        )
         if batch_size is not None:
-            command.add_argument("--batch-size", type=int, default=batch_size, help=f"default {batch_size}")
+            command.add_argument("--batch-size", type=POSITIVE, default=batch_size, help=f"default {batch_size}")
         command.add_argument("--json", action="store_true", help="print JSON instead of a table")
         command.set_defaults(func=func)
         return command
@@ -473,12 +499,12 @@ def add_bench(subparsers: argparse._SubParsersAction) -> None:
     source = job("input", "decode + augment images/s: PIL against torchvision.io", 448, None, cmd_bench_input)
     predict = job("predict", "cnl predict's batched pipeline against one image at a time", 64, 32, cmd_bench_predict)
     predict.add_argument("--model", default="resnet18_cnl5", help="default resnet18_cnl5")
-    predict.add_argument("--width", type=int, default=16, help="ResNet width (default 16, the demo's)")
-    predict.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
+    predict.add_argument("--width", type=POSITIVE, default=16, help="ResNet width (default 16, the demo's)")
+    predict.add_argument("--workers", type=WORKERS, default=2, help="decoding processes (default 2)")
     for command in (model, module, predict):
         command.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     for command in (model, module, source):
-        command.add_argument("--repeats", type=int, default=3, help="timed steps (median; default 3)")
+        command.add_argument("--repeats", type=POSITIVE, default=3, help="timed steps (median; default 3)")
 
 
 # ``cnl bench --module`` and friends before the jobs were subcommands.
@@ -531,15 +557,15 @@ def add_figures(subparsers: argparse._SubParsersAction) -> None:
     attention.add_argument("--image", help="an image (as IMAGE)")
     attention.add_argument("--html", help="write an interactive, self-contained explorer page of every IMAGE here")
     attention.add_argument("--query", nargs="+", default=["auto"], help="'auto' or ROW,COLUMN cells of the query grid")
-    attention.add_argument("--count", type=int, default=3, help="query cells that 'auto' picks")
-    attention.add_argument("--img-size", type=int, help="default: the checkpoint's")
+    attention.add_argument("--count", type=POSITIVE, default=3, help="query cells that 'auto' picks")
+    attention.add_argument("--img-size", type=IMG_SIZE, help="default: the checkpoint's")
     attention.add_argument("--out", default="attention.png")
     attention.set_defaults(func=cmd_attention)
 
     report = subparsers.add_parser("report", help="HTML + Markdown: curves, ablation table and chart, attention")
     report.add_argument("runs", nargs="+", help="run folders, or ablation folders (with ablation.json)")
     report.add_argument("--out", default="report")
-    report.add_argument("--images", type=int, default=2, help="test images with attention figures per run")
+    report.add_argument("--images", type=WORKERS, default=2, help="test images with attention figures per run")
     report.set_defaults(func=cmd_report)
 
 
