@@ -71,7 +71,7 @@ def parse(parser, argv: list[str]) -> tuple[object | None, str]:
             placeholder = PLACEHOLDER.search(message)
             if placeholder is None:
                 return None, message
-            argv = ["2" if word == placeholder.group(1) else word for word in argv]
+            argv = ["64" if word == placeholder.group(1) else word for word in argv]  # in every range
 
 
 def arguments(command: str) -> list[str]:
