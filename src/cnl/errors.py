@@ -76,3 +76,10 @@ def cut(text: str, limit: int = EXCERPT) -> str:
     """``text`` as it is (no quotes), on one line and cut to about ``limit`` characters."""
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def reason(error: BaseException, limit: int = EXCERPT) -> str:
+    """The first line of ``error``'s message (its class name when it has none), cut to about
+    ``limit`` characters: what a one-line error says of a library's exception."""
+    text = str(error)
+    return cut(text.splitlines()[0] if text.strip() else type(error).__name__, limit)

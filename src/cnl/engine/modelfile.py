@@ -14,7 +14,7 @@ from cnl.engine.checkpoint import CheckpointError, read_checkpoint
 from cnl.engine.config import model_overrides
 from cnl.engine.modelinfo import CardError, ModelInfo, check_head
 from cnl.engine.runfolder import read_json
-from cnl.errors import MissingFile, excerpt
+from cnl.errors import MissingFile, reason
 from cnl.models import create_model
 
 
@@ -41,8 +41,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as error:  # the Rust reader's SafetensorError, and whatever else a damaged file raises
-        reason = excerpt(str(error).splitlines()[0] if str(error) else type(error).__name__, 80).strip("'")
-        raise CheckpointError(f"{path} is not a readable safetensors file ({reason})") from None
+        raise CheckpointError(f"{path} is not a readable safetensors file ({reason(error, 80)})") from None
 
 
 def read_model_file(path: str | Path) -> tuple[ModelInfo, dict[str, torch.Tensor]]:

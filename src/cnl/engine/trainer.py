@@ -41,7 +41,7 @@ from cnl.engine.provenance import provenance
 from cnl.engine.records import EpochRecord, Summary
 from cnl.engine.runfolder import RunFolder
 from cnl.engine.runlock import RunLock
-from cnl.errors import InvalidValue, MissingFile, cut, excerpt
+from cnl.errors import InvalidValue, MissingFile, cut, excerpt, reason
 from cnl.models import create_model
 from cnl.models.registry import check_model
 
@@ -266,16 +266,12 @@ def restore(part: Any, stored: dict[str, Any], entry: str, path: Path) -> None:
     fresh = part.state_dict()
     # An entry the fresh state lacks may be a torch version's own; one naming an attribute of
     # the part (a scheduler's "optimizer") would replace it (schedulers load by __dict__.update).
-    fits = same_shape(stored, fresh) and not any(hasattr(part, key) for key in stored.keys() - fresh.keys())
+    if not same_shape(stored, fresh) or any(hasattr(part, key) for key in stored.keys() - fresh.keys()):
+        raise CheckpointError(f"{path}: its {entry} state does not fit this run (another structure than this run's)")
     try:
-        if fits:
-            part.load_state_dict(stored)
+        part.load_state_dict(stored)
     except (KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError) as error:
-        fits, why = False, str(error).splitlines()[0] if str(error) else type(error).__name__
-    else:
-        why = "another structure than this run's"
-    if not fits:
-        raise CheckpointError(f"{path}: its {entry} state does not fit this run ({excerpt(why, 120)[1:-1]})")
+        raise CheckpointError(f"{path}: its {entry} state does not fit this run ({reason(error, 120)})") from None
 
 
 def check_optimizer_state(optimizer: torch.optim.Optimizer, stored: dict[str, Any], path: Path) -> None:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torchvision.models import get_model_weights
 
 from cnl import upgrades
-from cnl.errors import InvalidValue, MissingFile, excerpt
+from cnl.errors import InvalidValue, MissingFile, excerpt, reason
 from cnl.models.names import NO_WEIGHTS
 
 logger = logging.getLogger(__name__)
@@ -51,8 +51,7 @@ def _read(path: str | Path) -> tuple[dict[str, Tensor], Any]:
         else:
             held = state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError...; safetensors its own
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise InvalidValue(f"cannot read weights from {path}: {excerpt(reason, 120)[1:-1]}") from None
+        raise InvalidValue(f"cannot read weights from {path}: {reason(error, 120)}") from None
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
