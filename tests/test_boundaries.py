@@ -35,7 +35,7 @@ from cnl.engine.hub import CONFIG, WEIGHTS, hub_config
 from cnl.engine.modelinfo import ModelInfo
 from cnl.engine.predictions import COLUMNS, read_correct, write_image_predictions
 from cnl.errors import UserError
-from runs import epoch_line
+from runs import epoch_line, tiny_run_args
 
 ONE_LINE = 300
 
@@ -427,11 +427,8 @@ def one_epoch_run(synth, tmp_path_factory):
 
     data = synth(SynthConfig(classes=3, train_per_class=4, test_per_class=2, image_size=32))
     output = tmp_path_factory.mktemp("checkpoint") / "run"
-    argv = ["train", "--data-root", str(data), "--dataset", "cub", "--model", "resnet18_cnl5", "--set", "width=4",
-            "--img-size", "32", "--epochs", "1", "--warmup-epochs", "0", "--global-batch-size", "4",
-            "--workers", "0", "--device", "cpu", "--output", str(output)]  # fmt: skip
-    with redirect_stdout(io.StringIO()):
-        assert main(argv) == 0
+    with redirect_stdout(io.StringIO()):  # width 4: each example of the tests below may train an epoch
+        assert main(tiny_run_args(data, output, "resnet18_cnl5", "--set", "width=4", "--warmup-epochs", "0")) == 0
     return output
 
 
