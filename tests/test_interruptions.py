@@ -4,9 +4,11 @@ end at once, one run trains in a folder, and random stops (chaos) lose nothing."
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -51,6 +53,24 @@ def cnl_process(*args):
     return start([sys.executable, "-m", "cnl", *args])
 
 
+def wait_for_line(lines: queue.Queue, text: str, process, timeout=60) -> str:
+    """What ``lines`` held up to and with the first line containing ``text``."""
+    seen = []
+    while not seen or text not in seen[-1]:
+        try:
+            seen.append(lines.get(timeout=timeout))
+        except queue.Empty:
+            pytest.fail(
+                f"no line with {text!r} within {timeout} s (exit code {process.poll()}): {''.join(seen)[-2000:]}"
+            )
+    return "".join(seen)
+
+
+def iter_queue(lines: queue.Queue):
+    while not lines.empty():
+        yield lines.get()
+
+
 @pytest.fixture(scope="module")
 def straight(data, tmp_path_factory):
     """Six epochs uninterrupted: the reference every stopped and resumed run must equal."""
@@ -67,6 +87,7 @@ def test_signal_saves_and_resume_ends_with_the_same_weights(data, straight, tmp_
     process.send_signal(number)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 128 + number, err[-2000:]
+    assert f"{number.name} received: stopping after this step; send it again to stop at once" in err
     assert f"{number.name} received: stopped at epoch" in err and "continue with --resume" in err
     state = read_checkpoint(output / "checkpoints" / "last.pt")
     assert 1 <= state["epoch"] < 6 and "step" in state
@@ -158,11 +179,18 @@ def test_a_second_ctrl_c_during_training_exits_at_once(data, tmp_path):
     )
     wait_for(output / "checkpoints" / "last.pt", process)
     before = read_checkpoint(output / "checkpoints" / "last.pt")
+    lines = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True)
+    reader.start()
     process.send_signal(signal.SIGINT)
-    time.sleep(0.05)
+    # Two signals within one long C call (a backward) reach Python's handler once: the
+    # second is sent when the first has been handled, as a person presses Ctrl-C again.
+    err = wait_for_line(lines, "cnl train: SIGINT received: stopping after this step; send it again", process)
     sent = time.monotonic()
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=30)
+    process.wait(timeout=30)
+    reader.join(timeout=30)
+    err += "".join(iter_queue(lines))
     # Python runs a handler between bytecodes: the backward in progress ends first, then the
     # interpreter exits: over a second on a busy 2-core machine. The last line below says
     # which way it stopped; the bound says it did not train on.

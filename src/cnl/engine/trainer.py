@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import os
 import signal
 import sys
 import threading
@@ -429,6 +430,13 @@ class Run:
     def _on_signal(self, number: int, frame: object) -> None:
         if self.training and self.stop_signal is None:
             self.stop_signal = number
+            if self.main:
+                # os.write, not print: the handler may run inside a write to sys.stderr (a
+                # progress bar), and a buffered stream refuses a reentrant call; a closed
+                # stderr must not turn the stop into a traceback.
+                notice = f"cnl train: {signal.Signals(number).name} received: stopping after this step; "
+                with contextlib.suppress(OSError):
+                    os.write(2, f"{notice}send it again to stop at once\n".encode())
             return
         if self.training:
             raise RunInterrupted(number, "again: stopped at once; checkpoints/last.pt is the last complete one")
