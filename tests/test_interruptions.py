@@ -103,18 +103,6 @@ def test_signal_saves_and_resume_ends_with_the_same_weights(data, straight, tmp_
     ]
 
 
-def test_kill_9_leaves_the_last_complete_checkpoint(data, straight, tmp_path):
-    output = tmp_path / "run"
-    process = cnl_process(*train_args(data, output))
-    wait_until(epochs_done(output, 2), process, "second epoch")  # in the third epoch, soon to write a checkpoint
-    process.kill()
-    process.wait()
-    state = read_checkpoint(output / "checkpoints" / "last.pt")  # complete, whatever the moment
-    assert state["epoch"] >= 1
-    assert main(["train", "--resume", "--output", str(output)]) == 0
-    assert_same_weights(weights(straight), weights(output))
-
-
 def test_loader_workers_outlive_a_stop_sent_while_they_start(monkeypatch):
     """torchrun stops a group by signalling each worker's process group, loader workers
     included; one just started has torch's SIGTERM handler (fatal unless its parent sent it)
@@ -141,18 +129,21 @@ def test_loaders_without_signal_masks_still_load(monkeypatch):
 
 
 @pytest.mark.slow
-def test_kill_9_with_loader_workers_then_resume_is_bit_identical(data, tmp_path):
-    straight = tmp_path / "straight"
-    assert main(train_args(data, straight, epochs=4, workers=2)) == 0
-    killed = tmp_path / "killed"
-    process = cnl_process(*train_args(data, killed, epochs=4, workers=2))
-    wait_until(epochs_done(killed, 1), process, "first epoch")  # into the second, its workers loading
+def test_kill_9_with_loader_workers_leaves_the_last_complete_checkpoint_and_resumes_bit_identical(
+    data, straight, tmp_path
+):
+    # The reference trained without workers: a draw depends on the seed, the epoch and the
+    # position only (tests/test_distributed.py), so workers change nothing.
+    output = tmp_path / "run"
+    process = cnl_process(*train_args(data, output, workers=2))
+    wait_until(epochs_done(output, 2), process, "second epoch")  # in the third, its workers loading
     process.kill()
     process.communicate()
-    assert read_checkpoint(killed / "checkpoints" / "last.pt")["epoch"] < 4
-    assert main(["train", "--resume", "--output", str(killed)]) == 0
-    assert_same_weights(weights(straight), weights(killed))
-    assert epochs_logged(killed) == [1, 2, 3, 4]
+    state = read_checkpoint(output / "checkpoints" / "last.pt")  # complete, whatever the moment
+    assert 1 <= state["epoch"] < 6
+    assert main(["train", "--resume", "--output", str(output)]) == 0
+    assert_same_weights(weights(straight), weights(output))
+    assert epochs_logged(output) == [1, 2, 3, 4, 5, 6]
 
 
 @pytest.mark.slow
@@ -222,12 +213,12 @@ def test_one_run_per_folder_and_a_killed_runs_lock_is_taken_over(data, tmp_path,
 @pytest.mark.slow
 def test_chaos_stops_lose_nothing(tmp_path):
     done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "chaos.py"), "--kills", "4", "--epochs", "4", "--seed", "1",
+        [sys.executable, str(REPO / "benchmarks" / "chaos.py"), "--kills", "2", "--epochs", "4", "--seed", "2",
          "--out", str(tmp_path)],
         capture_output=True, text=True, env=ENV, timeout=240,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
-    assert [line.split(":")[0] for line in lines[:4]] == ["stop 1", "stop 2", "stop 3", "stop 4"]
+    assert [line.split(":")[0] for line in lines[:2]] == ["stop 1", "stop 2"]
     assert "weights bit-identical to the uninterrupted run" in lines[-1]
     print(done.stdout)  # the kill log, shown with pytest -s
