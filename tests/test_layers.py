@@ -79,13 +79,24 @@ def test_help_of_every_command_loads_no_torch():
 
 
 def test_import_cnl_registers_the_models_in_timm_imported_before_or_after():
-    for order in ("import cnl, timm", "import timm, cnl"):
-        script = f"{order}\nprint(timm.is_model('resnet50_cnl5'), 'torch' in __import__('sys').modules)"
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-        assert done.stdout.split() == ["True", "True"], order
-    done = subprocess.run([sys.executable, "-c", "import sys, cnl; print('torch' in sys.modules)"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
-    assert done.stdout.strip() == "False"
+    scripts = {
+        order: f"{order}\nprint(timm.is_model('resnet50_cnl5'), 'torch' in __import__('sys').modules)"
+        for order in ("import cnl, timm", "import timm, cnl")
+    }
+    scripts["cnl alone"] = "import sys, cnl; print('torch' in sys.modules)"
+    answers = {order: out.split() for order, out in side_by_side(scripts).items()}
+    registered = ["True", "True"]  # the names in timm; torch imported with them
+    assert answers == {"import cnl, timm": registered, "import timm, cnl": registered, "cnl alone": ["False"]}
+
+
+def side_by_side(scripts: dict[str, str]) -> dict[str, str]:
+    """The standard output of each ``python -c`` script, the interpreters started together
+    (each is a fresh import of torch: seconds, mostly on one core)."""
+    started = {name: subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+               for name, script in scripts.items()}  # fmt: skip
+    outputs = {name: process.communicate()[0] for name, process in started.items()}
+    assert all(process.returncode == 0 for process in started.values()), outputs
+    return outputs
 
 
 # --- errors: a user's mistake or a bug --------------------------------------------------
