@@ -78,8 +78,8 @@ PHOTO_RECIPE = {
     "device": "auto",
     "deterministic": True,
 }
-PRETRAINED = {"lr": 0.01}  # from ImageNet weights the paper's base rate
-QUICK_PHOTOS = {"img_size": 32, "epochs": 1, "lr_steps": [], "global_batch_size": 4, "device": "cpu"}
+PRETRAINED = {"lr": 0.01, "width": None}  # from ImageNet weights the paper's base rate, at their width
+QUICK_PHOTOS = {"width": 16, "img_size": 32, "epochs": 1, "lr_steps": [], "global_batch_size": 4, "device": "cpu"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +163,7 @@ def photo_config(photos: Photos, output: Path, quick: bool) -> TrainConfig:
         spec = dataclasses.replace(spec, classes=min(3, photos.classes), train=2, test=1)
     data = write_subset(spec, output / "data")
     pretrained = PRETRAINED if photos.weights != NO_WEIGHTS else {}
-    layers = (PHOTO_RECIPE, pretrained, QUICK_PHOTOS if quick else {})
+    layers = (PHOTO_RECIPE, QUICK_PHOTOS if quick else {}, pretrained)
     return make_config(*layers, {"data_root": str(data), "output": str(output), "weights": photos.weights})
 
 
