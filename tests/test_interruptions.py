@@ -79,7 +79,9 @@ def straight(data, tmp_path_factory):
     return output
 
 
-@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+# SIGTERM takes the same handler: tests/test_distributed.py stops two processes with it
+# mid-epoch, and the set-up test below checks its exit status.
+@pytest.mark.parametrize("number", [signal.SIGINT])
 def test_signal_saves_and_resume_ends_with_the_same_weights(data, straight, tmp_path, number):
     output = tmp_path / "run"
     process = cnl_process(*train_args(data, output))

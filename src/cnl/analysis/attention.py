@@ -189,8 +189,9 @@ def render(rows: AttentionRows, out: str | Path, dpi: int = 100, title: str | No
     columns = 1 + len(rows.rows[0])
     # No ticks from the start: hidden ticks are still laid out at every draw (a third of the time).
     figsize = (2.2 * columns, 2.4 * len(rows.rows))
-    no_ticks = {"xticks": [], "yticks": []}
-    figure, axes = plt.subplots(len(rows.rows), columns, figsize=figsize, squeeze=False, subplot_kw=no_ticks)
+    figure, axes = plt.subplots(
+        len(rows.rows), columns, figsize=figsize, squeeze=False, subplot_kw={"xticks": [], "yticks": []}
+    )
     cell_h, cell_w = size / rows.grid[0], size / rows.grid[1]
     for r, (cell, panels) in enumerate(zip(rows.queries, rows.rows)):
         axes[r][0].imshow(rows.image)
