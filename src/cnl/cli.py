@@ -40,7 +40,7 @@ def whole(low: int, high: int | None = None) -> Any:
 IMG_SIZES = (32, 4096)
 IMG_SIZE = whole(*IMG_SIZES)
 POSITIVE = whole(1)
-WORKERS = whole(0)
+NON_NEGATIVE = whole(0)
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -370,7 +370,7 @@ def add_training(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--checkpoint", required=True)
     evaluate.add_argument("--data-root", help="the dataset's folder, if it moved since training")
     evaluate.add_argument("--batch-size", type=POSITIVE)
-    evaluate.add_argument("--workers", type=WORKERS)
+    evaluate.add_argument("--workers", type=NON_NEGATIVE)
     evaluate.add_argument("--device", default="auto", help="auto (default: cuda when there is one), cpu or cuda")
     evaluate.add_argument("--json", action="store_true", help="print an object with top1, top5, loss, count, tta")
     evaluate.add_argument(
@@ -389,7 +389,7 @@ def add_training(subparsers: argparse._SubParsersAction) -> None:
     pred.add_argument("--topk", type=POSITIVE, default=5)
     pred.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     pred.add_argument("--batch-size", type=POSITIVE, default=32, help="images per forward pass (default 32)")
-    pred.add_argument("--workers", type=WORKERS, default=2, help="decoding processes (default 2)")
+    pred.add_argument("--workers", type=NON_NEGATIVE, default=2, help="decoding processes (default 2)")
     pred.add_argument("--out", help="write one row per image to a .csv or .jsonl file")
     pred.add_argument("--json", action="store_true")
     pred.set_defaults(func=cmd_predict)
@@ -500,7 +500,7 @@ def add_bench(subparsers: argparse._SubParsersAction) -> None:
     predict = job("predict", "cnl predict's batched pipeline against one image at a time", 64, 32, cmd_bench_predict)
     predict.add_argument("--model", default="resnet18_cnl5", help="default resnet18_cnl5")
     predict.add_argument("--width", type=POSITIVE, default=16, help="ResNet width (default 16, the demo's)")
-    predict.add_argument("--workers", type=WORKERS, default=2, help="decoding processes (default 2)")
+    predict.add_argument("--workers", type=NON_NEGATIVE, default=2, help="decoding processes (default 2)")
     for command in (model, module, predict):
         command.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     for command in (model, module, source):
@@ -565,7 +565,7 @@ def add_figures(subparsers: argparse._SubParsersAction) -> None:
     report = subparsers.add_parser("report", help="HTML + Markdown: curves, ablation table and chart, attention")
     report.add_argument("runs", nargs="+", help="run folders, or ablation folders (with ablation.json)")
     report.add_argument("--out", default="report")
-    report.add_argument("--images", type=WORKERS, default=2, help="test images with attention figures per run")
+    report.add_argument("--images", type=NON_NEGATIVE, default=2, help="test images with attention figures per run")
     report.set_defaults(func=cmd_report)
 
 

@@ -187,7 +187,7 @@ def render(rows: AttentionRows, out: str | Path, dpi: int = 100, title: str | No
 
     size = rows.image.shape[0]
     columns = 1 + len(rows.rows[0])
-    # No ticks from the start: hidden ticks are still laid out at every draw (a third of the time).
+    # No ticks from the start: matplotlib lays out hidden ticks at every draw all the same.
     figsize = (2.2 * columns, 2.4 * len(rows.rows))
     figure, axes = plt.subplots(
         len(rows.rows), columns, figsize=figsize, squeeze=False, subplot_kw={"xticks": [], "yticks": []}

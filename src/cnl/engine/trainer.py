@@ -434,9 +434,10 @@ class Run:
                 # os.write, not print: the handler may run inside a write to sys.stderr (a
                 # progress bar), and a buffered stream refuses a reentrant call; a closed
                 # stderr must not turn the stop into a traceback.
-                notice = f"cnl train: {signal.Signals(number).name} received: stopping after this step; "
+                name = signal.Signals(number).name
+                notice = f"cnl train: {name} received: stopping after this step; send it again to stop at once\n"
                 with contextlib.suppress(OSError):
-                    os.write(2, f"{notice}send it again to stop at once\n".encode())
+                    os.write(2, notice.encode())
             return
         if self.training:
             raise RunInterrupted(number, "again: stopped at once; checkpoints/last.pt is the last complete one")
