@@ -13,9 +13,18 @@ ends the session with the signal's exit code and the test it arrived in.
 
 import os
 import signal
+import sys
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+# One thread for torch's kernels, here and in every process a test starts: the tests' tiny
+# models and images spend more on sharing a kernel between threads than they gain (the
+# suite ran faster on one thread than on two), and the suite runs tests side by side
+# instead (`-n auto`, pytest-xdist), one process a core. Set before anything imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "torch" in sys.modules:  # a plugin imported it first: it read the variable already
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # The property-based tests (tests/test_boundaries.py and others): in CI derandomized, so a
 # run is repeatable and its time bounded; HYPOTHESIS_PROFILE=long draws many more inputs,

@@ -25,7 +25,10 @@ if [ "${1:-}" = --all ]; then
 else
     names="($names) and not resnet34_ and not resnet101_ and not resnet152_"
 fi
-"$py" -m pytest -q -p no:cacheprovider -p no:warnings -o addopts="" test_models.py -k "$names" "$@" \
+# Side by side, a process a core with one thread each, as the project's own suite runs
+# (tests/conftest.py says why).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+"$py" -m pytest -q -n auto -p no:cacheprovider -p no:warnings -o addopts="" test_models.py -k "$names" "$@" \
     | tee "$work/log"
 # docs/ecosystem.md shows the counts of both selections: these must be one of them.
 counts=$(tail -1 "$work/log" | grep -oE "[0-9]+ (passed|failed|skipped)" | paste -sd, | sed 's/,/, /g')
