@@ -211,8 +211,8 @@ def test_torchrun_restarts_a_killed_worker_a_sigterm_stops_both_at_one_step_and_
     config = output / "config.yaml"
     written = config.stat().st_mtime_ns
     os.kill(worker_pids(process.pid)[1], signal.SIGKILL)
-    # A run writes config.yaml last before its first step: the restarted pair is training
-    # epoch 2 again (from the checkpoint of epoch 1) when it changes.
+    # Rank 0 writes config.yaml once both processes are set up, just before the first step:
+    # the restarted pair is training epoch 2 again (from the checkpoint of epoch 1) when it changes.
     wait_until(lambda: config.stat().st_mtime_ns != written, process, "the restarted run's first step")
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)

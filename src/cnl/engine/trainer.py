@@ -324,7 +324,7 @@ class Run:
                 "already evaluates rank 0's BatchNorm statistics"
             )
         self.recipe = config.recipe(self.global_batch)
-        self.training = False  # set-up until the first step: a signal then ends the run at once
+        self.training = False  # set-up, until every process is ready: a signal then ends the run at once
         self.stop_signal: int | None = None
 
     # --- set-up ------------------------------------------------------------------------
@@ -461,6 +461,7 @@ class Run:
             return done
         made = first_missing(self.output) if self.main else None  # a failed start leaves no folder behind
         lock = RunLock(self.output)
+        configured = False
         with self._signals():
             try:
                 self._announce()
@@ -477,12 +478,16 @@ class Run:
                 run = self._resume(point) if point is not None else RunState()
                 if point is None:
                     self._keep_metrics(0)
-                self._write_config()
+                # Every process is set up before config.yaml is written: from its writing on,
+                # a signal to any of them stops them all after one step.
                 self.training = True
+                distributed.barrier()
+                self._write_config()
+                configured = True
                 result = self._loop(run)
             finally:
                 lock.release()
-                if made is not None and not self.training:
+                if made is not None and not configured:
                     self._clear_failed_start(made)
                 distributed.teardown(self.ctx)
         if isinstance(result, Stopped):
