@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from cnl.cli import main
 from cnl.data.datasets import LayoutError, build_dataset
 from cnl.data.synth import SynthConfig, generate
+from cnl.errors import printable
+from layouts import write_folder
 from runs import NARROW, assert_same_weights, weights
 
 TINY = SynthConfig(classes=4, train_per_class=5, test_per_class=2, image_size=40, seed=3)
@@ -79,6 +81,29 @@ def test_unreadable_training_images_are_skipped_counted_and_listed(data, tmp_pat
     assert main(train_args(copy, tmp_path / "run", 1)) == 0
     assert (tmp_path / "run" / "skipped.txt").read_text().split("\t")[0] == str(bad)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["skipped_images"] == 1
+
+
+def test_a_file_name_that_breaks_lines_is_one_escaped_line_in_the_log_the_warning_and_predict(tmp_path, capsys, caplog):
+    """A file may be named with a line break, a tab or a terminal command (``ESC[2J`` clears
+    the screen): skipped.txt keeps one record a line, and nothing printed carries them raw."""
+    root = write_folder(tmp_path / "data")
+    hostile = root / "train" / "cardinal" / "bad\n\x1b[2J\t.png"
+    hostile.write_bytes(b"not a png")
+    argv = train_args(root, tmp_path / "run", 1)
+    argv[argv.index("cub")] = "folder"
+    argv[argv.index("--batch-size") + 1] = "5"  # every training image in the one step
+    assert main(argv) == 0
+    (warning,) = [message for message in caplog.messages if message.startswith("skipping unreadable image")]
+    assert warning.startswith(f"skipping unreadable image {printable(str(hostile))}: ") and "\x1b" not in warning
+    (record,) = (tmp_path / "run" / "skipped.txt").read_text().splitlines()
+    assert record.split("\t")[0] == printable(str(hostile))
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["skipped_images"] == 1
+    best = str(tmp_path / "run" / "checkpoints" / "best.pt")
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", best, str(root / "train"), "--workers", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5 and "\x1b" not in "".join(lines)  # four images and the hostile file
+    assert [line for line in lines if line.startswith(f"{printable(str(hostile))}: error: ")]
 
 
 def test_impossible_settings_are_rejected_before_any_work(data, tmp_path, capsys):

@@ -34,7 +34,7 @@ from cnl.engine.config import FIELD_INFO, FIELDS, TrainConfig, make_config, out_
 from cnl.engine.hub import CONFIG, WEIGHTS, hub_config
 from cnl.engine.modelinfo import ModelInfo
 from cnl.engine.predictions import COLUMNS, read_correct, write_image_predictions
-from cnl.errors import UserError
+from cnl.errors import UserError, printable
 from runs import epoch_line, tiny_run_args
 
 ONE_LINE = 300
@@ -45,8 +45,23 @@ def one_line_error(code: int, err: str, command: str) -> str:
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
+    assert not breaking(lines[0]), lines[0]  # a file's bytes quoted in it are escaped
     assert lines[0].startswith(f"cnl {command}: error: ") and len(lines[0]) <= ONE_LINE, lines[0]
     return lines[0]
+
+
+def breaking(text: str) -> list[str]:
+    """The characters of ``text`` that break a line or drive a terminal."""
+    return [char for char in text if not char.isprintable()]
+
+
+@given(st.text())
+def test_printable_escapes_what_breaks_a_line_and_leaves_the_rest(text):
+    shown = printable(text)
+    assert not breaking(shown)
+    assert printable(text, keep="\n").count("\n") == text.count("\n")
+    if not breaking(text):
+        assert shown == text
 
 
 def train(capsys, tmp_path: Path, *argv: str) -> tuple[int, str]:
@@ -530,6 +545,8 @@ def test_any_images_and_lists_predict_each_or_are_one_line(images, listed, as_js
     assert code == 0, err.getvalue()[-3000:]
     answers = json.loads(out.getvalue()) if as_json else out.getvalue().splitlines()
     assert len(answers) >= len(images)  # every image given, then each the list names
+    if not as_json:  # a line an image, whatever the list names
+        assert not breaking(out.getvalue().replace("\n", "")) and len(answers) == out.getvalue().count("\n")
 
 
 def test_inputs_without_an_image_are_one_line(one_epoch_run, tmp_path, capsys):

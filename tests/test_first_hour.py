@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import urllib.error
 from pathlib import Path
 
@@ -189,6 +190,28 @@ def test_loader_workers_are_capped_by_the_cores_in_one_line(data, tmp_path, caps
     assert err.count(f"{cores + 6} loader workers asked for, {cores} cores here: using {cores}") == 1
     assert "This DataLoader will create" not in err
     assert usable_workers(cores + 6) == cores and usable_workers(0) == 0
+
+
+def test_a_temporary_folder_too_long_for_the_workers_sockets_is_one_line(data, tmp_path, capsys, monkeypatch):
+    """Loader workers pass batches through Unix sockets made in TMPDIR; with a long TMPDIR
+    they failed inside a worker and the run waited for the lost batch forever. The longest
+    folder allowed works (in a process of its own: multiprocessing keeps its first folder)."""
+    from cnl.engine.loaders import SOCKET_NAME, SOCKET_PATH_MAX
+
+    longest = tmp_path / ("t" * (SOCKET_PATH_MAX - SOCKET_NAME - len(str(tmp_path)) - 1))
+    too_long = Path(f"{longest}t")
+    longest.mkdir(), too_long.mkdir()
+    argv = [sys.executable, "-m", "cnl", *run_args(data, tmp_path / "fits", "--workers", "1")]
+    done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "TMPDIR": str(longest)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    monkeypatch.setattr(tempfile, "tempdir", str(too_long))
+    assert main(run_args(data, tmp_path / "long", "--workers", "1")) == 2
+    assert capsys.readouterr().err == (
+        f"cnl train: error: the temporary folder {too_long} is a path of {len(str(too_long))} bytes; loader workers "
+        f"pass batches through sockets made in it, which allow at most {len(str(longest))}: set TMPDIR to a shorter "
+        "folder, or --workers 0\n"
+    )
+    assert not (tmp_path / "long").exists()  # refused before the run folder
 
 
 def test_attention_of_a_plain_model_is_a_user_error(data, tmp_path, capsys):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from cnl.errors import InvalidValue, UserError, report
+from cnl.errors import InvalidValue, UserError, printable, report
 
 
 def split_names(values: Sequence[str]) -> list[str]:
@@ -325,11 +325,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(json.dumps(list(results), indent=2))
         return 0
     for result in results:
+        image = printable(result["image"])  # a line an image, whatever its name holds
         if "error" in result:
-            print(f"{result['image']}: error: {result['error']}")
+            print(f"{image}: error: {printable(result['error'])}")
             continue
-        best = ", ".join(f"{p['class']} {p['probability']:.3f}" for p in result["predictions"])
-        print(f"{result['image']}: {best}")
+        best = ", ".join(f"{printable(p['class'])} {p['probability']:.3f}" for p in result["predictions"])
+        print(f"{image}: {best}")
     return 0
 
 
@@ -629,7 +630,7 @@ class Parser(argparse.ArgumentParser):
     other mistake (the usage is one ``--help`` away); subcommands' parsers are of this class too."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, printable(f"{self.prog}: error: {message}") + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,8 +51,17 @@ def report(command: str, error: BaseException) -> int:
     if isinstance(error, KeyboardInterrupt):  # a RunInterrupted says which signal and what was saved
         print(f"{command}: {error or 'interrupted'}", file=sys.stderr)
         return int(getattr(error, "exit_code", 130))
-    print(f"{command}: error: {error}", file=sys.stderr)
+    print(printable(f"{command}: error: {error}", keep="\n"), file=sys.stderr)
     return 3 if isinstance(error, TrainingDiverged) else 2
+
+
+def printable(text: str, keep: str = "") -> str:
+    """``text`` with each character that is not printable (control characters, line and
+    paragraph separators, format characters such as a right-to-left override), but those in
+    ``keep``, written as its escape (``\\n``, ``\\x1b``, ``\\u202e``): a file's name or bytes
+    quoted in a line can then neither break the line, return over it, reorder it, nor send
+    the terminal a command. Messages that list files one a line keep ``"\\n"``."""
+    return "".join(char if char.isprintable() or char in keep else repr(char)[1:-1] for char in text)
 
 
 EXCERPT = 60  # characters of a value an error message quotes

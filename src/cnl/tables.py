@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from cnl.errors import printable
+
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 NUMBER = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
@@ -62,8 +64,7 @@ def markdown_cell(text: Any) -> str:
 
 def figure_text(text: Any) -> str:
     """``text`` as a matplotlib label that draws exactly its characters."""
-    shown = "".join(char if char.isprintable() else repr(char)[1:-1] for char in str(text))
-    return shown.replace("$", r"\$")
+    return printable(str(text)).replace("$", r"\$")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from cnl.data.catalog import CATALOG, detection_order
 from cnl.data.images import ImageError, load_image, load_tensor
-from cnl.errors import DataError, InvalidValue, MissingFile
+from cnl.errors import DataError, InvalidValue, MissingFile, printable
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +110,11 @@ class FineGrainedDataset(Dataset):
 
     def _record_skip(self, path: Path, error: ImageError) -> None:
         self.skipped[str(path)] = str(error)
-        logger.warning("skipping unreadable image %s: %s", path, error)
+        name, why = printable(str(path)), printable(str(error))  # one record a line, two fields
+        logger.warning("skipping unreadable image %s: %s", name, why)
         if self.skip_log is not None:
             with open(self.skip_log, "a", encoding="utf-8") as log:
-                log.write(f"{path}\t{error}\n")
+                log.write(f"{name}\t{why}\n")
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         for offset in range(len(self.samples)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import tempfile
 from typing import Any
 
 from torch.utils.data import DataLoader
@@ -12,13 +13,23 @@ from torch.utils.data import DataLoader
 from cnl.engine import distributed
 from cnl.engine.parallel import STOPPING
 from cnl.engine.randomness import EpochSampler, SeededDataset
+from cnl.errors import InvalidValue
 
 _SAID: set[tuple[int, int]] = set()
+# Workers hand batches back through a Unix socket that multiprocessing makes in the
+# temporary folder, as TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX; a socket's path holds at most
+# 107 bytes on Linux (103 elsewhere). A longer one fails inside a worker, and the loader then
+# waits for the lost batch forever.
+SOCKET_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
+SOCKET_NAME = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
 
 
 def usable_workers(asked: int) -> int:
     """Loader workers for ``asked``: at most the cores this process may run on (more only
-    wait for a core, and torch warns of it at every loader); said once, in one line."""
+    wait for a core, and torch warns of it at every loader); said once, in one line. Any
+    workers at all need a temporary folder short enough for their sockets."""
+    if asked > 0:
+        check_temporary_folder()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if asked <= cores:
         return asked
@@ -26,6 +37,17 @@ def usable_workers(asked: int) -> int:
         _SAID.add((asked, cores))
         print(f"cnl: {asked} loader workers asked for, {cores} cores here: using {cores}", file=sys.stderr, flush=True)
     return cores
+
+
+def check_temporary_folder() -> None:
+    folder = tempfile.gettempdir()
+    longest = SOCKET_PATH_MAX - SOCKET_NAME
+    if sys.platform != "win32" and len(os.fsencode(folder)) > longest:
+        raise InvalidValue(
+            f"the temporary folder {folder} is a path of {len(os.fsencode(folder))} bytes; loader workers pass "
+            f"batches through sockets made in it, which allow at most {longest}: set TMPDIR to a shorter folder, "
+            "or --workers 0"
+        )
 
 
 def eval_loader(dataset: Any, batch_size: int, workers: int, ctx: distributed.Context) -> DataLoader:
