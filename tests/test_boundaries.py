@@ -227,6 +227,32 @@ def test_the_image_sizes_flags_take_are_the_img_size_settings():
     assert (taken.low, taken.high) == IMG_SIZES
 
 
+def test_sizes_in_range_that_the_machine_cannot_hold_are_one_line(capsys, monkeypatch):
+    """A batch of 10^9 images of 4096 px (134 PB: no machine's address space holds it) is
+    refused by torch's CPU allocator; a GPU's refusal is torch.OutOfMemoryError. Both are
+    one line naming the fix, not a traceback."""
+    from cnl.analysis import bench
+
+    argv = ["bench", "module", "--img-size", "4096", "--batch-size", "1000000000", "--device", "cpu"]
+    line = one_line_error(main(argv), capsys.readouterr().err, "bench")
+    assert "out of memory (DefaultCPUAllocator: can't allocate memory: you tried to allocate " in line
+    assert line.endswith("): try a smaller --batch-size or --img-size")
+
+    def refused(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity")
+
+    monkeypatch.setattr(bench, "bench_module", refused)
+    line = one_line_error(main(argv), capsys.readouterr().err, "bench")
+    assert line.startswith("cnl bench: error: out of memory (CUDA out of memory. Tried to allocate 20.00 GiB.")
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(bench, "bench_module", bug)
+    with pytest.raises(RuntimeError, match="a bug"):  # any other RuntimeError stays a bug, with its traceback
+        main(argv)
+
+
 # --- presets: files from elsewhere are data ------------------------------------------------------
 
 

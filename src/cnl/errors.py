@@ -40,6 +40,21 @@ class DataError(UserError, ValueError):
     """A dataset whose files or metadata do not fit what they should be."""
 
 
+class OutOfMemory(UserError, MemoryError):
+    """The machine has not the memory that the sizes asked for need."""
+
+
+def out_of_memory(error: BaseException) -> OutOfMemory | None:
+    """``error`` as an ``OutOfMemory`` when it is torch's refusal of an allocation (a GPU's
+    ``torch.OutOfMemoryError``, or the CPU allocator's ``RuntimeError``); None otherwise.
+    Without importing torch: the command's help and its other errors do not load it."""
+    text = str(error)
+    cpu = text.find("DefaultCPUAllocator: can't allocate")
+    if type(error).__name__ != "OutOfMemoryError" and cpu < 0:
+        return None
+    return OutOfMemory(f"out of memory ({cut(text[max(cpu, 0) :], 160)}): try a smaller --batch-size or --img-size")
+
+
 class TrainingDiverged(UserError, FloatingPointError):
     """The loss is not finite: training stopped before the update (``cnl`` exits 3)."""
 
