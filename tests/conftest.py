@@ -8,7 +8,9 @@ fail with "143 == 0" and pytest would go on as if nothing had been asked of it.
 
 Python writes the number of every signal it handles to the wakeup fd, whichever handler
 takes it; after each test this reads it, and a SIGINT or SIGTERM that reached this process
-ends the session with the signal's exit code and the test it arrived in.
+ends the session with the signal's exit code and the test it arrived in. Side by side
+(``-n auto``) each worker process does so for its own tests; the controlling process runs
+none, ends at a SIGTERM, and its workers end when they lose it.
 """
 
 import os
