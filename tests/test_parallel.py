@@ -15,7 +15,7 @@ import torch
 from cnl.analysis.ablation import run_ablation
 from cnl.data.synth import SynthConfig, generate
 from cnl.engine import make_config, read_checkpoint
-from cnl.engine.parallel import Prefixed, RunFailed
+from cnl.engine.parallel import Prefixed, RunFailed, _run
 from runs import assert_same_weights, epochs_done, lock_free, wait_until, weights
 
 MODELS = ["resnet18", "resnet18_cnl5"]
@@ -65,6 +65,25 @@ def test_a_failed_run_is_an_error_and_its_worker_says_which(tmp_path, capfd):
         run_ablation(config, MODELS[:1], tmp_path / "ablation", [0], jobs=2, threads=1)
     error = capfd.readouterr().err
     assert "[resnet18 seed 0] cnl train: error: " in error and str(tmp_path / "nothing") in error
+
+
+def test_a_run_out_of_memory_in_a_worker_is_one_line_as_cnl_train_says_it(capfd):
+    """A worker says what ``cnl train`` would: torch's refusal of an allocation in one line,
+    exit 2; any other RuntimeError stays a bug, with its traceback."""
+
+    def refused(config):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB.")
+
+    def bug(config):
+        raise RuntimeError("a bug")
+
+    assert _run(refused, None, "resnet18 seed 0") == 2
+    assert capfd.readouterr().err == (
+        "[resnet18 seed 0] cnl train: error: out of memory (CUDA out of memory. Tried to allocate 20.00 GiB.): "
+        "try a smaller --batch-size or --img-size\n"
+    )
+    with pytest.raises(RuntimeError, match="a bug"):
+        _run(bug, None, "resnet18 seed 0")
 
 
 def test_lines_are_prefixed_whole_and_progress_bars_become_lines():

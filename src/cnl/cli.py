@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from cnl.errors import InvalidValue, UserError, out_of_memory, printable, report
+from cnl.errors import InvalidValue, as_user_error, printable, report
 
 
 def split_names(values: Sequence[str]) -> list[str]:
@@ -662,14 +662,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere, not to a traceback
         return 128 + signal.SIGPIPE
-    except (KeyboardInterrupt, UserError, OSError) as error:  # OSError: a file the OS refused (full disk, ...)
-        return report(f"cnl {args.command}", error)
-    except RuntimeError as error:  # torch's allocators refuse sizes the machine cannot hold
-        refused = out_of_memory(error)
-        if refused is None:
+    except (KeyboardInterrupt, Exception) as error:
+        users = as_user_error(error)
+        if users is None:  # a bug in cnl: it goes on, with its traceback, and the command exits 1
             raise
-        return report(f"cnl {args.command}", refused)
-    # Anything else is a bug in cnl: it goes on, with its traceback, and the command exits 1.
+        return report(f"cnl {args.command}", users)
 
 
 class Terminated(KeyboardInterrupt):

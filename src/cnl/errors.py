@@ -44,6 +44,15 @@ class OutOfMemory(UserError, MemoryError):
     """The machine has not the memory that the sizes asked for need."""
 
 
+def as_user_error(error: BaseException) -> BaseException | None:
+    """What ``report`` prints ``error`` as: itself when it is the user's (a ``UserError``, a
+    file the OS refused, a signal), an ``OutOfMemory`` when torch refused an allocation, or
+    None when it is a bug in cnl, which goes on with its traceback."""
+    if isinstance(error, (KeyboardInterrupt, UserError, OSError)):
+        return error
+    return out_of_memory(error) if isinstance(error, RuntimeError) else None
+
+
 def out_of_memory(error: BaseException) -> OutOfMemory | None:
     """``error`` as an ``OutOfMemory`` when it is torch's refusal of an allocation (a GPU's
     ``torch.OutOfMemoryError``, or the CPU allocator's ``RuntimeError``); None otherwise.

@@ -41,10 +41,10 @@ def usable_workers(asked: int) -> int:
 
 def check_temporary_folder() -> None:
     folder = tempfile.gettempdir()
-    longest = SOCKET_PATH_MAX - SOCKET_NAME
-    if sys.platform != "win32" and len(os.fsencode(folder)) > longest:
+    length, longest = len(os.fsencode(folder)), SOCKET_PATH_MAX - SOCKET_NAME
+    if sys.platform != "win32" and length > longest:
         raise InvalidValue(
-            f"the temporary folder {folder} is a path of {len(os.fsencode(folder))} bytes; loader workers pass "
+            f"the temporary folder {folder} is a path of {length} bytes; loader workers pass "
             f"batches through sockets made in it, which allow at most {longest}: set TMPDIR to a shorter folder, "
             "or --workers 0"
         )

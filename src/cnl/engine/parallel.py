@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
 from cnl.engine.config import TrainConfig
-from cnl.errors import TrainingDiverged, UserError, report
+from cnl.errors import TrainingDiverged, UserError, as_user_error, report
 
 STOPPING = (signal.SIGINT, signal.SIGTERM)
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent ends
@@ -122,8 +122,11 @@ def _run(fit: Callable[[TrainConfig], object], config: TrainConfig, name: str) -
         try:
             fit(config)
             return 0
-        except (KeyboardInterrupt, UserError, OSError) as error:
-            return report("cnl train", error)
+        except (KeyboardInterrupt, Exception) as error:
+            users = as_user_error(error)
+            if users is None:  # a bug in cnl: its traceback, as cnl train would show it
+                raise
+            return report("cnl train", users)
         finally:
             out.flush()
             err.flush()
