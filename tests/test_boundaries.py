@@ -253,6 +253,29 @@ def test_sizes_in_range_that_the_machine_cannot_hold_are_one_line(capsys, monkey
         main(argv)
 
 
+@given(folder=st.text(min_size=1, max_size=120).map(lambda name: "/" + name))
+def test_any_temporary_folder_gives_loader_workers_or_one_line(folder):
+    """TMPDIR as anyone may set it: loader workers are allowed, or refused in one line that
+    names the folder escaped (a line break in it does not break the line)."""
+    import tempfile
+
+    from cnl.engine.loaders import SOCKET_NAME, SOCKET_PATH_MAX, usable_workers
+    from cnl.errors import cut, report
+
+    saved, tempfile.tempdir = tempfile.tempdir, folder
+    try:
+        assert usable_workers(1) == 1
+        assert len(os.fsencode(folder)) <= SOCKET_PATH_MAX - SOCKET_NAME
+    except UserError as error:
+        err = io.StringIO()
+        with redirect_stderr(err):
+            code = report("cnl train", error)
+        line = one_line_error(code, err.getvalue(), "train")
+        assert line.startswith(f"cnl train: error: the temporary folder {cut(folder)} is a path of ")
+    finally:
+        tempfile.tempdir = saved
+
+
 # --- presets: files from elsewhere are data ------------------------------------------------------
 
 

@@ -197,6 +197,7 @@ def test_a_temporary_folder_too_long_for_the_workers_sockets_is_one_line(data, t
     they failed inside a worker and the run waited for the lost batch forever. The longest
     folder allowed works (in a process of its own: multiprocessing keeps its first folder)."""
     from cnl.engine.loaders import SOCKET_NAME, SOCKET_PATH_MAX
+    from cnl.errors import cut
 
     longest = tmp_path / ("t" * (SOCKET_PATH_MAX - SOCKET_NAME - len(str(tmp_path)) - 1))
     too_long = Path(f"{longest}t")
@@ -207,9 +208,9 @@ def test_a_temporary_folder_too_long_for_the_workers_sockets_is_one_line(data, t
     monkeypatch.setattr(tempfile, "tempdir", str(too_long))
     assert main(run_args(data, tmp_path / "long", "--workers", "1")) == 2
     assert capsys.readouterr().err == (
-        f"cnl train: error: the temporary folder {too_long} is a path of {len(str(too_long))} bytes; loader workers "
-        f"pass batches through sockets made in it, which allow at most {len(str(longest))}: set TMPDIR to a shorter "
-        "folder, or --workers 0\n"
+        f"cnl train: error: the temporary folder {cut(str(too_long))} is a path of {len(str(too_long))} bytes; "
+        f"loader workers pass batches through sockets made in it, which allow at most {len(str(longest))}: set TMPDIR "
+        "to a shorter folder, or --workers 0\n"
     )
     assert not (tmp_path / "long").exists()  # refused before the run folder
 

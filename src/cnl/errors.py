@@ -106,8 +106,9 @@ def excerpt(value: object, limit: int = EXCERPT) -> str:
 
 
 def cut(text: str, limit: int = EXCERPT) -> str:
-    """``text`` as it is (no quotes), on one line and cut to about ``limit`` characters."""
-    text = " ".join(str(text).split())
+    """``text`` as it is (no quotes), on one line, with what is not printable escaped, cut to
+    about ``limit`` characters (counted after the escapes, so that the line stays short)."""
+    text = printable(" ".join(str(text).split()))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

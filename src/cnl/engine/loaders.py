@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from cnl.engine import distributed
 from cnl.engine.parallel import STOPPING
 from cnl.engine.randomness import EpochSampler, SeededDataset
-from cnl.errors import InvalidValue
+from cnl.errors import InvalidValue, cut
 
 _SAID: set[tuple[int, int]] = set()
 # Workers hand batches back through a Unix socket that multiprocessing makes in the
@@ -44,7 +44,7 @@ def check_temporary_folder() -> None:
     length, longest = len(os.fsencode(folder)), SOCKET_PATH_MAX - SOCKET_NAME
     if sys.platform != "win32" and length > longest:
         raise InvalidValue(
-            f"the temporary folder {folder} is a path of {length} bytes; loader workers pass "
+            f"the temporary folder {cut(folder)} is a path of {length} bytes; loader workers pass "
             f"batches through sockets made in it, which allow at most {longest}: set TMPDIR to a shorter folder, "
             "or --workers 0"
         )
