@@ -220,6 +220,31 @@ def test_any_value_of_a_count_flag_parses_in_its_range_or_is_one_line(flag, text
         assert isinstance(value, int) and value >= low and (high is None or value <= high)
 
 
+# Commands and the flag that names a file or folder: (argv before the path, argv after it).
+PATH_ARGUMENTS = [
+    (["eval", "--checkpoint"], []), (["predict", "--checkpoint"], ["a.jpg"]), (["report"], []),
+    (["attention", "--checkpoint"], []), (["export", "--checkpoint"], []), (["data", "check", "--root"], []),
+    (["train", "--epochs", "1", "--warmup-epochs", "0", "--set", "lr_steps=[]", "--data-root"], []),
+]  # fmt: skip
+
+
+@given(case=st.sampled_from(PATH_ARGUMENTS), name=st.text(st.characters(blacklist_characters="/"), min_size=1))
+def test_any_name_of_a_missing_file_is_one_line(case, name, tmp_path, capsys):
+    """``cnl eval --checkpoint $'x\\ny'`` printed its error on two lines: a name holding a line
+    break or a control character is quoted escaped, whatever command and flag it came by."""
+    before, after = case
+    path = str(tmp_path / "missing" / name)
+    try:
+        code = main(
+            [*before, path, *after, "--output", str(tmp_path / "out")]
+            if before[0] == "train"
+            else [*before, path, *after]
+        )
+    except SystemExit as refused:
+        code = int(refused.code or 0)
+    one_line_error(code, capsys.readouterr().err, before[0])
+
+
 def test_the_image_sizes_flags_take_are_the_img_size_settings():
     from cnl.cli import IMG_SIZES
 

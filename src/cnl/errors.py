@@ -40,6 +40,16 @@ class DataError(UserError, ValueError):
     """A dataset whose files or metadata do not fit what they should be."""
 
 
+class FileList(DataError):
+    """A ``DataError`` whose message lists files, one a line, after its first: the only message
+    ``report`` prints on more than one line. Each entry is made ``printable`` here, so that a
+    name cannot add a line of its own."""
+
+    def __init__(self, heading: str, entries: list[str], most: int = 10) -> None:
+        shown = [printable(entry) for entry in entries[:most]] + (["..."] if len(entries) > most else [])
+        super().__init__("\n  ".join([heading, *shown]))
+
+
 class OutOfMemory(UserError, MemoryError):
     """The machine has not the memory that the sizes asked for need."""
 
@@ -75,7 +85,8 @@ def report(command: str, error: BaseException) -> int:
     if isinstance(error, KeyboardInterrupt):  # a RunInterrupted says which signal and what was saved
         print(f"{command}: {error or 'interrupted'}", file=sys.stderr)
         return int(getattr(error, "exit_code", 130))
-    print(printable(f"{command}: error: {error}", keep="\n"), file=sys.stderr)
+    keep = "\n" if isinstance(error, FileList) else ""  # any other line break came with a name or a value
+    print(printable(f"{command}: error: {error}", keep=keep), file=sys.stderr)
     return 3 if isinstance(error, TrainingDiverged) else 2
 
 
@@ -84,7 +95,7 @@ def printable(text: str, keep: str = "") -> str:
     paragraph separators, format characters such as a right-to-left override), but those in
     ``keep``, written as its escape (``\\n``, ``\\x1b``, ``\\u202e``): a file's name or bytes
     quoted in a line can then neither break the line, return over it, reorder it, nor send
-    the terminal a command. Messages that list files one a line keep ``"\\n"``."""
+    the terminal a command. ``FileList``, which lists files one a line, keeps ``"\\n"``."""
     return "".join(char if char.isprintable() or char in keep else repr(char)[1:-1] for char in text)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from cnl.data.catalog import CATALOG
 from cnl.data.datasets import FineGrainedDataset, build_dataset, detect_layout
 from cnl.data.images import ImageError
-from cnl.errors import DataError
+from cnl.errors import DataError, FileList, printable
 
 # The published splits: images per split (our split names) and classes (cnl.data.catalog).
 OFFICIAL: dict[str, tuple[dict[str, int], int]] = {
@@ -64,11 +64,8 @@ def preflight(dataset: FineGrainedDataset, split: str, root: str) -> None:
     origins = dataset.origins or [str(path) for path, _ in dataset.samples]
     missing = [f"{origins[k]}: {dataset.samples[k][0]}" for k in dataset.missing()]
     if missing:
-        shown = "\n  ".join(missing[:10]) + ("\n  ..." if len(missing) > 10 else "")
-        raise DataError(
-            f"{len(missing)} {split} images of {root} named by its metadata do not exist "
-            f"(expected an image file at each path):\n  {shown}"
-        )
+        heading = f"{len(missing)} {split} images of {printable(root)} named by its metadata do not exist"
+        raise FileList(f"{heading} (expected an image file at each path):", missing)
     if split == "train":
         counts = Counter(dataset.targets)
         empty = [name for k, name in enumerate(dataset.classes) if counts[k] == 0]
