@@ -203,6 +203,7 @@ COUNT_FLAGS = [
     (["attention", "--checkpoint", "x"], "--count", 1, None),
     (["attention", "--checkpoint", "x"], "--img-size", 32, 4096),
     (["report", "r"], "--images", 0, None),
+    (["ablate", "--models", "resnet18"], "--jobs", 1, os.cpu_count()),
 ]  # fmt: skip
 
 
@@ -243,6 +244,16 @@ def test_any_name_of_a_missing_file_is_one_line(case, name, tmp_path, capsys):
     except SystemExit as refused:
         code = int(refused.code or 0)
     one_line_error(code, capsys.readouterr().err, before[0])
+
+
+def test_jobs_under_torchrun_is_one_line(monkeypatch, tmp_path, capsys):
+    """Under torchrun every run takes every process: runs side by side as well would be
+    asked twice, so ``--jobs`` is refused before anything trains."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    argv = ["ablate", "--models", "resnet18", "--jobs", "2", "--output", str(tmp_path / "a")]
+    line = one_line_error(main(argv), capsys.readouterr().err, "ablate")
+    assert line.endswith("--jobs trains runs side by side in one launch; under torchrun each run takes every process")
+    assert not (tmp_path / "a").exists()
 
 
 def test_the_image_sizes_flags_take_are_the_img_size_settings():

@@ -3,6 +3,7 @@ runs in turn, every line named by its run, a failed run named, a signal passed o
 run, and no run outliving a killed parent."""
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from cnl.analysis.ablation import run_ablation
+from cnl.cli import main
 from cnl.data.synth import SynthConfig, generate
 from cnl.engine import make_config, read_checkpoint
 from cnl.engine.parallel import Prefixed, RunFailed, _run
@@ -48,14 +50,18 @@ def test_runs_side_by_side_equal_runs_in_turn_and_name_their_lines(data, tmp_pat
     in_turn = run_ablation(config, MODELS, tmp_path / "turn", [3], jobs=1, threads=1)
     assert torch.get_num_threads() == threads  # restored
     capfd.readouterr()
-    side_by_side = run_ablation(config, MODELS, tmp_path / "side", [3], jobs=2, threads=1)
-    assert without_speed(side_by_side) == without_speed(in_turn)
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in RECIPE.items() if key != "deterministic"]
+    argv = ["ablate", "--models", ",".join(MODELS), "--seeds", "3", "--data-root", str(data), "--deterministic"]
+    assert main([*argv, *flags, "--output", str(tmp_path / "side"), "--jobs", "2"]) == 0  # as cnl demo runs
+    side_by_side = json.loads((tmp_path / "side" / "ablation.json").read_text())["rows"]
+    assert without_speed(side_by_side) == without_speed(json.loads(json.dumps(in_turn)))
     for model in MODELS:
         assert_same_weights(weights(tmp_path / "turn" / model), weights(tmp_path / "side" / model))
     lines = capfd.readouterr().out.splitlines()
     for model in MODELS:
         assert f"[{model} seed 3] epoch 2/2" in "\n".join(lines)
-    assert all(line.startswith(("[resnet18 seed 3] ", "[resnet18_cnl5 seed 3] ")) for line in lines)
+    trained = lines[: next(k for k, line in enumerate(lines) if line.startswith("| model |"))]  # then the table
+    assert all(line.startswith(("[resnet18 seed 3] ", "[resnet18_cnl5 seed 3] ")) for line in trained)
 
 
 @SLOW
@@ -99,6 +105,7 @@ def test_lines_are_prefixed_whole_and_progress_bars_become_lines():
 ABLATION = """
 import sys
 from cnl.analysis.ablation import run_ablation
+from cnl.cli import main
 from cnl.engine import make_config
 from cnl.engine.trainer import RunInterrupted
 config = make_config({recipe!r}, {{"data_root": {data!r}, "epochs": 60}})

@@ -72,7 +72,10 @@ def test_invalid_config_is_rejected(tmp_path):
         generate(tmp_path, SynthConfig(task="parts", classes=500))
     with pytest.raises(ValueError, match="--classes must be between 2 and 12 for the relation task"):
         generate(tmp_path, SynthConfig(task="relation", classes=13))
-    with pytest.raises(ValueError, match="unknown task 'shapes'; valid tasks: relation, control, parts"):
+    with pytest.raises(ValueError, match="--classes must be between 2 and 4 for the skin_control task"):
+        generate(tmp_path, SynthConfig(task="skin_control", classes=5))
+    valid = "relation, control, parts, skin, skin_control"
+    with pytest.raises(ValueError, match=f"unknown task 'shapes'; valid tasks: {valid}"):
         generate(tmp_path, SynthConfig(task="shapes"))
     for size in (8, 100_000):  # the larger asked numpy for 224 GiB
         with pytest.raises(ValueError, match=f"--image-size must be between 32 and 1024 pixels, got {size}"):
@@ -121,3 +124,33 @@ def test_the_tasks_write_their_classes_and_same_bytes(tmp_path):
         assert train.classes[:4] == ["fish dot", "teardrop dot", "arrow dot", "fish bar"] and len(train) == 12
         assert digest(root) == digest(generate(tmp_path / f"{task}-again", config))
     assert digest(tmp_path / "relation") != digest(tmp_path / "control")
+
+
+def test_the_skin_tasks_write_their_classes_and_same_bytes(tmp_path):
+    for task in ("skin", "skin_control"):
+        config = SynthConfig(task=task, classes=4, train_per_class=2, test_per_class=1, image_size=48)
+        root = generate(tmp_path / task, config)
+        train = build_dataset("auto", root, "train")
+        assert train.classes == ["stripes skin", "spots skin", "checks skin", "rings skin"] and len(train) == 8
+        assert digest(root) == digest(generate(tmp_path / f"{task}-again", config))
+    assert digest(tmp_path / "skin") != digest(tmp_path / "skin_control")
+
+
+def test_in_the_skin_task_every_image_wears_every_texture_and_only_the_body_tells_the_class():
+    """Which textures an image holds, and how much of each, says nothing of its class: the
+    body and three blobs of its area wear the four. The control is the same scene with the
+    blobs plain, so that the texture alone tells the class there."""
+    from cnl.data.synth import SKIN_PATTERNS, skin_scene
+
+    ratios = []
+    for index in range(40):
+        kind = index % len(SKIN_PATTERNS)
+        scene = skin_scene(kind, 64, np.random.default_rng(index), "skin")
+        control = skin_scene(kind, 64, np.random.default_rng(index), "skin_control")
+        assert scene[0].texture == SKIN_PATTERNS[kind] and scene[0].marked.any()
+        assert sorted(patch.texture for patch in scene) == sorted(SKIN_PATTERNS)
+        assert all((a.region == b.region).all() for a, b in zip(scene, control))
+        assert (scene[0].marked == control[0].marked).all()
+        assert not any(patch.texture or patch.marked.any() for patch in control[1:])
+        ratios += [patch.region.sum() / scene[0].region.sum() for patch in scene[1:]]
+    assert 0.9 < min(ratios) and max(ratios) < 1.1

@@ -162,7 +162,9 @@ def add_data(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument(
         "--task", choices=TASKS, default=defaults.task,
         help="parts: a conjunction of a silhouette, a pattern and a mark (default, the demo's); relation: the class "
-        "is the mark at the body's head, among marks of every kind; control: the same with the head mark alone",
+        "is the mark at the body's head, among marks of every kind; control: the same with the head mark alone; "
+        "skin: the class is the texture the outlined body wears, blobs beside it wear the others; skin_control: "
+        "the same with plain blobs",
     )  # fmt: skip
     synth.add_argument("--classes", type=int, default=defaults.classes)
     synth.add_argument("--train-per-class", type=int, default=defaults.train_per_class)
@@ -337,10 +339,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_ablate(args: argparse.Namespace) -> int:
     from cnl.analysis.ablation import format_ablation, run_ablation
 
+    if args.jobs > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InvalidValue("--jobs trains runs side by side in one launch; under torchrun each run takes every process")
     config = resolve_train_config(args, default_output="runs/ablation")
     output = config.output
     seeds = [int(seed) for seed in split_names(args.seeds)] if args.seeds else [config.seed]
-    rows = run_ablation(config, split_names(args.models), output, seeds)
+    rows = run_ablation(config, split_names(args.models), output, seeds, args.jobs, 1 if args.jobs > 1 else None)
     print(format_ablation(rows, config, seeds))
     print(f"\nwrote {output}/ablation.json and ablation.md")
     return 0
@@ -400,6 +404,11 @@ def add_training(subparsers: argparse._SubParsersAction) -> None:
     ablate.add_argument(
         "--seeds", nargs="+", help="train every model once per seed (e.g. 0,1,2): mean, sd and paired 95%% intervals"
     )
+    ablate.add_argument(
+        "--jobs", type=whole(1, os.cpu_count() or 1), default=1,
+        help="train this many runs at a time, each in its own process on one thread (at most the cores; cnl demo "
+        "trains 2); the default trains them in turn on torch's threads",
+    )  # fmt: skip
     add_train_flags(ablate, resume=False)
     ablate.set_defaults(func=cmd_ablate)
 

@@ -65,7 +65,8 @@ JPEG_QUALITY = 90
 MAX_IMAGE_SIZE = 1024
 
 
-TASKS = ("relation", "control", "parts")
+TASKS = ("relation", "control", "parts", "skin", "skin_control")
+SKIN_PATTERNS = ("stripes", "spots", "checks", "rings")
 RELATION_SILHOUETTES = ("fish", "teardrop", "arrow")  # each with a head and a tail
 RELATION_MARKS = ("dot", "bar", "cross", "ring")
 TAIL = (-0.55, 0.0)
@@ -87,7 +88,9 @@ class SynthConfig:
     def validate(self) -> None:
         if self.task not in TASKS:
             raise InvalidValue(f"unknown task {self.task!r}; valid tasks: {', '.join(TASKS)}")
-        most = MAX_CLASSES if self.task == "parts" else len(RELATION_SILHOUETTES) * len(RELATION_MARKS)
+        most = {"parts": MAX_CLASSES, "skin": len(SKIN_PATTERNS), "skin_control": len(SKIN_PATTERNS)}.get(
+            self.task, len(RELATION_SILHOUETTES) * len(RELATION_MARKS)
+        )
         if not 2 <= self.classes <= most:
             raise InvalidValue(f"--classes must be between 2 and {most} for the {self.task} task, got {self.classes}")
         if self.train_per_class < 1 or self.test_per_class < 1:
@@ -352,6 +355,79 @@ def render_relation_sample(
     return place(image, thing, rng)
 
 
+# --- the skin tasks -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One region of a skin-task image: its pixels (``region``), those of its second colour
+    (``marked``, the texture's), the texture's name ('' for a plain blob), its two colours."""
+
+    region: np.ndarray
+    marked: np.ndarray
+    texture: str
+    colour: np.ndarray
+    second: np.ndarray
+
+
+def texture(kind: str, x: np.ndarray, y: np.ndarray, period: float) -> np.ndarray:
+    """A two-tone texture of ``kind`` in pixel coordinates ``x``, ``y`` (already turned), ``period`` px."""
+    return pattern_mask(PATTERNS.index(kind), x / (PATTERN_FREQUENCY * period), y / (PATTERN_FREQUENCY * period))
+
+
+def skin_scene(kind: int, size: int, rng: np.random.Generator, task: str) -> list[Patch]:
+    """The object (first: a body of any relation shape, turned any way) wearing texture
+    ``kind``, then three ellipses of the object's area, in shuffled quarters of the image:
+    in ``skin`` they wear the three other textures, in ``skin_control`` none. Both tasks draw
+    the same random numbers, so an image of the control is its skin image with plain blobs."""
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    period = max(3.0, size / 14)  # about 4.6 px at 64 px: a fine detail, 6 periods across the object
+    quarter = size / 2
+    others = [SKIN_PATTERNS[k] for k in range(len(SKIN_PATTERNS)) if k != kind]
+    patches: list[Patch] = []
+    for slot, cell in enumerate(rng.permutation(4)):
+        cx = (cell % 2 + 0.5) * quarter + rng.uniform(-0.08, 0.08) * size
+        cy = (cell // 2 + 0.5) * quarter + rng.uniform(-0.08, 0.08) * size
+        angle = rng.uniform(-math.pi, math.pi)
+        x = (xx - cx) * math.cos(angle) + (yy - cy) * math.sin(angle)
+        y = -(xx - cx) * math.sin(angle) + (yy - cy) * math.cos(angle)
+        half = quarter * rng.uniform(0.44, 0.5)
+        if slot == 0:
+            shape = RELATION_SILHOUETTES[int(rng.integers(len(RELATION_SILHOUETTES)))]
+            region = silhouette_mask(shape, x / half, y / half)
+            area, worn = region.sum(), SKIN_PATTERNS[kind]
+        else:  # same area as the object, so that no texture covers more of the image than another
+            length = half * rng.uniform(0.75, 0.95)
+            region = (x / length) ** 2 + (y / (area / (math.pi * length))) ** 2 <= 1
+            worn = others[slot - 1] if task == "skin" else ""
+        colour = hsv_colour(rng, (0.3, 0.9), (0.35, 0.95))
+        second = contrasting(rng, colour)
+        marked = region & texture(worn, x, y, period) if worn else np.zeros_like(region)
+        patches.append(Patch(region, marked, worn, colour, second))
+    return patches
+
+
+def render_skin_sample(kind: int, size: int, rng: np.random.Generator, task: str) -> tuple[Image.Image, tuple]:
+    """One image of the skin (or skin_control) task and the object's box (x, y, width, height):
+    a noisy gradient, the scene's patches, and an outline round the object alone."""
+    top, bottom = hsv_colour(rng, (0.1, 0.6), (0.3, 0.9)), hsv_colour(rng, (0.1, 0.6), (0.3, 0.9))
+    ramp = np.linspace(0, 1, size)[:, None, None]
+    pixels = top * (1 - ramp) + bottom * ramp + rng.normal(0, 8, (size, size, 3))
+    scene = skin_scene(kind, size, rng, task)
+    for patch in reversed(scene):  # the object last, on top
+        pixels[patch.region] = patch.colour
+        pixels[patch.marked] = patch.second
+    body = scene[0].region
+    grown = body | np.roll(body, 1, 0) | np.roll(body, -1, 0) | np.roll(body, 1, 1) | np.roll(body, -1, 1)
+    pixels[grown & ~body] = contrasting(rng, top)
+    rows, columns = np.nonzero(grown)
+    box = (float(columns.min()), float(rows.min()), float(np.ptp(columns) + 1), float(np.ptp(rows) + 1))
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        image = enhance(image).enhance(rng.uniform(0.75, 1.25))
+    return image, box
+
+
 # --- the dataset on disk ---------------------------------------------------------------
 
 
@@ -360,8 +436,11 @@ def generate(out: str | Path, config: SynthConfig, progress: Callable[[int, int]
     config.validate()
     out = Path(out)
     parts = config.task == "parts"
+    skin = config.task.startswith("skin")
     grid: list[Any] = class_grid(config.classes) if parts else relation_grid(config.classes)
     name_of: Callable[[Any], str] = class_name if parts else relation_name
+    if skin:
+        grid, name_of = list(range(config.classes)), lambda kind: f"{SKIN_PATTERNS[kind]}_skin"
     folders = [f"{k + 1:03d}.{name_of(a)}" for k, a in enumerate(grid)]
     per_class = config.train_per_class + config.test_per_class
     images: list[str] = []
@@ -373,7 +452,9 @@ def generate(out: str | Path, config: SynthConfig, progress: Callable[[int, int]
         (out / "images" / folder).mkdir(parents=True, exist_ok=True)
         for index in range(per_class):
             rng = np.random.default_rng([config.seed, label, index])
-            if parts:
+            if skin:
+                image, box = render_skin_sample(attributes, config.image_size, rng, config.task)
+            elif parts:
                 image, box = render_sample(attributes, config.image_size, rng, config.max_rotation, config.object_scale)
             else:
                 image, box = render_relation_sample(
