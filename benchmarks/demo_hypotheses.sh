@@ -7,14 +7,15 @@
 # relation and control (the tasks built to need, and not to need, a relation across scales),
 # curves (test top-1 per epoch of `cnl demo` run in OUT, into OUT/runs/demo; run when missing),
 # skin and skin_control (a texture that tells the class only on the outlined body, the same
-# textures on blobs beside it, or plain blobs; the epoch chosen on a validation split),
+# textures on blobs beside it, or plain blobs; the epoch chosen on a validation split; the
+# same at 128 px as skin128 and skin_control128),
 # width32 (the parts task at twice the demo's width). The last three train two runs at a time
 # (--jobs 2, one thread each), as cnl demo does.
 set -euo pipefail
 out=${1:?usage: demo_hypotheses.sh OUT [NAME ...]}
 shift
 names=("$@")
-[ $# -gt 0 ] || names=(sgd size128 relation control curves skin skin_control width32)
+[ $# -gt 0 ] || names=(sgd size128 relation control curves skin skin_control width32 skin128 skin_control128)
 cnl=${CNL:-cnl}
 python=${PYTHON:-python}
 models=resnet18,resnet18_cnl5
@@ -52,9 +53,11 @@ for name in "${names[@]}"; do
         relation|control)
             data "$name" --task "$name" --classes 4 --train-per-class 150 --test-per-class 40
             ablate "$name" "$name" 64 "${demo[@]}" ;;
-        skin|skin_control)
-            data "$name" --task "$name" --classes 4 --train-per-class 200 --test-per-class 50
-            ablate "$name" "$name" 64 "${demo[@]}" --val-split 0.2 --jobs 2 ;;
+        skin|skin_control|skin128|skin_control128)
+            size=${name##*[a-z]}  # 128 for the names that end in it, else 64
+            size=${size:-64}
+            data "$name" --task "${name%128}" --classes 4 --train-per-class 200 --test-per-class 50 --image-size "$size"
+            ablate "$name" "$name" "$size" "${demo[@]}" --val-split 0.2 --jobs 2 ;;
         width32) data parts; ablate width32 parts 64 "${demo[@]}" --width 32 --jobs 2 ;;
         curves)
             [ -f "$out/runs/demo/ablation/ablation.json" ] || (cd "$out" && $cnl demo > demo.log 2>&1)

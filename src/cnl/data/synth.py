@@ -1,6 +1,6 @@
 """A synthetic multi-scale fine-grained benchmark, written in the CUB-200-2011 layout.
 
-Three tasks (``SynthConfig.task``):
+Five tasks (``SynthConfig.task``):
 
 - **parts** (the default, the demo's): a conjunction of a silhouette, a wing pattern and a
   head mark, one per scale, described below.
@@ -13,10 +13,13 @@ Three tasks (``SynthConfig.task``):
 - **control**: the same classes, objects and backgrounds, but the head mark is the only
   mark in the image: detecting each part on its own separates the classes, no relation
   between scales is needed.
+- **skin**: a class is the fine texture the outlined body wears; three ellipses of the
+  body's area beside it wear the other textures, so every image holds every texture over
+  about the same area, and only the coarse shape that wears one tells which is the class's.
+- **skin_control**: the same images with plain ellipses: the texture alone tells the class.
 
-The relation task is built so that association across scales is required; docs/synthetic.md
-says what training from scratch on it showed (at 64 px from 600 images not even the
-control's lone mark is learned well, so it cannot yet show what a module adds).
+The relation and skin tasks are built so that association across scales is required;
+docs/synthetic.md says what training from scratch on them showed.
 
 In the parts task each class is an object described by three parts, one per scale:
 
