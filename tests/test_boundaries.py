@@ -11,6 +11,7 @@ many more inputs.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -204,6 +205,7 @@ COUNT_FLAGS = [
     (["attention", "--checkpoint", "x"], "--img-size", 32, 4096),
     (["report", "r"], "--images", 0, None),
     (["ablate", "--models", "resnet18"], "--jobs", 1, os.cpu_count()),
+    (["data", "synth", "--out", "x"], "--seed", 0, None),
 ]  # fmt: skip
 
 
@@ -215,7 +217,9 @@ def test_any_value_of_a_count_flag_parses_in_its_range_or_is_one_line(flag, text
     try:
         args = build_parser().parse_args([*argv, f"{name}={text}"])
     except SystemExit as exit:
-        one_line_error(exit.code, capsys.readouterr().err, argv[0] if argv[0] != "bench" else f"bench {argv[1]}")
+        one_line_error(
+            exit.code, capsys.readouterr().err, " ".join(argv[:2]) if argv[0] in ("bench", "data") else argv[0]
+        )
     else:
         value = getattr(args, name[2:].replace("-", "_"))
         assert isinstance(value, int) and value >= low and (high is None or value <= high)
@@ -244,6 +248,38 @@ def test_any_name_of_a_missing_file_is_one_line(case, name, tmp_path, capsys):
     except SystemExit as refused:
         code = int(refused.code or 0)
     one_line_error(code, capsys.readouterr().err, before[0])
+
+
+def path_flags(parser, argv=()):
+    """(the subcommand's argv, flag) of every flag of ``parser`` and its subcommands that names a file or folder."""
+    from cnl.cli import path
+
+    for action in parser._actions:
+        if action.type is path and action.option_strings:
+            yield list(argv), action.option_strings[0]
+        for name, sub in (action.choices or {}).items() if isinstance(action, argparse._SubParsersAction) else ():
+            yield from path_flags(sub, (*argv, name))
+
+
+def test_an_empty_file_or_folder_name_is_one_line(tmp_path, capsys, monkeypatch):
+    """``--out "$OUT"`` with OUT unset wrote the synthetic benchmark (and a run, a report, a
+    demo) into the current folder: every flag that names a file or folder, and the output
+    setting, refuse '' in one line before anything is written."""
+    monkeypatch.chdir(tmp_path)
+    flags = list(path_flags(build_parser()))
+    assert {"--out", "--output", "--checkpoint", "--root", "--report", "--html"} <= {flag for _, flag in flags}
+    for argv, flag in flags:
+        with pytest.raises(SystemExit) as refused:
+            main([*argv, flag, ""])
+        code = refused.value.code
+        line = one_line_error(code, capsys.readouterr().err, " ".join(argv))
+        assert line.endswith(f"argument {flag}: must name a file or folder, got ''"), line
+    for command in ("train", "ablate --models resnet18"):
+        line = one_line_error(
+            main([*command.split(), "--data-root", "d", "--output", ""]), capsys.readouterr().err, command.split()[0]
+        )
+        assert line.endswith("output must name the run's folder, got ''"), line
+    assert not list(tmp_path.iterdir())
 
 
 def test_jobs_under_torchrun_is_one_line(monkeypatch, tmp_path, capsys):

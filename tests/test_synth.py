@@ -77,6 +77,8 @@ def test_invalid_config_is_rejected(tmp_path):
     valid = "relation, control, parts, skin, skin_control"
     with pytest.raises(ValueError, match=f"unknown task 'shapes'; valid tasks: {valid}"):
         generate(tmp_path, SynthConfig(task="shapes"))
+    with pytest.raises(ValueError, match="--seed must be 0 or more, got -1"):  # numpy's seeds are never negative
+        generate(tmp_path, SynthConfig(seed=-1))
     for size in (8, 100_000):  # the larger asked numpy for 224 GiB
         with pytest.raises(ValueError, match=f"--image-size must be between 32 and 1024 pixels, got {size}"):
             generate(tmp_path, SynthConfig(image_size=size))

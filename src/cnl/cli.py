@@ -35,6 +35,14 @@ def whole(low: int, high: int | None = None) -> Any:
     return parse
 
 
+def path(text: str) -> str:
+    """An argparse type: a file or folder's name, never empty (what an unset shell variable
+    gives, which would write into the current folder or be taken as no file at all)."""
+    if not text:
+        raise argparse.ArgumentTypeError("must name a file or folder, got ''")
+    return text
+
+
 # The img_size setting's range (cnl.engine.config, where reading it would load the settings
 # for every --help): a ResNet needs 32 px.
 IMG_SIZES = (32, 4096)
@@ -158,7 +166,7 @@ def add_data(subparsers: argparse._SubParsersAction) -> None:
     commands = data.add_subparsers(dest="data_command", required=True)
     defaults = SynthConfig()
     synth = commands.add_parser("synth", help="write the synthetic multi-scale fine-grained benchmark (CUB layout)")
-    synth.add_argument("--out", required=True, help="folder to write")
+    synth.add_argument("--out", type=path, required=True, help="folder to write")
     synth.add_argument(
         "--task", choices=TASKS, default=defaults.task,
         help="parts: a conjunction of a silhouette, a pattern and a mark (default, the demo's); relation: the class "
@@ -170,8 +178,8 @@ def add_data(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--train-per-class", type=int, default=defaults.train_per_class)
     synth.add_argument("--test-per-class", type=int, default=defaults.test_per_class)
     synth.add_argument("--image-size", type=int, default=defaults.image_size, help="pixels per side")
-    synth.add_argument("--seed", type=int, default=defaults.seed)
-    synth.add_argument("--contact-sheet", help="also write a PNG of samples per class here")
+    synth.add_argument("--seed", type=NON_NEGATIVE, default=defaults.seed)
+    synth.add_argument("--contact-sheet", type=path, help="also write a PNG of samples per class here")
     synth.set_defaults(func=cmd_data_synth)
 
     get = commands.add_parser(
@@ -181,7 +189,7 @@ def add_data(subparsers: argparse._SubParsersAction) -> None:
         "the published sizes. cars and nabirds cannot be fetched from an official host: they say what to do.",
     )  # fmt: skip
     get.add_argument("name", choices=[name for name, record in CATALOG.items() if record.fetchable])
-    get.add_argument("--root", required=True, help="the folder to download and unpack into")
+    get.add_argument("--root", type=path, required=True, help="the folder to download and unpack into")
     get.add_argument(
         "--mirror", help="a URL to fetch each archive from by its own file name, instead of the official host"
     )
@@ -194,7 +202,7 @@ def add_data(subparsers: argparse._SubParsersAction) -> None:
         "--dataset", default="auto",
         help=f"{', '.join(CATALOG)} or auto (default auto)",
     )  # fmt: skip
-    check.add_argument("--root", required=True, help="the dataset's folder")
+    check.add_argument("--root", type=path, required=True, help="the dataset's folder")
     check.add_argument("--splits", nargs="+", default=["train", "test"], help="default train test")
     check.set_defaults(func=cmd_data_check)
 
@@ -372,7 +380,7 @@ def add_training(subparsers: argparse._SubParsersAction) -> None:
     train.set_defaults(func=cmd_train)
 
     evaluate = subparsers.add_parser("eval", help="top-1 and top-5 of a checkpoint on its test split")
-    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--checkpoint", type=path, required=True)
     evaluate.add_argument("--data-root", help="the dataset's folder, if it moved since training")
     evaluate.add_argument("--batch-size", type=POSITIVE)
     evaluate.add_argument("--workers", type=NON_NEGATIVE)
@@ -384,18 +392,20 @@ def add_training(subparsers: argparse._SubParsersAction) -> None:
         "resize and their mirrors); the mean of the views' probabilities; said beside every figure (default none)",
     )  # fmt: skip
     evaluate.add_argument(
-        "--report", help="a folder for per_class.csv, confusion.png and predictions.csv (cnl report shows RUN/eval)"
+        "--report",
+        type=path,
+        help="a folder for per_class.csv, confusion.png and predictions.csv (cnl report shows RUN/eval)",
     )
     evaluate.set_defaults(func=cmd_eval)
 
     pred = subparsers.add_parser("predict", help="class names and probabilities for images")
-    pred.add_argument("--checkpoint", required=True)
+    pred.add_argument("--checkpoint", type=path, required=True)
     pred.add_argument("images", nargs="+", help="image files, folders, glob patterns or .txt lists of paths")
     pred.add_argument("--topk", type=POSITIVE, default=5)
     pred.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     pred.add_argument("--batch-size", type=POSITIVE, default=32, help="images per forward pass (default 32)")
     pred.add_argument("--workers", type=NON_NEGATIVE, default=2, help="decoding processes (default 2)")
-    pred.add_argument("--out", help="write one row per image to a .csv or .jsonl file")
+    pred.add_argument("--out", type=path, help="write one row per image to a .csv or .jsonl file")
     pred.add_argument("--json", action="store_true")
     pred.set_defaults(func=cmd_predict)
 
@@ -417,7 +427,9 @@ def add_training(subparsers: argparse._SubParsersAction) -> None:
         description="Train ResNet-18, +5NL and +5CNL with two seeds each and compare them, paired by seed and image "
         "by image: on the synthetic benchmark (default), or on a balanced subset of real photos (--dataset).",
     )  # fmt: skip
-    demo.add_argument("--output", default="runs/demo", help="default runs/demo (real photos: OUTPUT/DATASET)")
+    demo.add_argument(
+        "--output", type=path, default="runs/demo", help="default runs/demo (real photos: OUTPUT/DATASET)"
+    )
     demo.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tiny data, into OUTPUT/quick)")
     photos = demo.add_argument_group("real photos")
     fetched = [name for name, record in CATALOG.items() if record.downloadable]
@@ -427,7 +439,7 @@ def add_training(subparsers: argparse._SubParsersAction) -> None:
         f"--data-root is not given), {', '.join(n for n in CATALOG if n not in fetched)} or auto (with --data-root)",
     )  # fmt: skip
     photos.add_argument("--data-root", help="the dataset's folder (default: fetch it into --root)")
-    photos.add_argument("--root", default="data", help="where cnl data get puts the dataset (default data)")
+    photos.add_argument("--root", type=path, default="data", help="where cnl data get puts the dataset (default data)")
     photos.add_argument("--mirror", help="as cnl data get --mirror")
     photos.add_argument(
         "--weights", default="none", help="none (default: from scratch) or IMAGENET1K_V1 (lr 0.01 then)"
@@ -562,19 +574,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def add_figures(subparsers: argparse._SubParsersAction) -> None:
     attention = subparsers.add_parser("attention", help="the paper's Fig. 3: attention maps of query positions")
-    attention.add_argument("--checkpoint", required=True)
+    attention.add_argument("--checkpoint", type=path, required=True)
     attention.add_argument("images", nargs="*", metavar="IMAGE", help="images (the figure takes the first)")
     attention.add_argument("--image", help="an image (as IMAGE)")
-    attention.add_argument("--html", help="write an interactive, self-contained explorer page of every IMAGE here")
+    attention.add_argument(
+        "--html", type=path, help="write an interactive, self-contained explorer page of every IMAGE here"
+    )
     attention.add_argument("--query", nargs="+", default=["auto"], help="'auto' or ROW,COLUMN cells of the query grid")
     attention.add_argument("--count", type=POSITIVE, default=3, help="query cells that 'auto' picks")
     attention.add_argument("--img-size", type=IMG_SIZE, help="default: the checkpoint's")
-    attention.add_argument("--out", default="attention.png")
+    attention.add_argument("--out", type=path, default="attention.png")
     attention.set_defaults(func=cmd_attention)
 
     report = subparsers.add_parser("report", help="HTML + Markdown: curves, ablation table and chart, attention")
     report.add_argument("runs", nargs="+", help="run folders, or ablation folders (with ablation.json)")
-    report.add_argument("--out", default="report")
+    report.add_argument("--out", type=path, default="report")
     report.add_argument("--images", type=NON_NEGATIVE, default=2, help="test images with attention figures per run")
     report.set_defaults(func=cmd_report)
 
@@ -593,10 +607,10 @@ def add_export(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export", help="a checkpoint as ONNX, TorchScript, safetensors + model card, or a Hugging Face Hub folder"
     )
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", type=path, required=True)
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument(
-        "--out", required=True, help="a file; for hf, a folder (config.json, model.safetensors, README.md)"
+        "--out", type=path, required=True, help="a file; for hf, a folder (config.json, model.safetensors, README.md)"
     )
     parser.set_defaults(func=cmd_export)
 

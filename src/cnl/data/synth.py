@@ -96,6 +96,8 @@ class SynthConfig:
         )
         if not 2 <= self.classes <= most:
             raise InvalidValue(f"--classes must be between 2 and {most} for the {self.task} task, got {self.classes}")
+        if self.seed < 0:
+            raise InvalidValue(f"--seed must be 0 or more, got {self.seed}")
         if self.train_per_class < 1 or self.test_per_class < 1:
             raise InvalidValue("--train-per-class and --test-per-class must be at least 1")
         if not 32 <= self.image_size <= MAX_IMAGE_SIZE:

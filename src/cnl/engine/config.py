@@ -266,6 +266,8 @@ class TrainConfig:
             problems.append(f"resume must be one of {', '.join(RESUME_CHOICES)} or a checkpoint's path, got ''")
         if not self.weights:
             problems.append(f"weights must name weights, a file, or {NO_WEIGHTS} (random), got ''")
+        if not self.output:  # what an unset shell variable gives: the run would be written into the current folder
+            problems.append("output must name the run's folder, got ''")
         for name in ("data_root", "dataset", "model", "weights", "output", "resume", "query"):
             if "\0" in (getattr(self, name) or ""):
                 problems.append(
