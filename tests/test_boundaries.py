@@ -282,6 +282,36 @@ def test_an_empty_file_or_folder_name_is_one_line(tmp_path, capsys, monkeypatch)
     assert not list(tmp_path.iterdir())
 
 
+# A file a command writes, named wrongly: (argv before the name, the name, the line's end).
+FILE_OUTPUTS = [
+    (["attention", "--checkpoint", "gone.pt", "a.jpg", "--out"], "a.bmpx",
+     "--out a.bmpx: expected a .png or .pdf or .svg or .jpg or .jpeg file"),
+    (["attention", "--checkpoint", "gone.pt", "a.jpg", "--out"], "figures",
+     "--out figures is a folder: expected the name of a .png or .pdf or .svg or .jpg or .jpeg file"),
+    (["attention", "--checkpoint", "gone.pt", "a.jpg", "--html"], "page.png",
+     "--html page.png: expected a .html or .htm file"),
+    (["export", "--checkpoint", "gone.pt", "--format", "onnx", "--out"], "figures",
+     "--out figures is a folder: expected the name of a new file"),
+    (["predict", "--checkpoint", "gone.pt", "a.jpg", "--out"], "figures",
+     "--out figures is a folder: expected the name of a .csv or .jsonl file"),
+    (["data", "synth", "--out", "s", "--contact-sheet"], "s.sheet",
+     "--contact-sheet s.sheet: expected a .png or .jpg or .jpeg file"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("argv, name, end", FILE_OUTPUTS)
+def test_a_file_to_write_is_checked_before_any_work(argv, name, end, tmp_path, capsys, monkeypatch):
+    """``cnl attention --out a.bmpx`` drew the figure and ended in matplotlib's traceback, ``--out
+    DIR`` wrote DIR.png and said it wrote DIR, ``--contact-sheet x.sheet`` wrote every image
+    first: a file's name is checked before the checkpoint is read (here it does not exist) or
+    anything is written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "figures").mkdir()
+    line = one_line_error(main([*argv, name]), capsys.readouterr().err, argv[0])
+    assert line.endswith(end), line
+    assert [path.name for path in tmp_path.iterdir()] == ["figures"] and not any((tmp_path / "figures").iterdir())
+
+
 def test_jobs_under_torchrun_is_one_line(monkeypatch, tmp_path, capsys):
     """Under torchrun every run takes every process: runs side by side as well would be
     asked twice, so ``--jobs`` is refused before anything trains."""

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from cnl.errors import InvalidValue, as_user_error, printable, report
+from cnl.errors import InvalidValue, as_user_error, expect_file, printable, report
 
 
 def split_names(values: Sequence[str]) -> list[str]:
@@ -42,6 +42,8 @@ def path(text: str) -> str:
         raise argparse.ArgumentTypeError("must name a file or folder, got ''")
     return text
 
+
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")  # formats matplotlib writes, by the file's name
 
 # The img_size setting's range (cnl.engine.config, where reading it would load the settings
 # for every --help): a ResNet needs 32 px.
@@ -119,6 +121,8 @@ def add_list_models(subparsers: argparse._SubParsersAction) -> None:
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from cnl.data.synth import SynthConfig, contact_sheet, generate
 
+    if args.contact_sheet:  # before the images are written
+        expect_file(args.contact_sheet, "--contact-sheet", (".png", ".jpg", ".jpeg"))
     config = SynthConfig(
         task=args.task, classes=args.classes, train_per_class=args.train_per_class,
         test_per_class=args.test_per_class, image_size=args.image_size, seed=args.seed,
@@ -548,6 +552,10 @@ def cmd_attention(args: argparse.Namespace) -> int:
     from cnl.analysis.attention import attention_rows, parse_queries, render
     from cnl.engine.modelfile import load_model_with_info
 
+    if args.html:
+        expect_file(args.html, "--html", (".html", ".htm"))
+    else:
+        expect_file(args.out, "--out", FIGURE_SUFFIXES)
     model, classes, info = load_model_with_info(args.checkpoint)
     img_size = args.img_size or info.img_size
     images = [*([args.image] if args.image else []), *args.images]
@@ -596,6 +604,8 @@ def add_figures(subparsers: argparse._SubParsersAction) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from cnl.export import export
 
+    if args.format != "hf":  # hf writes a folder
+        expect_file(args.out, "--out")
     for path in export(args.checkpoint, args.format, args.out):
         print(f"wrote {path}")
     return 0

@@ -14,6 +14,7 @@ Each class also derives from the built-in exception that fits (``ValueError``,
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -121,6 +122,18 @@ def cut(text: str, limit: int = EXCERPT) -> str:
     about ``limit`` characters (counted after the escapes, so that the line stays short)."""
     text = printable(" ".join(str(text).split()))
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def expect_file(path: str | Path, flag: str, suffixes: tuple[str, ...] = ()) -> Path:
+    """``path`` checked as the file a command is about to write, before any work is done: not
+    a folder, and its name ending in one of ``suffixes`` (case aside) when they are given."""
+    path = Path(path)
+    wanted = " or ".join(suffixes)
+    if path.is_dir():
+        raise InvalidValue(f"{flag} {cut(str(path))} is a folder: expected the name of a {wanted or 'new'} file")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise InvalidValue(f"{flag} {cut(str(path))}: expected a {wanted} file")
+    return path
 
 
 def reason(error: BaseException, limit: int = EXCERPT) -> str:

@@ -21,7 +21,7 @@ from cnl.engine import distributed
 from cnl.engine.loaders import usable_workers
 from cnl.engine.modelfile import load_model_with_info
 from cnl.engine.parallel import thread_count
-from cnl.errors import InvalidValue, MissingFile, cut
+from cnl.errors import InvalidValue, MissingFile, cut, expect_file
 from cnl.tables import csv_row
 
 LIST_SUFFIXES = (".txt", ".lst")
@@ -176,9 +176,7 @@ def predict(path: str | Path, images: Iterable[str | Path], topk: int = 5, devic
 def write_predictions(results: Iterable[dict[str, Any]], out: str | Path, topk: int) -> int:
     """One row per image to ``out``: ``.csv`` (image, class_1, probability_1, ..., error) or
     ``.jsonl`` (one object per line). Returns the number of rows."""
-    out = Path(out)
-    if out.suffix not in (".csv", ".jsonl"):
-        raise InvalidValue(f"--out {out}: expected a .csv or .jsonl file")
+    out = expect_file(out, "--out", (".csv", ".jsonl"))
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = 0
     with open(out, "w", newline="", encoding="utf-8") as file:
