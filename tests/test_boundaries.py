@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import os
+import pickle
 import shutil
 import tarfile
 import time
@@ -647,6 +648,20 @@ def test_any_checkpoint_entry_loads_and_resumes_or_is_one_line(path, value, rese
     else:
         assert code == 2 and len(said) == 1 and "Traceback" not in err.getvalue(), err.getvalue()[-3000:]
         assert said[0].startswith("cnl train: error: ") and len(said[0]) <= ONE_LINE + len(str(last)), said[0]
+
+
+@given(
+    content=st.binary(max_size=300)
+    | st.sampled_from([b"hello\n", b"PK\x03\x04", pickle.dumps({"model": {}}), pickle.dumps([1, 2])]),
+    cut_at=st.integers(0, 4000),
+)
+def test_any_bytes_as_a_checkpoint_are_one_line(content, cut_at, one_epoch_run, tmp_path, capsys):
+    """A file that is no checkpoint (a text file began the unpickler on a memo lookup: KeyError
+    traceback), random bytes, a pickle, a real checkpoint cut short: one line, exit 2, for
+    ``--checkpoint`` as for ``--resume``."""
+    path = tmp_path / "given.pt"
+    path.write_bytes(content + (one_epoch_run / "checkpoints" / "last.pt").read_bytes()[:cut_at] * (not content))
+    one_line_error(main(["eval", "--checkpoint", str(path)]), capsys.readouterr().err, "eval")
 
 
 def test_an_integer_where_a_float_setting_is_trains(one_epoch_run, tmp_path):

@@ -6,6 +6,7 @@ import hashlib
 import os
 import pickle
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 
 from cnl import upgrades
-from cnl.errors import MissingFile, UserError, excerpt
+from cnl.errors import MissingFile, UserError, cut, excerpt, reason
 
 
 class CheckpointError(UserError, ValueError):
@@ -186,6 +187,14 @@ def os_reason(error: BaseException) -> str:
     return str(error).splitlines()[0]
 
 
+def unpickler_reason(error: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler refused (``Unsupported global: GLOBAL posix.system``),
+    without the paragraph of advice around it."""
+    text = str(error)
+    _, found, rest = text.partition("WeightsUnpickler error:")
+    return reason(RuntimeError(rest.strip())) if found and rest.strip() else reason(error)
+
+
 def remove_temporaries(folder: str | Path) -> list[Path]:
     """Delete what ``save_checkpoint`` calls of a process killed mid-write (SIGKILL runs no
     cleanup) left in ``folder``. Only safe while holding the folder's run lock."""
@@ -201,14 +210,19 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise MissingFile(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns of a pickle protocol it may not read: the error below says it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
-            f"refusing {path}: it holds objects other than tensors and plain data, and loading them could run "
-            f"code ({str(error).splitlines()[0]})"
+            f"refusing {cut(str(path))}: it holds objects other than tensors and plain data, and loading them could "
+            f"run code ({unpickler_reason(error)})"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(f"cannot read checkpoint {path}: it is truncated or not a checkpoint ({error})") from None
+    except Exception as error:  # a file that is no zip archive goes to the unpickler, which raises anything
+        raise CheckpointError(
+            f"cannot read checkpoint {cut(str(path))}: it is truncated or not a checkpoint "
+            f"({type(error).__name__ + ': ' if isinstance(error, LookupError) else ''}{reason(error)})"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
         raise CheckpointError(f"{path} is not a cnl training checkpoint (not a mapping of named entries)")
     stored = state.pop("checksum", None)
