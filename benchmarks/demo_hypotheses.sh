@@ -2,13 +2,13 @@
 # Why the synthetic demo shows no difference between the models where real photos do: each
 # experiment of docs/synthetic.md, on the CPU, ResNet-18 against ResNet-18 + 5CNL, seeds 0
 # and 1, paired per image (cnl ablate), into OUT/NAME with its table in OUT/NAME/ablation.md.
-#   bash benchmarks/demo_hypotheses.sh OUT [NAME ...]
+#   [MODELS=resnet18,resnet18_nl5,resnet18_cnl5] bash benchmarks/demo_hypotheses.sh OUT [NAME ...]
 # NAME: sgd (the photo demo's recipe on the parts task), size128 (the parts task at 128 px),
 # relation and control (the tasks built to need, and not to need, a relation across scales),
 # curves (test top-1 per epoch of `cnl demo` run in OUT, into OUT/runs/demo; run when missing),
 # skin and skin_control (a texture that tells the class only on the outlined body, the same
 # textures on blobs beside it, or plain blobs; the epoch chosen on a validation split; the
-# same at 128 px as skin128 and skin_control128),
+# same at other sizes as skin128, skin_control96, ...),
 # width32 (the parts task at twice the demo's width). The last three train two runs at a time
 # (--jobs 2, one thread each), as cnl demo does.
 set -euo pipefail
@@ -18,7 +18,7 @@ names=("$@")
 [ $# -gt 0 ] || names=(sgd size128 relation control curves skin skin_control width32 skin128 skin_control128)
 cnl=${CNL:-cnl}
 python=${PYTHON:-python}
-models=resnet18,resnet18_cnl5
+models=${MODELS:-resnet18,resnet18_cnl5}
 # cnl demo's recipe (src/cnl/demo.py RECIPE), as flags.
 demo=(--dataset cub --width 16 --epochs 20 --warmup-epochs 1 --global-batch-size 32 --optimizer adamw
       --lr 0.003 --schedule cosine --set lr_steps=[] --weight-decay 0.05 --crop-scale 0.6 1.0
@@ -53,10 +53,10 @@ for name in "${names[@]}"; do
         relation|control)
             data "$name" --task "$name" --classes 4 --train-per-class 150 --test-per-class 40
             ablate "$name" "$name" 64 "${demo[@]}" ;;
-        skin|skin_control|skin128|skin_control128)
-            size=${name##*[a-z]}  # 128 for the names that end in it, else 64
+        skin|skin[0-9]*|skin_control|skin_control[0-9]*)
+            size=${name##*[a-z]}  # the number a name ends in (skin_control96: 96 px), else 64
             size=${size:-64}
-            data "$name" --task "${name%128}" --classes 4 --train-per-class 200 --test-per-class 50 --image-size "$size"
+            data "$name" --task "${name%%[0-9]*}" --classes 4 --train-per-class 200 --test-per-class 50 --image-size "$size"
             ablate "$name" "$name" "$size" "${demo[@]}" --val-split 0.2 --jobs 2 ;;
         width32) data parts; ablate width32 parts 64 "${demo[@]}" --width 32 --jobs 2 ;;
         curves)
