@@ -8,7 +8,8 @@
 # curves (test top-1 per epoch of `cnl demo` run in OUT, into OUT/runs/demo; run when missing),
 # skin and skin_control (a texture that tells the class only on the outlined body, the same
 # textures on blobs beside it, or plain blobs; the epoch chosen on a validation split; the
-# same at other sizes as skin128, skin_control96, ...),
+# same at other sizes as skin128, skin_control96, ...), shape (skin_control's scenes, the
+# class in the body's coarse shape: the control of a fine detail; shape128 at 128 px),
 # width32 (the parts task at twice the demo's width). The last three train two runs at a time
 # (--jobs 2, one thread each), as cnl demo does.
 set -euo pipefail
@@ -53,7 +54,7 @@ for name in "${names[@]}"; do
         relation|control)
             data "$name" --task "$name" --classes 4 --train-per-class 150 --test-per-class 40
             ablate "$name" "$name" 64 "${demo[@]}" ;;
-        skin|skin[0-9]*|skin_control|skin_control[0-9]*)
+        skin|skin[0-9]*|skin_control|skin_control[0-9]*|shape|shape[0-9]*)
             size=${name##*[a-z]}  # the number a name ends in (skin_control96: 96 px), else 64
             size=${size:-64}
             data "$name" --task "${name%%[0-9]*}" --classes 4 --train-per-class 200 --test-per-class 50 --image-size "$size"

@@ -74,7 +74,7 @@ def test_invalid_config_is_rejected(tmp_path):
         generate(tmp_path, SynthConfig(task="relation", classes=13))
     with pytest.raises(ValueError, match="--classes must be between 2 and 4 for the skin_control task"):
         generate(tmp_path, SynthConfig(task="skin_control", classes=5))
-    valid = "relation, control, parts, skin, skin_control"
+    valid = "relation, control, parts, skin, skin_control, shape"
     with pytest.raises(ValueError, match=f"unknown task 'shapes'; valid tasks: {valid}"):
         generate(tmp_path, SynthConfig(task="shapes"))
     with pytest.raises(ValueError, match="--seed must be 0 or more, got -1"):  # numpy's seeds are never negative
@@ -136,6 +136,9 @@ def test_the_skin_tasks_write_their_classes_and_same_bytes(tmp_path):
         assert train.classes == ["stripes skin", "spots skin", "checks skin", "rings skin"] and len(train) == 8
         assert digest(root) == digest(generate(tmp_path / f"{task}-again", config))
     assert digest(tmp_path / "skin") != digest(tmp_path / "skin_control")
+    config = SynthConfig(task="shape", classes=4, train_per_class=2, test_per_class=1, image_size=48)
+    train = build_dataset("auto", generate(tmp_path / "shape", config), "train")
+    assert train.classes == ["fish shape", "teardrop shape", "arrow shape", "diamond shape"]
 
 
 def test_in_the_skin_task_every_image_wears_every_texture_and_only_the_body_tells_the_class():
@@ -156,3 +159,22 @@ def test_in_the_skin_task_every_image_wears_every_texture_and_only_the_body_tell
         assert not any(patch.texture or patch.marked.any() for patch in control[1:])
         ratios += [patch.region.sum() / scene[0].region.sum() for patch in scene[1:]]
     assert 0.9 < min(ratios) and max(ratios) < 1.1
+
+
+def test_in_the_shape_task_the_body_tells_the_class_and_its_texture_does_not():
+    """The shape task is the control of a task that a fine detail decides: the same scenes,
+    the class in the body's coarse shape, the texture it wears drawn at random."""
+    from cnl.data.synth import SHAPES, SKIN_PATTERNS, silhouette_mask, skin_scene
+
+    worn = {kind: set() for kind in range(len(SHAPES))}
+    for index in range(40):
+        kind = index % len(SHAPES)
+        scene = skin_scene(kind, 64, np.random.default_rng(index), "shape")
+        worn[kind].add(scene[0].texture)
+        assert not any(patch.texture or patch.marked.any() for patch in scene[1:])
+    assert all(len(textures) > 1 for textures in worn.values())  # the texture says nothing of the class
+    assert set().union(*worn.values()) == set(SKIN_PATTERNS)
+    axis = np.linspace(-1, 1, 101)
+    u, v = np.meshgrid(axis, axis)
+    masks = [silhouette_mask(shape, u, v) for shape in SHAPES]
+    assert all((a != b).mean() > 0.05 for k, a in enumerate(masks) for b in masks[k + 1 :])  # shapes tell apart

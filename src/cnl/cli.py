@@ -176,7 +176,7 @@ def add_data(subparsers: argparse._SubParsersAction) -> None:
         help="parts: a conjunction of a silhouette, a pattern and a mark (default, the demo's); relation: the class "
         "is the mark at the body's head, among marks of every kind; control: the same with the head mark alone; "
         "skin: the class is the texture the outlined body wears, blobs beside it wear the others; skin_control: "
-        "the same with plain blobs",
+        "the same with plain blobs; shape: those scenes, the class in the body's shape, its texture at random",
     )  # fmt: skip
     synth.add_argument("--classes", type=int, default=defaults.classes)
     synth.add_argument("--train-per-class", type=int, default=defaults.train_per_class)

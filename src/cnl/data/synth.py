@@ -17,6 +17,8 @@ Five tasks (``SynthConfig.task``):
   body's area beside it wear the other textures, so every image holds every texture over
   about the same area, and only the coarse shape that wears one tells which is the class's.
 - **skin_control**: the same images with plain ellipses: the texture alone tells the class.
+- **shape**: the scenes of skin_control, but a class is the body's coarse shape and the
+  texture it wears is drawn at random: the control of a task that a fine detail decides.
 
 The relation and skin tasks are built so that association across scales is required;
 docs/synthetic.md says what training from scratch on them showed.
@@ -68,8 +70,9 @@ JPEG_QUALITY = 90
 MAX_IMAGE_SIZE = 1024
 
 
-TASKS = ("relation", "control", "parts", "skin", "skin_control")
+TASKS = ("relation", "control", "parts", "skin", "skin_control", "shape")
 SKIN_PATTERNS = ("stripes", "spots", "checks", "rings")
+SHAPES = ("fish", "teardrop", "arrow", "diamond")  # the shape task's classes
 RELATION_SILHOUETTES = ("fish", "teardrop", "arrow")  # each with a head and a tail
 RELATION_MARKS = ("dot", "bar", "cross", "ring")
 TAIL = (-0.55, 0.0)
@@ -91,7 +94,7 @@ class SynthConfig:
     def validate(self) -> None:
         if self.task not in TASKS:
             raise InvalidValue(f"unknown task {self.task!r}; valid tasks: {', '.join(TASKS)}")
-        most = {"parts": MAX_CLASSES, "skin": len(SKIN_PATTERNS), "skin_control": len(SKIN_PATTERNS)}.get(
+        most = {"parts": MAX_CLASSES, "skin": 4, "skin_control": 4, "shape": len(SHAPES)}.get(
             self.task, len(RELATION_SILHOUETTES) * len(RELATION_MARKS)
         )
         if not 2 <= self.classes <= most:
@@ -384,7 +387,9 @@ def skin_scene(kind: int, size: int, rng: np.random.Generator, task: str) -> lis
     """The object (first: a body of any relation shape, turned any way) wearing texture
     ``kind``, then three ellipses of the object's area, in shuffled quarters of the image:
     in ``skin`` they wear the three other textures, in ``skin_control`` none. Both tasks draw
-    the same random numbers, so an image of the control is its skin image with plain blobs."""
+    the same random numbers, so an image of the control is its skin image with plain blobs.
+    In ``shape`` the body's shape is ``SHAPES[kind]`` and its texture any of the four, the
+    ellipses plain."""
     yy, xx = np.mgrid[0:size, 0:size] + 0.5
     period = max(3.0, size / 14)  # about 4.6 px at 64 px: a fine detail, 6 periods across the object
     quarter = size / 2
@@ -398,9 +403,11 @@ def skin_scene(kind: int, size: int, rng: np.random.Generator, task: str) -> lis
         y = -(xx - cx) * math.sin(angle) + (yy - cy) * math.cos(angle)
         half = quarter * rng.uniform(0.44, 0.5)
         if slot == 0:
-            shape = RELATION_SILHOUETTES[int(rng.integers(len(RELATION_SILHOUETTES)))]
+            drawn = int(rng.integers(len(RELATION_SILHOUETTES)))
+            shape = SHAPES[kind] if task == "shape" else RELATION_SILHOUETTES[drawn]
             region = silhouette_mask(shape, x / half, y / half)
-            area, worn = region.sum(), SKIN_PATTERNS[kind]
+            worn = SKIN_PATTERNS[int(rng.integers(len(SKIN_PATTERNS))) if task == "shape" else kind]
+            area = region.sum()
         else:  # same area as the object, so that no texture covers more of the image than another
             length = half * rng.uniform(0.75, 0.95)
             region = (x / length) ** 2 + (y / (area / (math.pi * length))) ** 2 <= 1
@@ -441,11 +448,16 @@ def generate(out: str | Path, config: SynthConfig, progress: Callable[[int, int]
     config.validate()
     out = Path(out)
     parts = config.task == "parts"
-    skin = config.task.startswith("skin")
+    skin = config.task.startswith("skin") or config.task == "shape"
     grid: list[Any] = class_grid(config.classes) if parts else relation_grid(config.classes)
     name_of: Callable[[Any], str] = class_name if parts else relation_name
     if skin:
-        grid, name_of = list(range(config.classes)), lambda kind: f"{SKIN_PATTERNS[kind]}_skin"
+        named = (
+            (lambda kind: f"{SHAPES[kind]}_shape")
+            if config.task == "shape"
+            else (lambda kind: f"{SKIN_PATTERNS[kind]}_skin")
+        )
+        grid, name_of = list(range(config.classes)), named
     folders = [f"{k + 1:03d}.{name_of(a)}" for k, a in enumerate(grid)]
     per_class = config.train_per_class + config.test_per_class
     images: list[str] = []
