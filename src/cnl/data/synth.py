@@ -73,6 +73,7 @@ MAX_IMAGE_SIZE = 1024
 TASKS = ("relation", "control", "parts", "skin", "skin_control", "shape")
 SKIN_PATTERNS = ("stripes", "spots", "checks", "rings")
 SHAPES = ("fish", "teardrop", "arrow", "diamond")  # the shape task's classes
+SCENE_TASKS = ("skin", "skin_control", "shape")  # drawn by skin_scene
 RELATION_SILHOUETTES = ("fish", "teardrop", "arrow")  # each with a head and a tail
 RELATION_MARKS = ("dot", "bar", "cross", "ring")
 TAIL = (-0.55, 0.0)
@@ -94,9 +95,12 @@ class SynthConfig:
     def validate(self) -> None:
         if self.task not in TASKS:
             raise InvalidValue(f"unknown task {self.task!r}; valid tasks: {', '.join(TASKS)}")
-        most = {"parts": MAX_CLASSES, "skin": 4, "skin_control": 4, "shape": len(SHAPES)}.get(
-            self.task, len(RELATION_SILHOUETTES) * len(RELATION_MARKS)
-        )
+        most = {
+            "parts": MAX_CLASSES,
+            "skin": len(SKIN_PATTERNS),
+            "skin_control": len(SKIN_PATTERNS),
+            "shape": len(SHAPES),
+        }.get(self.task, len(RELATION_SILHOUETTES) * len(RELATION_MARKS))
         if not 2 <= self.classes <= most:
             raise InvalidValue(f"--classes must be between 2 and {most} for the {self.task} task, got {self.classes}")
         if self.seed < 0:
@@ -443,21 +447,25 @@ def render_skin_sample(kind: int, size: int, rng: np.random.Generator, task: str
 # --- the dataset on disk ---------------------------------------------------------------
 
 
+def task_classes(config: SynthConfig) -> tuple[list[Any], Callable[[Any], str]]:
+    """The classes of ``config.task``, each as its renderer takes it, and the name of each."""
+    if config.task == "parts":
+        return class_grid(config.classes), class_name
+    if config.task in SCENE_TASKS:
+        kinds = list(range(config.classes))
+        return kinds, (lambda kind: f"{SHAPES[kind]}_shape") if config.task == "shape" else skin_name
+    return relation_grid(config.classes), relation_name
+
+
+def skin_name(kind: int) -> str:
+    return f"{SKIN_PATTERNS[kind]}_skin"
+
+
 def generate(out: str | Path, config: SynthConfig, progress: Callable[[int, int], None] | None = None) -> Path:
     """Write the benchmark under ``out`` in the CUB-200-2011 layout; returns ``out``."""
     config.validate()
     out = Path(out)
-    parts = config.task == "parts"
-    skin = config.task.startswith("skin") or config.task == "shape"
-    grid: list[Any] = class_grid(config.classes) if parts else relation_grid(config.classes)
-    name_of: Callable[[Any], str] = class_name if parts else relation_name
-    if skin:
-        named = (
-            (lambda kind: f"{SHAPES[kind]}_shape")
-            if config.task == "shape"
-            else (lambda kind: f"{SKIN_PATTERNS[kind]}_skin")
-        )
-        grid, name_of = list(range(config.classes)), named
+    grid, name_of = task_classes(config)
     folders = [f"{k + 1:03d}.{name_of(a)}" for k, a in enumerate(grid)]
     per_class = config.train_per_class + config.test_per_class
     images: list[str] = []
@@ -469,9 +477,9 @@ def generate(out: str | Path, config: SynthConfig, progress: Callable[[int, int]
         (out / "images" / folder).mkdir(parents=True, exist_ok=True)
         for index in range(per_class):
             rng = np.random.default_rng([config.seed, label, index])
-            if skin:
+            if config.task in SCENE_TASKS:
                 image, box = render_skin_sample(attributes, config.image_size, rng, config.task)
-            elif parts:
+            elif config.task == "parts":
                 image, box = render_sample(attributes, config.image_size, rng, config.max_rotation, config.object_scale)
             else:
                 image, box = render_relation_sample(
