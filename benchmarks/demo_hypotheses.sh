@@ -2,7 +2,7 @@
 # Why the synthetic demo shows no difference between the models where real photos do: each
 # experiment of docs/synthetic.md, on the CPU, ResNet-18 against ResNet-18 + 5CNL, seeds 0
 # and 1, paired per image (cnl ablate), into OUT/NAME with its table in OUT/NAME/ablation.md.
-#   [MODELS=resnet18,resnet18_nl5,resnet18_cnl5] bash benchmarks/demo_hypotheses.sh OUT [NAME ...]
+#   [MODELS=resnet18,resnet18_nl5,resnet18_cnl5] [TRAIN=200] [EPOCHS=20] bash benchmarks/demo_hypotheses.sh OUT [NAME ...]
 # NAME: sgd (the photo demo's recipe on the parts task), size128 (the parts task at 128 px),
 # relation and control (the tasks built to need, and not to need, a relation across scales),
 # curves (test top-1 per epoch of `cnl demo` run in OUT, into OUT/runs/demo; run when missing),
@@ -20,6 +20,10 @@ names=("$@")
 cnl=${CNL:-cnl}
 python=${PYTHON:-python}
 models=${MODELS:-resnet18,resnet18_cnl5}
+# The skin and shape tasks' training images a class and epochs (TRAIN=120 EPOCHS=12: into NAME-120x12).
+train=${TRAIN:-200}
+epochs=${EPOCHS:-20}
+suffix=$([ "$train$epochs" = 20020 ] || echo "-${train}x$epochs")
 # cnl demo's recipe (src/cnl/demo.py RECIPE), as flags.
 demo=(--dataset cub --width 16 --epochs 20 --warmup-epochs 1 --global-batch-size 32 --optimizer adamw
       --lr 0.003 --schedule cosine --set lr_steps=[] --weight-decay 0.05 --crop-scale 0.6 1.0
@@ -57,8 +61,9 @@ for name in "${names[@]}"; do
         skin|skin[0-9]*|skin_control|skin_control[0-9]*|shape|shape[0-9]*)
             size=${name##*[a-z]}  # the number a name ends in (skin_control96: 96 px), else 64
             size=${size:-64}
-            data "$name" --task "${name%%[0-9]*}" --classes 4 --train-per-class 200 --test-per-class 50 --image-size "$size"
-            ablate "$name" "$name" "$size" "${demo[@]}" --val-split 0.2 --jobs 2 ;;
+            data "$name$suffix" --task "${name%%[0-9]*}" --classes 4 --train-per-class "$train" --test-per-class 50 \
+                --image-size "$size"
+            ablate "$name$suffix" "$name$suffix" "$size" "${demo[@]}" --epochs "$epochs" --val-split 0.2 --jobs 2 ;;
         width32) data parts; ablate width32 parts 64 "${demo[@]}" --width 32 --jobs 2 ;;
         curves)
             [ -f "$out/runs/demo/ablation/ablation.json" ] || (cd "$out" && $cnl demo > demo.log 2>&1)
