@@ -44,7 +44,7 @@ def test_inputs_of_every_kind_in_order_with_unreadable_files_reported(trained, t
             assert batched["predictions"][0]["probability"] == pytest.approx(single["predictions"][0]["probability"])
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".CSV"])  # the format by the name's ending, case aside
 def test_predictions_written_one_row_per_image(trained, tmp_path, capsys, suffix):
     data, checkpoint = trained
     broken = data / "broken.jpg"
@@ -53,7 +53,7 @@ def test_predictions_written_one_row_per_image(trained, tmp_path, capsys, suffix
     assert main(["predict", "--checkpoint", str(checkpoint), str(data / "images"), str(broken), "--topk", "3",
                  "--out", str(out), "--device", "cpu"]) == 0  # fmt: skip
     assert f"wrote 19 rows to {out}" in capsys.readouterr().out  # 18 images and the broken file
-    if suffix == ".csv":
+    if suffix.lower() == ".csv":
         rows = list(csv.DictReader(out.open()))
         assert list(rows[0]) == ["image", "class_1", "probability_1", "class_2", "probability_2", "class_3",
                                  "probability_3", "error"]  # fmt: skip

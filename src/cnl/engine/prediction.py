@@ -180,7 +180,7 @@ def write_predictions(results: Iterable[dict[str, Any]], out: str | Path, topk: 
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = 0
     with open(out, "w", newline="", encoding="utf-8") as file:
-        writer = csv.writer(file) if out.suffix == ".csv" else None
+        writer = csv.writer(file) if out.suffix.lower() == ".csv" else None
         if writer is not None:
             ranks = [f"{name}_{r}" for r in range(1, topk + 1) for name in ("class", "probability")]
             writer.writerow(["image", *ranks, "error"])
