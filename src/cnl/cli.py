@@ -43,8 +43,6 @@ def path(text: str) -> str:
     return text
 
 
-FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")  # formats matplotlib writes, by the file's name
-
 # The img_size setting's range (cnl.engine.config, where reading it would load the settings
 # for every --help): a ResNet needs 32 px.
 IMG_SIZES = (32, 4096)
@@ -350,8 +348,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from cnl.analysis.ablation import format_ablation, run_ablation
+    from cnl.engine import distributed
 
-    if args.jobs > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if args.jobs > 1 and distributed.world_size() > 1:
         raise InvalidValue("--jobs trains runs side by side in one launch; under torchrun each run takes every process")
     config = resolve_train_config(args, default_output="runs/ablation")
     output = config.output
@@ -549,7 +548,7 @@ def upgrade_argv(argv: list[str]) -> list[str]:
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
-    from cnl.analysis.attention import attention_rows, parse_queries, render
+    from cnl.analysis.attention import FIGURE_SUFFIXES, attention_rows, parse_queries, render
     from cnl.engine.modelfile import load_model_with_info
 
     if args.html:

@@ -177,8 +177,12 @@ def attention_rows(
     return AttentionRows(image, grid, list(queries), rows)
 
 
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")  # formats matplotlib writes, by the file's name
+
+
 def render(rows: AttentionRows, out: str | Path, dpi: int = 100, title: str | None = None) -> Path:
-    """Draw the figure (matplotlib, Agg) to ``out`` (PNG), under ``title`` when given."""
+    """Draw the figure (matplotlib, Agg) to ``out``, in the format its name ends in
+    (``FIGURE_SUFFIXES``), under ``title`` when given."""
     import matplotlib
 
     matplotlib.use("Agg")
