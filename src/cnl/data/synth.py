@@ -237,11 +237,17 @@ def corner(rng: np.random.Generator, span: int) -> tuple[int, int]:
     return int(x), int(y)
 
 
-def render_background(size: int, rng: np.random.Generator, stray_marks: bool = True) -> Image.Image:
-    """A noisy gradient with clutter: blobs, lines, stray marks (unless not asked) and pattern patches."""
+def noisy_gradient(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A background's pixels (float, ``size`` x ``size`` x 3): a vertical gradient between two
+    random colours, with noise; and its top colour."""
     top, bottom = hsv_colour(rng, (0.1, 0.6), (0.3, 0.9)), hsv_colour(rng, (0.1, 0.6), (0.3, 0.9))
     ramp = np.linspace(0, 1, size)[:, None, None]
-    pixels = top * (1 - ramp) + bottom * ramp + rng.normal(0, 8, (size, size, 3))
+    return top * (1 - ramp) + bottom * ramp + rng.normal(0, 8, (size, size, 3)), top
+
+
+def render_background(size: int, rng: np.random.Generator, stray_marks: bool = True) -> Image.Image:
+    """A noisy gradient with clutter: blobs, lines, stray marks (unless not asked) and pattern patches."""
+    pixels, _ = noisy_gradient(size, rng)
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(image)
     colour = lambda: tuple(int(c) for c in hsv_colour(rng, (0.0, 0.8), (0.1, 1.0)))  # noqa: E731
@@ -426,9 +432,7 @@ def skin_scene(kind: int, size: int, rng: np.random.Generator, task: str) -> lis
 def render_skin_sample(kind: int, size: int, rng: np.random.Generator, task: str) -> tuple[Image.Image, tuple]:
     """One image of the skin (or skin_control) task and the object's box (x, y, width, height):
     a noisy gradient, the scene's patches, and an outline round the object alone."""
-    top, bottom = hsv_colour(rng, (0.1, 0.6), (0.3, 0.9)), hsv_colour(rng, (0.1, 0.6), (0.3, 0.9))
-    ramp = np.linspace(0, 1, size)[:, None, None]
-    pixels = top * (1 - ramp) + bottom * ramp + rng.normal(0, 8, (size, size, 3))
+    pixels, top = noisy_gradient(size, rng)
     scene = skin_scene(kind, size, rng, task)
     for patch in reversed(scene):  # the object last, on top
         pixels[patch.region] = patch.colour
