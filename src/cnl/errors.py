@@ -130,9 +130,9 @@ def expect_file(path: str | Path, flag: str, suffixes: tuple[str, ...] = ()) -> 
     path = Path(path)
     wanted = " or ".join(suffixes)
     if path.is_dir():
-        raise InvalidValue(f"{flag} {printable(str(path))} is a folder: expected the name of a {wanted or 'new'} file")
+        raise InvalidValue(f"{flag} {path} is a folder: expected the name of a {wanted or 'new'} file")
     if suffixes and path.suffix.lower() not in suffixes:
-        raise InvalidValue(f"{flag} {printable(str(path))}: expected a {wanted} file")
+        raise InvalidValue(f"{flag} {path}: expected a {wanted} file")
     return path
 
 

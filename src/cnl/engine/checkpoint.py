@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from cnl import upgrades
-from cnl.errors import MissingFile, UserError, excerpt, printable, reason
+from cnl.errors import MissingFile, UserError, excerpt, reason
 
 
 class CheckpointError(UserError, ValueError):
@@ -215,12 +215,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
-            f"refusing {printable(str(path))}: it holds objects other than tensors and plain data, and loading them "
+            f"refusing {path}: it holds objects other than tensors and plain data, and loading them "
             f"could run code ({unpickler_reason(error)})"
         ) from None
     except Exception as error:  # a file that is no zip archive goes to the unpickler, which raises anything
         raise CheckpointError(
-            f"cannot read checkpoint {printable(str(path))}: it is truncated or not a checkpoint "
+            f"cannot read checkpoint {path}: it is truncated or not a checkpoint "
             f"({type(error).__name__ + ': ' if isinstance(error, LookupError) else ''}{reason(error)})"
         ) from None
     if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
