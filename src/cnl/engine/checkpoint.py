@@ -187,12 +187,16 @@ def os_reason(error: BaseException) -> str:
     return str(error).splitlines()[0]
 
 
+# The paragraphs of advice torch's weights-only unpickler wraps its reason in.
+UNPICKLER_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
 def unpickler_reason(error: pickle.UnpicklingError) -> str:
-    """What torch's weights-only unpickler refused (``Unsupported global: GLOBAL posix.system``),
-    without the paragraph of advice around it."""
-    text = str(error)
-    _, found, rest = text.partition("WeightsUnpickler error:")
-    return reason(RuntimeError(rest.strip())) if found and rest.strip() else reason(error)
+    """What torch's weights-only unpickler refused (``Trying to load unsupported GLOBAL
+    posix.system whose module posix is blocked.``), without its paragraphs of advice."""
+    paragraphs = [paragraph.strip() for paragraph in str(error).split("\n\n")]
+    said = [paragraph for paragraph in paragraphs if paragraph and not paragraph.startswith(UNPICKLER_ADVICE)]
+    return reason(RuntimeError(" ".join(said)), 100) if said else reason(error)
 
 
 def remove_temporaries(folder: str | Path) -> list[Path]:
