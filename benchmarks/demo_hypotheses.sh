@@ -33,10 +33,13 @@ photo=(--dataset cub --width 16 --epochs 12 --warmup-epochs 0 --global-batch-siz
        --lr 0.1 --schedule step --lr-steps 8 11 --weight-decay 1e-4 --crop-scale 0.35 1.0
        --workers 0 --device cpu --deterministic)
 
+# The parts task as version 0.1.0's `cnl data synth` wrote it by default; a flag given after overrides.
+v010=(--task parts --classes 12 --train-per-class 80 --test-per-class 25 --image-size 64 --seed 0)
+
 data() {  # data NAME SYNTH-FLAGS...: the benchmark once
     local name=$1
     shift
-    [ -f "$out/data/$name/synth.json" ] || $cnl data synth --out "$out/data/$name" "$@" > /dev/null
+    [ -f "$out/data/$name/synth.json" ] || $cnl data synth --out "$out/data/$name" "${v010[@]}" "$@" > /dev/null
 }
 
 ablate() {  # ablate NAME DATA IMG-SIZE RECIPE-FLAGS...

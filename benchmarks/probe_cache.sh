@@ -8,7 +8,9 @@ shift
 models=("$@")
 [ $# -gt 0 ] || models=(resnet50 resnet50_cnl5)
 cnl=${CNL:-cnl}
-[ -d "$out/data" ] || $cnl data synth --out "$out/data" > /dev/null
+# The parts task as version 0.1.0's `cnl data synth` wrote it by default (docs/benchmarks.md's figures).
+[ -d "$out/data" ] || $cnl data synth --out "$out/data" --task parts --classes 12 --train-per-class 80 \
+    --test-per-class 25 --image-size 64 --seed 0 > /dev/null
 for model in "${models[@]}"; do
     for cache in no-cache-features cache-features; do
         $cnl train --data-root "$out/data" --dataset cub --model "$model" --img-size 112 --epochs 3 \

@@ -8,7 +8,7 @@ import pytest
 
 from cnl.cli import main
 from cnl.data import build_dataset
-from cnl.data.synth import MARKS, PATTERNS, SILHOUETTES, SynthConfig, class_grid, generate, render_sample
+from cnl.data.synth import BENCHMARK, MARKS, PATTERNS, SILHOUETTES, SynthConfig, class_grid, generate, render_sample
 
 SMALL = SynthConfig(task="parts", classes=4, train_per_class=3, test_per_class=2, image_size=48, seed=3)
 
@@ -97,6 +97,32 @@ def test_cli_synth_and_check(tmp_path, capsys):
     victim.unlink()
     assert main(["data", "check", "--dataset", "cub", "--root", str(out)]) == 1
     assert f"missing: {victim}" in capsys.readouterr().out
+
+
+V010 = ["--task", "parts", "--classes", "12", "--train-per-class", "80", "--test-per-class", "25", "--image-size", "64",
+        "--seed", "0"]  # fmt: skip
+
+
+@pytest.mark.parametrize("flags, config", [([], BENCHMARK), (V010, SynthConfig())])
+def test_cnl_data_synth_writes_the_benchmark_and_these_flags_version_0_1_0s(flags, config, tmp_path, monkeypatch):
+    """With no flags, the demo's data; the flags docs/datasets.md gives, the parts task that
+    version 0.1.0 wrote by default (``SynthConfig``'s defaults are still that version's)."""
+    written = []
+    monkeypatch.setattr("cnl.data.synth.generate", lambda out, config: written.append(config) or out)
+    assert main(["data", "synth", "--out", str(tmp_path), *flags]) == 0
+    assert written == [config]
+
+
+def test_the_demo_trains_on_the_benchmark_at_its_size(tmp_path, monkeypatch):
+    from cnl import demo
+
+    written = []
+    monkeypatch.setattr(demo, "generate", lambda out, config: written.append(config))
+    config = demo.synthetic_config(tmp_path, quick=False)
+    assert written == [BENCHMARK] and config.data_root == str(tmp_path / "data")
+    assert config.img_size == BENCHMARK.image_size and config.val_split == 0.2  # the epoch chosen on validation
+    assert BENCHMARK == SynthConfig(task="skin_control", classes=4, train_per_class=200, test_per_class=50,
+                                    image_size=96, seed=1)  # fmt: skip
 
 
 def test_the_relation_task_needs_the_mark_where_the_body_puts_its_head():

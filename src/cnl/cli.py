@@ -162,19 +162,21 @@ def cmd_data_get(args: argparse.Namespace) -> int:
 
 def add_data(subparsers: argparse._SubParsersAction) -> None:
     from cnl.data.catalog import CATALOG
-    from cnl.data.synth import TASKS, SynthConfig
+    from cnl.data.synth import BENCHMARK, TASKS
 
     data = subparsers.add_parser("data", help="get a dataset, check one, or write the synthetic benchmark")
     commands = data.add_subparsers(dest="data_command", required=True)
-    defaults = SynthConfig()
+    defaults = BENCHMARK
     synth = commands.add_parser("synth", help="write the synthetic multi-scale fine-grained benchmark (CUB layout)")
     synth.add_argument("--out", type=path, required=True, help="folder to write")
     synth.add_argument(
         "--task", choices=TASKS, default=defaults.task,
-        help="parts: a conjunction of a silhouette, a pattern and a mark (default, the demo's); relation: the class "
-        "is the mark at the body's head, among marks of every kind; control: the same with the head mark alone; "
-        "skin: the class is the texture the outlined body wears, blobs beside it wear the others; skin_control: "
-        "the same with plain blobs; shape: those scenes, the class in the body's shape, its texture at random",
+        help="skin_control: the class is the fine texture the body wears, plain blobs beside it (default, the "
+        "demo's); skin: the same with the other textures on the blobs; shape: those scenes, the class in the body's "
+        "shape, its texture at random; parts: a conjunction of a silhouette, a pattern and a mark (version 0.1.0's "
+        "demo: --task parts --classes 12 --train-per-class 80 --test-per-class 25 --image-size 64 --seed 0); "
+        "relation: the class is the mark at the body's head, among marks of every kind; control: the same with "
+        "the head mark alone",
     )  # fmt: skip
     synth.add_argument("--classes", type=int, default=defaults.classes)
     synth.add_argument("--train-per-class", type=int, default=defaults.train_per_class)
