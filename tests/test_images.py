@@ -85,6 +85,19 @@ def test_unreadable_files_raise_image_error(tmp_path, content):
         load_image(path)
 
 
+@pytest.mark.parametrize("read", ["load_image", "load_tensor"])
+def test_a_path_that_is_no_file_is_said_so_not_called_undecodable(read, tmp_path):
+    """A list handed to ``cnl predict`` named a file that was gone: "cannot decode x.jpg:
+    [Errno 2] No such file or directory: 'x.jpg'", as if the file were damaged."""
+    from cnl.data import images
+
+    (tmp_path / "folder.jpg").mkdir()
+    for name, said in (("gone.jpg", "does not exist"), ("folder.jpg", "is a folder, not an image")):
+        with pytest.raises(ImageError) as raised:
+            getattr(images, read)(tmp_path / name)
+        assert str(raised.value) == f"{tmp_path / name} {said}"
+
+
 def bad_and_good(tmp_path):
     good = [tmp_path / f"good{k}.jpg" for k in range(3)]
     for k, path in enumerate(good):

@@ -19,6 +19,18 @@ class ImageError(UserError):
     """A file that cannot be decoded into an RGB image."""
 
 
+def unreadable(path: str | Path, error: BaseException) -> ImageError:
+    """Why ``path`` gave no image: a file that is not there or not a file is said so; the
+    decoder's words are for a file that is there and is no image."""
+    if isinstance(error, FileNotFoundError):
+        return ImageError(f"{path} does not exist")
+    if isinstance(error, IsADirectoryError):
+        return ImageError(f"{path} is a folder, not an image")
+    if isinstance(error, PermissionError):
+        return ImageError(f"cannot read {path}: permission denied")
+    return ImageError(f"cannot decode {path}: {error}")
+
+
 def _from_high_bit_depth(image: Image.Image) -> Image.Image:
     """16-bit (``I;16``, or ``I`` holding 0..65535) and float (0..1) greyscale down to 8 bits."""
     array = np.asarray(image, dtype=np.float64)
@@ -55,7 +67,7 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     except ImageError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageError(f"cannot decode {path}: {error}") from error
+        raise unreadable(path, error) from error
 
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
@@ -76,7 +88,7 @@ def decode_with_torchvision(path: str | Path, max_pixels: int = MAX_PIXELS):
     except ImageError:
         raise
     except (OSError, RuntimeError, ValueError, SyntaxError) as error:
-        raise ImageError(f"cannot decode {path}: {error}") from error
+        raise unreadable(path, error) from error
 
 
 def load_tensor(path: str | Path, max_pixels: int = MAX_PIXELS):
