@@ -5,6 +5,8 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cnl.cli import main
 from cnl.data import build_dataset
@@ -79,9 +81,35 @@ def test_invalid_config_is_rejected(tmp_path):
         generate(tmp_path, SynthConfig(task="shapes"))
     with pytest.raises(ValueError, match="--seed must be 0 or more, got -1"):  # numpy's seeds are never negative
         generate(tmp_path, SynthConfig(seed=-1))
+    with pytest.raises(ValueError, match="4 classes of 1000000000 \\+ 50 images is 4,000,000,200 images; the synth"):
+        generate(tmp_path, SynthConfig(task="skin_control", classes=4, train_per_class=10**9, test_per_class=50))
+    assert not any(tmp_path.iterdir())  # refused before a file was written
     for size in (8, 100_000):  # the larger asked numpy for 224 GiB
         with pytest.raises(ValueError, match=f"--image-size must be between 32 and 1024 pixels, got {size}"):
             generate(tmp_path, SynthConfig(image_size=size))
+
+
+@given(
+    task=st.sampled_from(["parts", "relation", "skin_control", "shape", "nonsense"]),
+    counts=st.tuples(*[st.integers(-5, 10**10)] * 3),
+    size=st.integers(-5, 10**6),
+    seed=st.integers(-5, 10**12),
+)
+def test_any_counts_are_a_benchmark_to_write_or_one_line(task, counts, size, seed):
+    """Whatever numbers ``cnl data synth`` is given, they are checked before any file is
+    written: a benchmark of at most ``MAX_IMAGES`` images, or one line saying what is wrong."""
+    from cnl.data.synth import MAX_IMAGE_SIZE, MAX_IMAGES, TASKS
+    from cnl.errors import InvalidValue
+
+    classes, train, test = counts
+    config = SynthConfig(task, classes, train, test, size, seed)
+    try:
+        config.validate()
+    except InvalidValue as error:
+        assert len(str(error).splitlines()) == 1
+    else:
+        assert task in TASKS and 2 <= classes and 1 <= min(train, test) and 32 <= size <= MAX_IMAGE_SIZE
+        assert classes * (train + test) <= MAX_IMAGES and seed >= 0
 
 
 def test_cli_synth_and_check(tmp_path, capsys):

@@ -70,6 +70,7 @@ JPEG_QUALITY = 90
 # Each image is drawn in float64 arrays of its size: 1024 px takes tens of MB; 100000 px
 # asked numpy for 224 GiB and stopped with a MemoryError.
 MAX_IMAGE_SIZE = 1024
+MAX_IMAGES = 1_000_000  # a benchmark to train on, not a disk to fill (a typo of a few zeros)
 
 
 TASKS = ("relation", "control", "parts", "skin", "skin_control", "shape")
@@ -110,6 +111,12 @@ class SynthConfig:
             raise InvalidValue(f"--seed must be 0 or more, got {self.seed}")
         if self.train_per_class < 1 or self.test_per_class < 1:
             raise InvalidValue("--train-per-class and --test-per-class must be at least 1")
+        total = self.classes * (self.train_per_class + self.test_per_class)
+        if total > MAX_IMAGES:
+            raise InvalidValue(
+                f"{self.classes} classes of {self.train_per_class} + {self.test_per_class} images is {total:,} images; "
+                f"the synthetic benchmark holds at most {MAX_IMAGES:,}"
+            )
         if not 32 <= self.image_size <= MAX_IMAGE_SIZE:
             raise InvalidValue(f"--image-size must be between 32 and {MAX_IMAGE_SIZE} pixels, got {self.image_size}")
 
