@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Where the modules make a difference on synthetic data and where not, as real photos showed
-# one (how the demo's task was found): each experiment of docs/synthetic.md, on the CPU, ResNet-18 against ResNet-18 + 5CNL, seeds 0
-# and 1, paired per image (cnl ablate), into OUT/NAME with its table in OUT/NAME/ablation.md.
+# one (how the demo's task was found): each experiment of docs/synthetic.md, on the CPU,
+# ResNet-18 against ResNet-18 + 5CNL, seeds 0 and 1, paired per image (cnl ablate), into
+# OUT/NAME with its table in OUT/NAME/ablation.md.
 #   [MODELS=resnet18,resnet18_nl5,resnet18_cnl5] [TRAIN=200] [EPOCHS=20] bash benchmarks/demo_hypotheses.sh OUT [NAME ...]
 # NAME: sgd (the photo demo's recipe on the parts task), size128 (the parts task at 128 px),
 # relation and control (the tasks built to need, and not to need, a relation across scales),
