@@ -6,12 +6,13 @@ import pytest
 import torch
 import torchvision
 from safetensors.torch import save_file
+from torch import nn
 
 import cnl
 from cnl import upgrades
 from cnl.models.placement import spaced_blocks
 from cnl.models.plug import plugged
-from cnl.models.resnet import block_channels, paper_placement
+from cnl.models.resnet import StemMaxPool2d, block_channels, paper_placement
 
 
 def tv_resnet(name, num_classes):
@@ -164,3 +165,25 @@ def test_width_scales_every_stage_keeps_the_keys_and_refuses_other_widths_weight
         cnl.create_model("resnet18", num_classes=10, width=16, weights=path)
     with pytest.raises(ValueError, match="width must be a positive number of channels, got 0"):
         cnl.create_model("resnet18", width=0)
+
+
+@pytest.mark.parametrize("shape", [(4, 8, 48, 48), (2, 3, 47, 50), (1, 5, 7, 7)])
+def test_the_stem_pooling_gives_torchs_maxima_and_gradients_bit_for_bit(shape):
+    """The stem's max pooling runs on the channels-last kernel on the CPU; ties (a ReLU's
+    zeros, a few integer levels) are where a kernel could pick another pixel."""
+    torch.manual_seed(0)
+    pool = StemMaxPool2d()
+    for x in (torch.randint(0, 3, shape).float(), torch.relu(torch.randn(shape))):
+        ours, torchs = x.clone().requires_grad_(), x.clone().requires_grad_()
+        output, expected = pool(ours), nn.functional.max_pool2d(torchs, 3, 2, 1)
+        assert torch.equal(output, expected) and output.is_contiguous()
+        gradient = torch.randn(expected.shape)
+        output.backward(gradient)
+        expected.backward(gradient)
+        assert torch.equal(ours.grad, torchs.grad) and ours.grad.is_contiguous()
+    with torch.no_grad():  # evaluation: no indices kept
+        assert torch.equal(pool(x), nn.functional.max_pool2d(x, 3, 2, 1))
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    assert pool(channels_last).is_contiguous(memory_format=torch.channels_last)
+    model = cnl.create_model("resnet18_cnl5", num_classes=3, width=8)
+    assert isinstance(model.maxpool, StemMaxPool2d)

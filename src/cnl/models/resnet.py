@@ -1,18 +1,21 @@
 """The paper's ResNets: torchvision's ``ResNet``, optionally narrower, with the NL blocks and
 the CNL module plugged in at torchvision's block names (``layer3.5``) as into any backbone.
 
-The forward is torchvision's own and every backbone key is torchvision's, so its ImageNet
-weights load as they are; the new modules live under ``plug.`` (``models/plug.py``). The
-placement is the rule every backbone gets (``models/placement.py``), except where the
-authors' release chose other blocks (ResNet-101's res4).
+The forward computes torchvision's (its stem pooling on a faster CPU kernel, bit for bit
+the same) and every backbone key is torchvision's, so its ImageNet weights load as they
+are; the new modules live under ``plug.`` (``models/plug.py``). The placement is the rule
+every backbone gets (``models/placement.py``), except where the authors' release chose
+other blocks (ResNet-101's res4).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 from torchvision.models.resnet import BasicBlock, Bottleneck
@@ -90,6 +93,64 @@ class ClassifierHead(nn.Linear):
         return super().forward(self.dropout(x))
 
 
+class StemMaxPool2d(nn.MaxPool2d):
+    """torchvision's stem pooling (3x3, stride 2), computed on channels-last memory on the CPU.
+
+    torch's CPU kernel for an NCHW map walks each channel's plane on its own and is several
+    times slower there than its channels-last kernel, which takes all channels of a pixel at
+    once: with it the demo's ResNet-18 took 1.3x as long to evaluate a batch and 1.05x as
+    long for a training step (``benchmarks/stem_pool.py``). A maximum and the pixel it came from do not depend on the
+    memory layout, so both kernels give the same output and the same gradient, bit for bit
+    (tests/test_models.py), and map and gradient go on in the layout they came in. A
+    channels-last input (``--channels-last``), other devices and TorchScript take torch's
+    kernel directly.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(kernel_size=3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return stem_max_pool(x)
+
+
+@torch.fx.wrap  # one node in an FX graph: its branches on the input's layout are not traced
+def stem_max_pool(x: Tensor) -> Tensor:
+    if torch.jit.is_scripting():
+        return F.max_pool2d(x, 3, 2, 1)
+    if x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous():
+        return F.max_pool2d(x, 3, 2, 1)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _channels_last_pool_with_gradient(x)
+    return F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 3, 2, 1).contiguous()
+
+
+@torch.jit.unused
+def _channels_last_pool_with_gradient(x: Tensor) -> Tensor:
+    return ChannelsLastMaxPool.apply(x)
+
+
+class ChannelsLastMaxPool(torch.autograd.Function):
+    """3x3 max pooling, stride 2, of an NCHW map, computed channels-last both ways: its
+    gradient too goes back as NCHW, so that the stem's ReLU and convolution get it in the
+    layout they saved (torch's ops take a gradient in another layout on slower paths)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        output, indices = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+        ctx.save_for_backward(x, indices)
+        return output.contiguous()
+
+    @staticmethod
+    def backward(ctx: Any, gradient: Tensor) -> Tensor:
+        x, indices = ctx.saved_tensors
+        gradient = gradient.contiguous(memory_format=torch.channels_last)
+        pooled = torch.ops.aten.max_pool2d_with_indices_backward(
+            gradient, x, [3, 3], [2, 2], [1, 1], [1, 1], False, indices
+        )
+        return pooled.contiguous()
+
+
 POOLS = ("avg", "")  # global average pooling, or none (the map itself: timm's global_pool="")
 
 
@@ -122,6 +183,7 @@ class ResNet(tv_resnet.ResNet):
         spec = ARCHITECTURES[arch]
         self.width = width  # read by _make_layer during ResNet.__init__
         super().__init__(spec.block, list(spec.depths), num_classes=max(num_classes, 1))
+        self.maxpool = StemMaxPool2d()
         if width != STAGE_WIDTHS[0]:
             self._narrow_stem_and_head(max(num_classes, 1), STAGE_WIDTHS[-1] * spec.block.expansion)
         self.num_classes, self.drop_rate, self.global_pool = num_classes, drop_rate, global_pool
