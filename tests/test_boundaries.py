@@ -108,6 +108,9 @@ def test_a_preset_and_a_stored_config_take_them_too(tmp_path):
 def test_a_negative_number_in_e_notation_is_a_number_and_its_range_is_said(capsys, tmp_path):
     line = one_line_error(*train(capsys, tmp_path, "--set", "mixup=-1e-2"), "train")
     assert line.endswith("mixup must be a finite number >= 0, got -0.01")
+    # Given to its flag: a value, which the flag judges ("expected one argument" before).
+    line = one_line_error(*train(capsys, tmp_path, "--lr", "-1e-3"), "train")
+    assert line.endswith("lr must be a finite number > 0, got -0.001")
 
 
 @pytest.mark.parametrize(

@@ -97,8 +97,9 @@ def test_cli_figure_panels_and_size(ablation, tmp_path, capsys):
         main(["attention", "--checkpoint", str(plain), "--image", str(image), "--out", str(tmp_path / "none.png")]) == 2
     )
     assert "without NL or CNL modules has no attention to show" in capsys.readouterr().err  # a user error: exit 2
-    assert main(["attention", "--checkpoint", str(checkpoint), "--image", str(image), "--query", "5,5"]) == 2
-    assert "outside the 2x2 query grid" in capsys.readouterr().err
+    for cell in ("5,5", "-1,0"):  # a minus: a cell too, not a flag
+        assert main(["attention", "--checkpoint", str(checkpoint), "--image", str(image), "--query", cell]) == 2
+        assert f"query cell {cell} is outside the 2x2 query grid" in capsys.readouterr().err
 
 
 def test_report_has_curves_table_chart_and_attention(ablation, tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -662,6 +663,13 @@ def import_modules(names: list[str]) -> None:
 class Parser(argparse.ArgumentParser):
     """argparse's parser, saying a mistyped flag in one line and exit 2, as cnl says every
     other mistake (the usage is one ``--help`` away); subcommands' parsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A word that starts with a minus and a digit is a value (--lr -1e-3, --query -1,0), which
+        # its flag then judges, not an unknown flag: no flag of cnl starts so. Python 3.13's rule;
+        # 3.11's took only plain numbers (-1, -0.5) and said "expected one argument".
+        self._negative_number_matcher = re.compile(r"-\.?\d")
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, printable(f"{self.prog}: error: {message}") + "\n")
