@@ -197,6 +197,50 @@ def test_any_value_of_a_demo_flag_is_valid_or_one_line(flag, text, capsys, tmp_p
     assert not (tmp_path / "run").exists()
 
 
+@given(flag=st.sampled_from(["--seeds", "--models"]), text=SETTING_TEXT)
+def test_any_list_of_seeds_or_models_of_an_ablation_is_runs_or_one_line(flag, text, capsys, tmp_path):
+    """cnl ablate's lists: nothing, a seed that is no whole number or out of range, and a run
+    named twice (which would be trained once and counted twice) are one line each; a list
+    that names runs ends at an unknown model or at the data root that does not exist."""
+    assume("\x00" not in text)
+    argv = ["ablate", "--data-root", str(tmp_path / "no-data"), "--output", str(tmp_path / "run")]
+    try:
+        code = main([*argv, *(["--models", "resnet18"] if flag == "--seeds" else []), f"{flag}={text}"])
+    except SystemExit as refused:
+        code = int(refused.code or 0)
+    line = one_line_error(code, capsys.readouterr().err, "ablate")
+    items = [item for item in text.replace(" ", ",").split(",") if item]
+    if flag == "--seeds":  # a seed is a whole number as Python reads one (1_000, +1), in [0, 2**63)
+        seeds = [whole_number(item) for item in items]
+        runs = None not in seeds and len(set(seeds)) == len(seeds) > 0 and 0 <= min(seeds) <= max(seeds) < 2**63
+        assert ("dataset root" in line) == runs, line
+    else:  # names that are runs end at the first unknown model, or at the data root
+        assert ("--models names" in line) == (len(set(items)) != len(items) or not items), line
+    assert not (tmp_path / "run").exists()
+
+
+def whole_number(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--seeds", "0,00"], "--seeds names seed 0 more than once"),
+        (["--seeds", "a"], "--seeds takes whole numbers such as 0,1,2, got 'a'"),
+        (["--seeds", ",,"], "--seeds names nothing"),
+        (["--models", "resnet18,resnet18"], "--models names 'resnet18' more than once"),
+    ],
+)
+def test_an_ablation_names_each_run_once(argv, message, capsys, tmp_path):
+    argv = ["--models", "resnet18", *argv]
+    code = main(["ablate", "--data-root", str(tmp_path / "no-data"), "--output", str(tmp_path / "run"), *argv])
+    assert message in one_line_error(code, capsys.readouterr().err, "ablate")
+
+
 # Whole-number flags of the commands that are not settings: (argv before the flag, flag, lowest, highest).
 COUNT_FLAGS = [
     (["profile"], "--img-size", 32, 4096), (["profile"], "--num-classes", 1, None),

@@ -12,12 +12,40 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from cnl.errors import InvalidValue, as_user_error, expect_file, printable, report
+from cnl.errors import InvalidValue, as_user_error, excerpt, expect_file, printable, report
 
 
 def split_names(values: Sequence[str]) -> list[str]:
     """``["a,b", "c"] -> ["a", "b", "c"]``: lists may be given with commas or spaces."""
     return [name for value in values for name in value.split(",") if name]
+
+
+def listed(values: Sequence[str], flag: str) -> list[str]:
+    """``split_names`` of a list flag whose items are runs: at least one, none twice (a run
+    named twice would be trained once and counted twice)."""
+    names = split_names(values)
+    if not names:
+        raise InvalidValue(f"{flag} names nothing: give one or more, separated by commas or spaces")
+    twice = [name for index, name in enumerate(names) if name in names[:index]]
+    if twice:
+        raise InvalidValue(f"{flag} names {excerpt(twice[0])} more than once")
+    return names
+
+
+def seed_list(values: Sequence[str]) -> list[int]:
+    """``--seeds``: whole numbers in a seed's range, each once (``0`` and ``00`` are one seed)."""
+    seeds = []
+    for text in listed(values, "--seeds"):
+        try:
+            seed = int(text)
+        except ValueError:
+            raise InvalidValue(f"--seeds takes whole numbers such as 0,1,2, got {excerpt(text)}") from None
+        if not 0 <= seed < 2**63:
+            raise InvalidValue(f"--seeds: a seed is a whole number in [0, 2**63), got {excerpt(seed)}")
+        if seed in seeds:
+            raise InvalidValue(f"--seeds names seed {seed} more than once")
+        seeds.append(seed)
+    return seeds
 
 
 def whole(low: int, high: int | None = None) -> Any:
@@ -355,10 +383,12 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
     if args.jobs > 1 and distributed.world_size() > 1:
         raise InvalidValue("--jobs trains runs side by side in one launch; under torchrun each run takes every process")
+    models = listed(args.models, "--models")
+    seeds = seed_list(args.seeds) if args.seeds is not None else None
     config = resolve_train_config(args, default_output="runs/ablation")
     output = config.output
-    seeds = [int(seed) for seed in split_names(args.seeds)] if args.seeds else [config.seed]
-    rows = run_ablation(config, split_names(args.models), output, seeds, args.jobs, 1 if args.jobs > 1 else None)
+    seeds = seeds or [config.seed]
+    rows = run_ablation(config, models, output, seeds, args.jobs, 1 if args.jobs > 1 else None)
     print(format_ablation(rows, config, seeds))
     print(f"\nwrote {output}/ablation.json and ablation.md")
     return 0
