@@ -6,10 +6,9 @@
 The defaults are one of the demo's runs (ResNet-18 + 5CNL at width 16, 96 px, batch 32, one
 thread a run). Two copies of one model differ only in their stem pooling: torch's
 ``nn.MaxPool2d`` on the NCHW map, and cnl's ``StemMaxPool2d`` (channels-last kernel). The
-pooling alone, an evaluation (forward) and a train step (forward, backward, SGD) of
-each are timed in interleaved
-rounds (``cnl.analysis.bench.interleaved_medians``), and the two steps' gradients are
-compared bit for bit.
+pooling alone, an evaluation (forward) and a train step (forward, backward, SGD) of each
+are timed in interleaved rounds (``cnl.analysis.bench.interleaved_medians``), and the two
+models' gradients after their last steps are compared bit for bit.
 """
 
 from __future__ import annotations

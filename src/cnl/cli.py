@@ -384,10 +384,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     if args.jobs > 1 and distributed.world_size() > 1:
         raise InvalidValue("--jobs trains runs side by side in one launch; under torchrun each run takes every process")
     models = listed(args.models, "--models")
-    seeds = seed_list(args.seeds) if args.seeds is not None else None
     config = resolve_train_config(args, default_output="runs/ablation")
     output = config.output
-    seeds = seeds or [config.seed]
+    seeds = seed_list(args.seeds) if args.seeds is not None else [config.seed]
     rows = run_ablation(config, models, output, seeds, args.jobs, 1 if args.jobs > 1 else None)
     print(format_ablation(rows, config, seeds))
     print(f"\nwrote {output}/ablation.json and ablation.md")

@@ -93,21 +93,24 @@ class ClassifierHead(nn.Linear):
         return super().forward(self.dropout(x))
 
 
+KERNEL, STRIDE, PADDING = 3, 2, 1  # torchvision's stem pooling
+
+
 class StemMaxPool2d(nn.MaxPool2d):
     """torchvision's stem pooling (3x3, stride 2), computed on channels-last memory on the CPU.
 
     torch's CPU kernel for an NCHW map walks each channel's plane on its own and is several
     times slower there than its channels-last kernel, which takes all channels of a pixel at
     once: with it the demo's ResNet-18 took 1.3x as long to evaluate a batch and 1.05x as
-    long for a training step (``benchmarks/stem_pool.py``). A maximum and the pixel it came from do not depend on the
-    memory layout, so both kernels give the same output and the same gradient, bit for bit
-    (tests/test_models.py), and map and gradient go on in the layout they came in. A
-    channels-last input (``--channels-last``), other devices and TorchScript take torch's
-    kernel directly.
+    long for a training step (``benchmarks/stem_pool.py``). A maximum and the pixel it came
+    from do not depend on the memory layout, so both kernels give the same output and the
+    same gradient, bit for bit (tests/test_models.py), and map and gradient go on in the
+    layout they came in. A channels-last input (``--channels-last``), other devices and
+    TorchScript take torch's kernel directly.
     """
 
     def __init__(self) -> None:
-        super().__init__(kernel_size=3, stride=2, padding=1)
+        super().__init__(kernel_size=KERNEL, stride=STRIDE, padding=PADDING)
 
     def forward(self, x: Tensor) -> Tensor:
         return stem_max_pool(x)
@@ -115,13 +118,11 @@ class StemMaxPool2d(nn.MaxPool2d):
 
 @torch.fx.wrap  # one node in an FX graph: its branches on the input's layout are not traced
 def stem_max_pool(x: Tensor) -> Tensor:
-    if torch.jit.is_scripting():
-        return F.max_pool2d(x, 3, 2, 1)
-    if x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous():
-        return F.max_pool2d(x, 3, 2, 1)
+    if torch.jit.is_scripting() or x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous():
+        return F.max_pool2d(x, KERNEL, STRIDE, PADDING)
     if torch.is_grad_enabled() and x.requires_grad:
         return _channels_last_pool_with_gradient(x)
-    return F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 3, 2, 1).contiguous()
+    return F.max_pool2d(x.contiguous(memory_format=torch.channels_last), KERNEL, STRIDE, PADDING).contiguous()
 
 
 @torch.jit.unused
@@ -130,14 +131,14 @@ def _channels_last_pool_with_gradient(x: Tensor) -> Tensor:
 
 
 class ChannelsLastMaxPool(torch.autograd.Function):
-    """3x3 max pooling, stride 2, of an NCHW map, computed channels-last both ways: its
-    gradient too goes back as NCHW, so that the stem's ReLU and convolution get it in the
-    layout they saved (torch's ops take a gradient in another layout on slower paths)."""
+    """The stem's max pooling of an NCHW map, computed channels-last both ways: its gradient
+    too goes back as NCHW, so that the stem's ReLU and convolution get it in the layout they
+    saved (torch's ops take a gradient in another layout on slower paths)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
-        output, indices = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+        output, indices = F.max_pool2d(x, KERNEL, STRIDE, PADDING, return_indices=True)
         ctx.save_for_backward(x, indices)
         return output.contiguous()
 
@@ -146,7 +147,7 @@ class ChannelsLastMaxPool(torch.autograd.Function):
         x, indices = ctx.saved_tensors
         gradient = gradient.contiguous(memory_format=torch.channels_last)
         pooled = torch.ops.aten.max_pool2d_with_indices_backward(
-            gradient, x, [3, 3], [2, 2], [1, 1], [1, 1], False, indices
+            gradient, x, [KERNEL] * 2, [STRIDE] * 2, [PADDING] * 2, [1, 1], False, indices
         )
         return pooled.contiguous()
 
