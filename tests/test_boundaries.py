@@ -219,6 +219,38 @@ def test_any_list_of_seeds_or_models_of_an_ablation_is_runs_or_one_line(flag, te
     assert not (tmp_path / "run").exists()
 
 
+# The list flags of the other commands: (argv before the flag, flag). The data root of
+# `data check` is missing, so that a list of real split names ends there.
+NAME_LISTS = [
+    (["profile"], "--models"), (["profile", "--placements"], "--models"),
+    (["profile", "--receptive-fields"], "--models"), (["bench", "model", "--img-size", "32"], "--models"),
+    (["bench", "predict"], "--model"), (["data", "check", "--root", "no-data"], "--splits"),
+]  # fmt: skip
+
+
+@given(case=st.sampled_from(NAME_LISTS), text=SETTING_TEXT | st.sampled_from(["", ",", " , ,", "a,a", "train,train"]))
+def test_any_list_of_names_is_each_name_once_or_one_line(case, text, capsys):
+    """``cnl profile --models ,`` and ``bench model --models ''`` stopped in an IndexError, and
+    ``data check --splits ,`` checked nothing and said all was well: a list that names nothing
+    or a name twice is one line, like ablate's; names that are no model end there."""
+    from cnl.models import list_models
+
+    argv, flag = case
+    items = [item for item in text.split(",") if item]
+    assume("\x00" not in text and not set(items) & set(list_models()) and not any(":" in item for item in items))
+    try:
+        code = main([*argv, f"{flag}={text}"])
+    except SystemExit as refused:
+        code = int(refused.code or 0)
+    line = one_line_error(code, capsys.readouterr().err, argv[0])
+    if not items:
+        assert f"{flag} names nothing" in line, line
+    elif len(set(items)) < len(items) and flag != "--model":  # --model reads its first name
+        assert f"{flag} names " in line and "more than once" in line, line
+    else:
+        assert ("unknown model" if flag != "--splits" else "no-data") in line, line
+
+
 def whole_number(text: str) -> int | None:
     try:
         return int(text)
@@ -230,6 +262,8 @@ def whole_number(text: str) -> int | None:
     "argv, message",
     [
         (["--seeds", "0,00"], "--seeds names seed 0 more than once"),
+        (["--seeds", "0", "0"], "--seeds names seed 0 more than once"),  # the same words, however written
+        (["--seeds", "a,a"], "--seeds takes whole numbers such as 0,1,2, got 'a'"),
         (["--seeds", "a"], "--seeds takes whole numbers such as 0,1,2, got 'a'"),
         (["--seeds", ",,"], "--seeds names nothing"),
         (["--models", "resnet18,resnet18"], "--models names 'resnet18' more than once"),

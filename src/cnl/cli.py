@@ -8,7 +8,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -20,32 +20,33 @@ def split_names(values: Sequence[str]) -> list[str]:
     return [name for value in values for name in value.split(",") if name]
 
 
-def listed(values: Sequence[str], flag: str) -> list[str]:
-    """``split_names`` of a list flag whose items are runs: at least one, none twice (a run
-    named twice would be trained once and counted twice)."""
-    names = split_names(values)
-    if not names:
+def listed(
+    values: Sequence[str], flag: str, parse: Callable[[str], Any] = str, say: Callable[[Any], str] = excerpt
+) -> list:
+    """``split_names`` of a list flag whose items are runs, each read by ``parse``: at least
+    one, none twice once read (a run named twice would be trained once and counted twice)."""
+    items = [parse(name) for name in split_names(values)]
+    if not items:
         raise InvalidValue(f"{flag} names nothing: give one or more, separated by commas or spaces")
-    twice = [name for index, name in enumerate(names) if name in names[:index]]
+    twice = [item for index, item in enumerate(items) if item in items[:index]]
     if twice:
-        raise InvalidValue(f"{flag} names {excerpt(twice[0])} more than once")
-    return names
+        raise InvalidValue(f"{flag} names {say(twice[0])} more than once")
+    return items
+
+
+def seed(text: str) -> int:
+    """One seed of ``--seeds``: a whole number in a seed's range (``0`` and ``00`` are one seed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise InvalidValue(f"--seeds takes whole numbers such as 0,1,2, got {excerpt(text)}") from None
+    if not 0 <= value < 2**63:
+        raise InvalidValue(f"--seeds: a seed is a whole number in [0, 2**63), got {excerpt(value)}")
+    return value
 
 
 def seed_list(values: Sequence[str]) -> list[int]:
-    """``--seeds``: whole numbers in a seed's range, each once (``0`` and ``00`` are one seed)."""
-    seeds = []
-    for text in listed(values, "--seeds"):
-        try:
-            seed = int(text)
-        except ValueError:
-            raise InvalidValue(f"--seeds takes whole numbers such as 0,1,2, got {excerpt(text)}") from None
-        if not 0 <= seed < 2**63:
-            raise InvalidValue(f"--seeds: a seed is a whole number in [0, 2**63), got {excerpt(seed)}")
-        if seed in seeds:
-            raise InvalidValue(f"--seeds names seed {seed} more than once")
-        seeds.append(seed)
-    return seeds
+    return listed(values, "--seeds", parse=seed, say=lambda value: f"seed {value}")
 
 
 def whole(low: int, high: int | None = None) -> Any:
@@ -86,7 +87,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if args.placements:
         from cnl.analysis.profile import format_placements
 
-        print("\n\n".join(format_placements(n, args.img_size, args.num_classes) for n in split_names(args.models)))
+        print(
+            "\n\n".join(format_placements(n, args.img_size, args.num_classes) for n in listed(args.models, "--models"))
+        )
         return 0
     if args.receptive_fields:
         from cnl.analysis.receptive_field import format_fields
@@ -94,11 +97,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
         print(
             "\n\n".join(
-                format_fields(n, create_model(n, num_classes=args.num_classes)) for n in split_names(args.models)
+                format_fields(n, create_model(n, num_classes=args.num_classes)) for n in listed(args.models, "--models")
             )
         )
         return 0
-    profiles = [profile_model(name, args.img_size, args.num_classes) for name in split_names(args.models)]
+    profiles = [profile_model(name, args.img_size, args.num_classes) for name in listed(args.models, "--models")]
     if args.json:
         print(json.dumps([p.to_json() for p in profiles], indent=2))
     else:
@@ -167,7 +170,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 def cmd_data_check(args: argparse.Namespace) -> int:
     from cnl.data.check import check_dataset, format_reports
 
-    name, reports = check_dataset(args.dataset, args.root, tuple(split_names(args.splits)))
+    name, reports = check_dataset(args.dataset, args.root, tuple(listed(args.splits, "--splits")))
     print(format_reports(reports, name, args.root))
     return 0 if all(r.ok for r in reports) else 1
 
@@ -494,7 +497,7 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
         "img_size": args.img_size, "batch_size": args.batch_size, "device": args.device, "amp": args.amp,
         "channels_last": args.channels_last, "compile": args.compile, "repeats": args.repeats,
     }  # fmt: skip
-    results = bench.bench_models(split_names(args.models), **settings)
+    results = bench.bench_models(listed(args.models, "--models"), **settings)
     print(json.dumps([asdict(r) for r in results], indent=2) if args.json else bench.format_results(results, settings))
     return 0
 
@@ -518,7 +521,7 @@ def cmd_bench_input(args: argparse.Namespace) -> int:
 def cmd_bench_predict(args: argparse.Namespace) -> int:
     from cnl.analysis import bench
 
-    name = split_names([args.model])[0]
+    name = listed([args.model], "--model")[0]
     rows = bench.bench_predict(name, args.img_size, args.batch_size, args.workers, device=args.device, width=args.width)
     print(json.dumps(rows, indent=2) if args.json else bench.format_predict_rows(rows, name, args.img_size, args.width))
     return 0
