@@ -251,6 +251,22 @@ def test_any_list_of_names_is_each_name_once_or_one_line(case, text, capsys):
         assert ("unknown model" if flag != "--splits" else "no-data") in line, line
 
 
+@given(name=st.text(max_size=30) | st.sampled_from(["", ".", "..", "../..", ".x", "a..b", "a.", "1a", "a-b", "x.py"]))
+def test_any_module_name_to_import_is_imported_or_one_line(name, tmp_path, capsys):
+    """``--import ''`` and ``--import ../..`` ended in importlib's ValueError and TypeError
+    (it reads them as relative imports): a name that is no module is one line."""
+    import importlib.util
+
+    top = name.split(".")[0]
+    assume("\x00" not in name and not (top.isidentifier() and importlib.util.find_spec(top)))  # nothing runs
+    try:
+        code = main(["eval", "--checkpoint", str(tmp_path / "missing.pt"), f"--import={name}"])
+    except SystemExit as refused:
+        code = int(refused.code or 0)
+    line = one_line_error(code, capsys.readouterr().err, "eval")
+    assert "--import" in line, line
+
+
 def whole_number(text: str) -> int | None:
     try:
         return int(text)

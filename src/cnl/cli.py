@@ -686,8 +686,10 @@ def import_modules(names: list[str]) -> None:
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[spec.name] = module
                 spec.loader.exec_module(module)
-            else:
+            elif all(part.isidentifier() for part in name.split(".")):
                 importlib.import_module(name)
+            else:  # importlib reads '' and '..x' as relative imports, and fails outside any package
+                raise InvalidValue(f"--import takes a module name such as my_models or a .py file, got {excerpt(name)}")
         except ImportError as error:
             raise InvalidValue(f"--import {name}: {error}") from None
 
