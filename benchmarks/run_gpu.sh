@@ -36,9 +36,9 @@ steps="$logs/steps.tsv"
 printf 'step\tstatus\tseconds\tlimit\texit\n' >"$steps"
 
 if [ "${CNL_SMOKE:-0}" = 1 ]; then
-    arch=resnet18 size=64 batch=2 repeats=1 smoke=1 train_size=32 # the training step at 32 px
+    arch=resnet18 size=64 batch=2 repeats=1 smoke=1 train_size=32 train_width=16 # the training step at 32 px, a quarter wide
 else
-    arch=resnet50 size=448 batch=32 repeats=10 smoke=0 train_size=64
+    arch=resnet50 size=448 batch=32 repeats=10 smoke=0 train_size=64 train_width=64
 fi
 # Whole batches (64 training and 32 test images, batch 32): no recompile for a last,
 # smaller batch. Small images: the run checks the path, not the accuracy.
@@ -129,8 +129,8 @@ fi
 step data 60 "$py" -m cnl data synth --out "$work/synth" "${synth[@]}"
 # shellcheck disable=SC2086
 step train 150 "$py" -m cnl train --data-root "$work/synth" --dataset cub --model resnet18_cnl5 --img-size "$train_size" \
-    --epochs 4 --warmup-epochs 1 --global-batch-size 32 --optimizer adamw --lr 0.003 --weight-decay 0.05 \
-    --lr-steps 4 --crop-scale 0.6 1.0 --workers 4 --device "$device" --amp bf16 --channels-last $train_compile \
+    --width "$train_width" --epochs 4 --warmup-epochs 1 --global-batch-size 32 --optimizer adamw --lr 0.003 \
+    --weight-decay 0.05 --lr-steps 3 --crop-scale 0.6 1.0 --workers 4 --device "$device" --amp bf16 --channels-last $train_compile \
     --output "$work/train"
 step eval 90 "$py" -m cnl eval --checkpoint "$work/train/checkpoints/last.pt" --json
 step train-check 30 "$py" - "$work/train/metrics.jsonl" "$logs/eval.log" <<'EOF'
