@@ -24,6 +24,19 @@ def test_model_bench_reports_times_memory_and_ratios(capsys):
     assert rows[1]["train_ratio"] == pytest.approx(rows[1]["train_step_s"] / rows[0]["train_step_s"])
 
 
+def test_model_bench_takes_the_width_of_a_resnet(capsys):
+    """``--width 16`` benches the demo's narrow ResNets, a sixteenth of the parameters."""
+    from cnl.analysis.bench import _setup
+
+    model, _, _ = _setup("resnet18_cnl5", img_size=32, device="cpu", width=16)
+    assert model.conv1.out_channels == 16
+    args = ["bench", "model", "--models", "resnet18,resnet18_cnl5", "--img-size", "32", "--width", "16"]
+    assert main([*args, "--repeats", "1", "--device", "cpu"]) == 0
+    assert "width=16" in capsys.readouterr().out
+    assert main(["bench", "model", "--models", "timm:resnet18", "--width", "16", "--img-size", "32"]) == 2
+    assert "width" in capsys.readouterr().err
+
+
 def test_module_and_input_benches(capsys):
     assert main(["bench", "module", "--img-size", "64", "--repeats", "1", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

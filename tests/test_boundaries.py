@@ -298,6 +298,7 @@ COUNT_FLAGS = [
     (["predict", "--checkpoint", "x", "a.jpg"], "--topk", 1, None),
     (["predict", "--checkpoint", "x", "a.jpg"], "--batch-size", 1, None),
     (["bench", "model"], "--img-size", 32, 4096), (["bench", "model"], "--batch-size", 1, None),
+    (["bench", "model"], "--width", 1, 1024),
     (["bench", "module"], "--repeats", 1, None), (["bench", "predict"], "--workers", 0, None),
     (["attention", "--checkpoint", "x"], "--count", 1, None),
     (["attention", "--checkpoint", "x"], "--img-size", 32, 4096),

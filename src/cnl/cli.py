@@ -497,6 +497,8 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
         "img_size": args.img_size, "batch_size": args.batch_size, "device": args.device, "amp": args.amp,
         "channels_last": args.channels_last, "compile": args.compile, "repeats": args.repeats,
     }  # fmt: skip
+    if args.width is not None:
+        settings["width"] = args.width
     results = bench.bench_models(listed(args.models, "--models"), **settings)
     print(json.dumps([asdict(r) for r in results], indent=2) if args.json else bench.format_results(results, settings))
     return 0
@@ -554,6 +556,9 @@ def add_bench(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--amp", choices=AMP_CHOICES, default="none", help="mixed precision (default none)")
     model.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     model.add_argument("--compile", action="store_true", help="torch.compile each model")
+    model.add_argument(
+        "--width", type=whole(1, 1024), default=None, help="channels of a ResNet's first stage (default: its own, 64)"
+    )
     module = job("module", "the attention paths alone (paper, reassociated; sdpa, bmm) on the paper's shapes",
                  448, 2, cmd_bench_module)  # fmt: skip
     source = job("input", "decode + augment images/s: PIL against torchvision.io", 448, None, cmd_bench_input)

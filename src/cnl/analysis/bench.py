@@ -79,8 +79,10 @@ def parse_spec(spec: str) -> BenchSpec:
     return BenchSpec(name, order, KERNELS[kernel], compiled, frozen)
 
 
-def build(spec: BenchSpec, num_classes: int, device: torch.device, channels_last: bool) -> nn.Module:
-    model = create_model(spec.name, num_classes=num_classes)
+def build(
+    spec: BenchSpec, num_classes: int, device: torch.device, channels_last: bool, width: int | None = None
+) -> nn.Module:
+    model = create_model(spec.name, num_classes=num_classes, **({} if width is None else {"width": width}))
     if spec.frozen:
         freeze_backbone(model)
     model = configure_attention(model, spec.order, spec.use_sdpa).to(device)
@@ -180,12 +182,14 @@ def _setup(
     channels_last: bool = False,
     compile: bool = False,
     num_classes: int = 200,
+    width: int | None = None,
 ) -> tuple[nn.Module, Callable[[], None], Callable[[], None]]:
-    """The model and its train and inference steps on random data."""
+    """The model (a ResNet ``width`` channels wide in its first stage, if given) and its train
+    and inference steps on random data."""
     target = pick_device(device)
     torch.manual_seed(0)
     parsed = parse_spec(spec)
-    model = build(parsed, num_classes, target, channels_last)
+    model = build(parsed, num_classes, target, channels_last, width)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     images = torch.randn(batch_size, 3, img_size, img_size, device=target).to(memory_format=memory_format)
     labels = torch.randint(0, num_classes, (batch_size,), device=target)
