@@ -23,8 +23,9 @@ def split_names(values: Sequence[str]) -> list[str]:
 def listed(
     values: Sequence[str], flag: str, parse: Callable[[str], Any] = str, say: Callable[[Any], str] = excerpt
 ) -> list:
-    """``split_names`` of a list flag whose items are runs, each read by ``parse``: at least
-    one, none twice once read (a run named twice would be trained once and counted twice)."""
+    """``split_names`` of a list flag, each item read by ``parse``: at least one, none twice
+    once read (a run named twice would be trained once and counted twice; a split or model
+    named twice checked or tabled twice)."""
     items = [parse(name) for name in split_names(values)]
     if not items:
         raise InvalidValue(f"{flag} names nothing: give one or more, separated by commas or spaces")
@@ -84,24 +85,19 @@ NON_NEGATIVE = whole(0)
 def cmd_profile(args: argparse.Namespace) -> int:
     from cnl.analysis.profile import format_table, profile_model
 
+    names = listed(args.models, "--models")
     if args.placements:
         from cnl.analysis.profile import format_placements
 
-        print(
-            "\n\n".join(format_placements(n, args.img_size, args.num_classes) for n in listed(args.models, "--models"))
-        )
+        print("\n\n".join(format_placements(n, args.img_size, args.num_classes) for n in names))
         return 0
     if args.receptive_fields:
         from cnl.analysis.receptive_field import format_fields
         from cnl.models import create_model
 
-        print(
-            "\n\n".join(
-                format_fields(n, create_model(n, num_classes=args.num_classes)) for n in listed(args.models, "--models")
-            )
-        )
+        print("\n\n".join(format_fields(n, create_model(n, num_classes=args.num_classes)) for n in names))
         return 0
-    profiles = [profile_model(name, args.img_size, args.num_classes) for name in listed(args.models, "--models")]
+    profiles = [profile_model(name, args.img_size, args.num_classes) for name in names]
     if args.json:
         print(json.dumps([p.to_json() for p in profiles], indent=2))
     else:
