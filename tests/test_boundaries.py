@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 import cnl
@@ -198,6 +198,8 @@ def test_any_value_of_a_demo_flag_is_valid_or_one_line(flag, text, capsys, tmp_p
 
 
 @given(flag=st.sampled_from(["--seeds", "--models"]), text=SETTING_TEXT)
+@example(flag="--seeds", text="0 1")  # one word: spaces part the words a shell gives, not a word
+@example(flag="--models", text="resnet18 resnet18")
 def test_any_list_of_seeds_or_models_of_an_ablation_is_runs_or_one_line(flag, text, capsys, tmp_path):
     """cnl ablate's lists: nothing, a seed that is no whole number or out of range, and a run
     named twice (which would be trained once and counted twice) are one line each; a list
@@ -209,7 +211,7 @@ def test_any_list_of_seeds_or_models_of_an_ablation_is_runs_or_one_line(flag, te
     except SystemExit as refused:
         code = int(refused.code or 0)
     line = one_line_error(code, capsys.readouterr().err, "ablate")
-    items = [item for item in text.replace(" ", ",").split(",") if item]
+    items = [item for item in text.split(",") if item]
     if flag == "--seeds":  # a seed is a whole number as Python reads one (1_000, +1), in [0, 2**63)
         seeds = [whole_number(item) for item in items]
         runs = None not in seeds and len(set(seeds)) == len(seeds) > 0 and 0 <= min(seeds) <= max(seeds) < 2**63
