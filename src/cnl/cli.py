@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from cnl.engine.allocator import keep_freed_memory
 from cnl.errors import InvalidValue, as_user_error, excerpt, expect_file, printable, report
 
 
@@ -733,7 +732,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cnl bench: error: {error}", file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv)
-    keep_freed_memory()  # this process's, for every step of what the command computes
     try:
         import_modules(getattr(args, "imports", []))
         return args.func(args)

@@ -29,7 +29,6 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
-from cnl.engine.allocator import keep_freed_memory
 from cnl.engine.config import TrainConfig
 from cnl.errors import TrainingDiverged, UserError, as_user_error, report
 
@@ -107,7 +106,6 @@ def _work(share: list[tuple[TrainConfig, str]], threads: int, parent: int) -> No
     from cnl.engine.trainer import fit
 
     torch.set_num_threads(threads)
-    keep_freed_memory()  # a spawned process starts with glibc's defaults, not the parent's
     for config, name in share:
         orphaned = os.getppid() != parent
         code = 128 + (stopped or [signal.SIGTERM])[0] if stopped or orphaned else _run(fit, config, name)
