@@ -11,7 +11,8 @@ import yaml
 
 from cnl.cli import build_parser, main, resolve_train_config
 from cnl.engine.config import FIELDS, TrainConfig, make_config, read_yaml
-from cnl.engine.trainer import resume_checkpoint, run_folder_of
+from cnl.engine.runfolder import run_folder_of
+from cnl.engine.trainer import resume_checkpoint
 from cnl.errors import InvalidValue, MissingFile
 
 REPO = Path(__file__).resolve().parents[1]

@@ -290,17 +290,19 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def resolve_train_config(args: argparse.Namespace, default_output: str | None = None):
+def resolve_train_config(args: argparse.Namespace, default_output: str | None = None, preflight: bool = False):
     """Defaults < the checkpoint's config (when resuming) < --config file < flags < --set.
     The output folder: as given, else the resumed checkpoint's run folder, else ``default_output``."""
-    return resolve_run(args, default_output)[0]
+    return resolve_run(args, default_output, preflight)[0]
 
 
-def resolve_run(args: argparse.Namespace, default_output: str | None = None):
+def resolve_run(args: argparse.Namespace, default_output: str | None = None, preflight: bool = False):
     """``(config, resume point)``: the settings (``resolve_train_config``) and the checkpoint
-    they continue, read once (None: a fresh start)."""
+    they continue, read once (None: a fresh start). ``preflight``: a fresh start's settings
+    and data root are checked before torch is imported (``cnl train`` and ``cnl ablate``)."""
+    from cnl.data.catalog import dataset_root
     from cnl.engine.config import TrainConfig, make_config, parse_assignments, read_yaml
-    from cnl.engine.trainer import ResumePoint, run_folder_of
+    from cnl.engine.runfolder import run_folder_of
 
     layers = [read_yaml(args.config)] if args.config else []
     layers += [flag_values(args), parse_assignments(args.set)]
@@ -310,17 +312,23 @@ def resolve_run(args: argparse.Namespace, default_output: str | None = None):
 
     resume = latest("resume", None)
     output = latest("output", None) or run_folder_of(resume) or default_output or TrainConfig.output
-    point = ResumePoint.of(output, resume)
     layers.insert(0, {"output": output})
+    if preflight and resume is None:
+        # A fresh start (or torchrun's restart of one): every setting is in these layers, so a
+        # mistake is told now, in one line, and not after torch has loaded (seconds).
+        dataset_root(make_config(*layers, data_root=True).data_root)
+    from cnl.engine.trainer import ResumePoint
+
+    point = ResumePoint.of(output, resume)
     if point is not None:
         layers.insert(0, point.state["config"])
     return make_config(*layers), point
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    config, point = resolve_run(args, preflight=True)
     from cnl.engine.trainer import Run
 
-    config, point = resolve_run(args)
     summary = Run(config, point=point).fit()
     print(json.dumps(summary, indent=2))
     return 0
@@ -377,15 +385,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from cnl.analysis.ablation import format_ablation, run_ablation
-    from cnl.engine import distributed
+    if args.jobs > 1:
+        from cnl.engine import distributed
 
-    if args.jobs > 1 and distributed.world_size() > 1:
-        raise InvalidValue("--jobs trains runs side by side in one launch; under torchrun each run takes every process")
+        if distributed.world_size() > 1:
+            raise InvalidValue(
+                "--jobs trains runs side by side in one launch; under torchrun each run takes every process"
+            )
     models = listed(args.models, "--models")
-    config = resolve_train_config(args, default_output="runs/ablation")
+    given_seeds = seed_list(args.seeds) if args.seeds is not None else None
+    config = resolve_train_config(args, default_output="runs/ablation", preflight=True)
     output = config.output
-    seeds = seed_list(args.seeds) if args.seeds is not None else [config.seed]
+    seeds = given_seeds or [config.seed]
+    from cnl.analysis.ablation import format_ablation, run_ablation
+
     rows = run_ablation(config, models, output, seeds, args.jobs, 1 if args.jobs > 1 else None)
     print(format_ablation(rows, config, seeds))
     print(f"\nwrote {output}/ablation.json and ablation.md")

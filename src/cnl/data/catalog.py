@@ -14,7 +14,11 @@ Torch-free: the command line reads it to build its choices and help.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
+
+from cnl.errors import MissingFile
 
 
 @dataclass(frozen=True)
@@ -285,3 +289,12 @@ def detection_order() -> list[DatasetRecord]:
                 order.remove(name)
                 order.insert(order.index(other), name)
     return [CATALOG[name] for name in order]
+
+
+def dataset_root(root: str | os.PathLike[str]) -> Path:
+    """``root`` as a Path, checked to be a folder: what every reader, ``detect_layout`` and
+    the command line's check before it loads torch (``cnl train`` and ``cnl ablate``) ask first."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MissingFile(f"dataset root {root} {'is not a folder' if root.exists() else 'does not exist'}")
+    return root

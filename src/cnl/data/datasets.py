@@ -18,9 +18,9 @@ from typing import Any, NamedTuple
 from PIL import Image
 from torch.utils.data import Dataset
 
-from cnl.data.catalog import CATALOG, detection_order
+from cnl.data.catalog import CATALOG, dataset_root, detection_order
 from cnl.data.images import ImageError, load_image, load_tensor
-from cnl.errors import DataError, InvalidValue, MissingFile, printable
+from cnl.errors import DataError, InvalidValue, printable
 
 logger = logging.getLogger(__name__)
 
@@ -592,11 +592,7 @@ BUILDERS = {name: READERS[name] for name in CATALOG}
 
 def detect_layout(root: str | os.PathLike[str]) -> str:
     """The dataset whose identifying files (``cnl.data.catalog``) are found under ``root``."""
-    root = Path(root)
-    if not root.exists():
-        raise MissingFile(f"dataset root {root} does not exist")
-    if not root.is_dir():
-        raise MissingFile(f"dataset root {root} is not a folder")
+    root = dataset_root(root)
     markers = [(record.name, marker) for record in detection_order() for marker in record.markers]
     for name, marker in markers:
         if (root / marker).exists():
@@ -618,9 +614,7 @@ def build_dataset(
         **options: ``crop_to_box`` (cub, cars), ``level`` (aircraft), ``skip_log``,
             ``decoder`` (``"tensor"`` or ``"pil"``).
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise MissingFile(f"dataset root {root} {'is not a folder' if root.exists() else 'does not exist'}")
+    root = dataset_root(root)
     if name == "auto":
         name = detect_layout(root)
     if name not in BUILDERS:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cnl.data.policies import TTA_MODES
+from cnl.engine.config import RESUME_CHOICES
 from cnl.engine.records import EpochRecord, Summary
 from cnl.errors import DataError
 
@@ -180,3 +181,10 @@ def read_json(path: Path) -> Any:
         raise DataError(f"{path} is damaged: not JSON ({error.msg} at line {error.lineno})") from None
     except RecursionError:
         raise DataError(f"{path} is damaged: nested too deeply to be one of cnl's files") from None
+
+
+def run_folder_of(resume: str | None) -> str | None:
+    """The run folder a ``--resume PATH`` checkpoint belongs to (RUN/checkpoints/last.pt -> RUN)."""
+    if resume is None or resume in RESUME_CHOICES:
+        return None
+    return str(RunFolder.of_checkpoint(resume).root)

@@ -109,13 +109,6 @@ def first_missing(path: Path) -> Path | None:
     return missing
 
 
-def run_folder_of(resume: str | None) -> str | None:
-    """The run folder a ``--resume PATH`` checkpoint belongs to (RUN/checkpoints/last.pt -> RUN)."""
-    if resume is None or resume in RESUME_CHOICES:
-        return None
-    return str(RunFolder.of_checkpoint(resume).root)
-
-
 @dataclass(kw_only=True)
 class Built:
     """Everything a run trains with, built once from its config (``build_run``)."""
