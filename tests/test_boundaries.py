@@ -231,10 +231,12 @@ NAME_LISTS = [
 
 
 @given(case=st.sampled_from(NAME_LISTS), text=SETTING_TEXT | st.sampled_from(["", ",", " , ,", "a,a", "train,train"]))
+@example(case=(["bench", "predict"], "--model"), text="a,b")  # the second name was dropped without a word
 def test_any_list_of_names_is_each_name_once_or_one_line(case, text, capsys):
     """``cnl profile --models ,`` and ``bench model --models ''`` stopped in an IndexError, and
     ``data check --splits ,`` checked nothing and said all was well: a list that names nothing
-    or a name twice is one line, like ablate's; names that are no model end there."""
+    or a name twice is one line, like ablate's; names that are no model end there.
+    ``bench predict --model a,b`` benched ``a`` and dropped ``b``: a flag of one name takes one."""
     from cnl.models import list_models
 
     argv, flag = case
@@ -247,7 +249,9 @@ def test_any_list_of_names_is_each_name_once_or_one_line(case, text, capsys):
     line = one_line_error(code, capsys.readouterr().err, argv[0])
     if not items:
         assert f"{flag} names nothing" in line, line
-    elif len(set(items)) < len(items) and flag != "--model":  # --model reads its first name
+    elif flag == "--model" and len(items) > 1:  # a flag of one name
+        assert f"--model takes one model name, got {len(items)}" in line, line
+    elif len(set(items)) < len(items):
         assert f"{flag} names " in line and "more than once" in line, line
     else:
         assert ("unknown model" if flag != "--splits" else "no-data") in line, line

@@ -35,6 +35,17 @@ def listed(
     return items
 
 
+def one_name(value: str, flag: str, what: str) -> str:
+    """The one name a flag takes (``--model``): a list would be read as its first name and
+    the rest dropped without a word, so nothing or several are one line."""
+    names = split_names([value])
+    if not names:
+        raise InvalidValue(f"{flag} names nothing: give one {what}")
+    if len(names) > 1:
+        raise InvalidValue(f"{flag} takes one {what}, got {len(names)}: {excerpt(value)}")
+    return names[0]
+
+
 def seed(text: str) -> int:
     """One seed of ``--seeds``: a whole number in a seed's range (``0`` and ``00`` are one seed)."""
     try:
@@ -532,7 +543,7 @@ def cmd_bench_input(args: argparse.Namespace) -> int:
 def cmd_bench_predict(args: argparse.Namespace) -> int:
     from cnl.analysis import bench
 
-    name = listed([args.model], "--model")[0]
+    name = one_name(args.model, "--model", "model name")
     rows = bench.bench_predict(name, args.img_size, args.batch_size, args.workers, device=args.device, width=args.width)
     print(json.dumps(rows, indent=2) if args.json else bench.format_predict_rows(rows, name, args.img_size, args.width))
     return 0
